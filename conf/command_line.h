@@ -1,0 +1,31 @@
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/config.h"
+
+namespace acr {
+
+// The policy options shared by every command (check, --check-config, the proxy):
+//   --registry NAME   --region REGION   --allow-host PATTERN   --allow-cidr CIDR
+//   --deny-cidr CIDR  --service-tags FILE   --service-tag NAME   --port N   --strict-ip
+//   --config FILE     (TOML; options given on the command line add to the file's)
+// Each takes "--opt VALUE" or "--opt=VALUE".
+struct CommandLine {
+  Config config;
+  std::vector<std::string> positional;  // arguments that are not options (check's targets)
+  std::vector<std::string> flags;       // other recognised flags, e.g. "--check-config"
+};
+
+// Parses `args` (without the program name and subcommand). `extra_flags` are valueless flags the
+// caller accepts besides the policy options. Throws ConfigError on an unknown option or a missing
+// value; loads --config first so that command-line values add to the file's.
+CommandLine parseCommandLine(const std::vector<std::string>& args,
+                             const std::vector<std::string_view>& extra_flags = {});
+
+// The option list above, for --help.
+std::string_view policyOptionsHelp() noexcept;
+
+}  // namespace acr

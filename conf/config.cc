@@ -1,0 +1,148 @@
+#include "conf/config.h"
+
+#include <toml++/toml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace acr {
+namespace {
+
+std::string where(const std::string& source, const toml::source_region& region) {
+  return source + ":" + std::to_string(region.begin.line) + ":" +
+         std::to_string(region.begin.column);
+}
+
+[[noreturn]] void fail(const std::string& source, const toml::node& node, const std::string& what) {
+  throw ConfigError(where(source, node.source()) + ": " + what);
+}
+
+std::vector<ConfigValue> stringList(const std::string& source, const std::string& key,
+                                    const toml::node& node) {
+  const toml::array* array = node.as_array();
+  if (array == nullptr) {
+    fail(source, node, "'" + key + "' must be an array of strings");
+  }
+  std::vector<ConfigValue> values;
+  for (const toml::node& item : *array) {
+    const auto* text = item.as_string();
+    if (text == nullptr) {
+      fail(source, item, "'" + key + "' must hold strings only");
+    }
+    values.push_back({text->get(), where(source, item.source())});
+  }
+  return values;
+}
+
+void readPolicy(const std::string& source, const std::string& base_directory,
+                const toml::table& table, PolicyConfig& policy) {
+  for (const auto& [key_node, node] : table) {
+    const std::string key(key_node.str());
+    if (key == "registries") {
+      policy.registries = stringList(source, key, node);
+    } else if (key == "regions") {
+      policy.regions = stringList(source, key, node);
+    } else if (key == "allow_hosts") {
+      policy.allow_hosts = stringList(source, key, node);
+    } else if (key == "allow_cidrs") {
+      policy.allow_cidrs = stringList(source, key, node);
+    } else if (key == "deny_cidrs") {
+      policy.deny_cidrs = stringList(source, key, node);
+    } else if (key == "service_tags") {
+      policy.service_tags = stringList(source, key, node);
+    } else if (key == "service_tags_file") {
+      const auto* text = node.as_string();
+      if (text == nullptr || text->get().empty()) {
+        fail(source, node, "'service_tags_file' must be a non-empty string");
+      }
+      std::filesystem::path path(text->get());
+      if (path.is_relative() && !base_directory.empty()) {
+        path = std::filesystem::path(base_directory) / path;
+      }
+      policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
+    } else if (key == "ports") {
+      const toml::array* array = node.as_array();
+      if (array == nullptr) {
+        fail(source, node, "'ports' must be an array of integers");
+      }
+      policy.ports.clear();
+      for (const toml::node& item : *array) {
+        const auto* number = item.as_integer();
+        if (number == nullptr) {
+          fail(source, item, "'ports' must hold integers only");
+        }
+        policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
+      }
+    } else if (key == "strict_ip") {
+      const auto* flag = node.as_boolean();
+      if (flag == nullptr) {
+        fail(source, node, "'strict_ip' must be true or false");
+      }
+      policy.strict_ip = flag->get();
+    } else {
+      fail(source, node, "unknown key 'policy." + key + "'");
+    }
+  }
+}
+
+}  // namespace
+
+Config parseConfigText(std::string_view text, const std::string& source,
+                       const std::string& base_directory) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& error) {
+    throw ConfigError(where(source, error.source()) + ": " + std::string(error.description()));
+  }
+  Config config;
+  for (const auto& [key_node, node] : root) {
+    const std::string key(key_node.str());
+    if (key == "policy") {
+      const toml::table* table = node.as_table();
+      if (table == nullptr) {
+        fail(source, node, "'policy' must be a table ([policy])");
+      }
+      readPolicy(source, base_directory, *table, config.policy);
+    } else {
+      fail(source, node, "unknown key '" + key + "'");
+    }
+  }
+  return config;
+}
+
+Config loadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw ConfigError(path + ": cannot open the configuration file");
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    throw ConfigError(path + ": cannot read the configuration file");
+  }
+  const std::string directory = std::filesystem::path(path).parent_path().string();
+  return parseConfigText(text.str(), path, directory);
+}
+
+void mergeConfig(Config& base, const Config& extra) {
+  auto append = [](std::vector<ConfigValue>& to, const std::vector<ConfigValue>& from) {
+    to.insert(to.end(), from.begin(), from.end());
+  };
+  PolicyConfig& to = base.policy;
+  const PolicyConfig& from = extra.policy;
+  append(to.registries, from.registries);
+  append(to.regions, from.regions);
+  append(to.allow_hosts, from.allow_hosts);
+  append(to.allow_cidrs, from.allow_cidrs);
+  append(to.deny_cidrs, from.deny_cidrs);
+  append(to.service_tags, from.service_tags);
+  append(to.ports, from.ports);
+  if (from.service_tags_file) {
+    to.service_tags_file = from.service_tags_file;
+  }
+  to.strict_ip = to.strict_ip || from.strict_ip;
+}
+
+}  // namespace acr

@@ -1,0 +1,54 @@
+#pragma once
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace acr {
+
+// Any invalid configuration, command line or data file. The message names where the bad value
+// came from (file:line:column, a JSON path, or the option) and what is wrong with it.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// One configured value as text, with where it came from ("conf.toml:3:14", "--allow-cidr"), so
+// that validation errors and decision logs can name the origin.
+struct ConfigValue {
+  std::string text;
+  std::string origin;
+};
+
+// The policy settings exactly as given; conf/policy_factory validates them into a Policy.
+struct PolicyConfig {
+  std::vector<ConfigValue> registries;
+  std::vector<ConfigValue> regions;
+  std::vector<ConfigValue> allow_hosts;
+  std::vector<ConfigValue> allow_cidrs;
+  std::vector<ConfigValue> deny_cidrs;
+  std::vector<ConfigValue> service_tags;
+  std::optional<ConfigValue> service_tags_file;
+  std::vector<ConfigValue> ports;  // empty: 443 only
+  bool strict_ip = false;
+};
+
+struct Config {
+  PolicyConfig policy;
+};
+
+// Reads a TOML configuration file. Throws ConfigError naming the file, line and column of a
+// syntax error, an unknown key, or a value of the wrong type. A relative service_tags_file is
+// taken relative to the directory of the configuration file.
+Config loadConfigFile(const std::string& path);
+
+// The same from text already in memory; `source` names it in errors.
+Config parseConfigText(std::string_view text, const std::string& source,
+                       const std::string& base_directory = {});
+
+// Adds `extra` to `base`: lists are appended, a set scalar replaces the base's.
+void mergeConfig(Config& base, const Config& extra);
+
+}  // namespace acr

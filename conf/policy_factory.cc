@@ -1,0 +1,177 @@
+#include "conf/policy_factory.h"
+
+#include <charconv>
+
+#include "conf/service_tags.h"
+#include "filters/host_name.h"
+
+namespace acr {
+namespace {
+
+[[noreturn]] void fail(const ConfigValue& value, const std::string& what) {
+  throw ConfigError(value.origin + ": " + what);
+}
+
+// Registry and region names become one label of a pattern: a single valid label, no wildcard.
+std::string singleLabel(const ConfigValue& value, const char* what) {
+  HostName name;
+  const HostName::Status status = HostName::normalize(value.text, name);
+  if (status != HostName::Status::kOk || name.labelCount() != 1 ||
+      value.text.find('.') != std::string::npos) {
+    fail(value, std::string("invalid ") + what + " '" + value.text +
+                    "': expected a single DNS label (letters, digits, '-')");
+  }
+  return std::string(name.view());
+}
+
+uint16_t parsePort(const ConfigValue& value) {
+  unsigned port = 0;
+  const std::string& text = value.text;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || port == 0 ||
+      port > 65535 || (text.size() > 1 && text[0] == '0')) {
+    fail(value, "invalid port '" + text + "': expected a number from 1 to 65535");
+  }
+  return static_cast<uint16_t>(port);
+}
+
+Cidr parseCidr(const ConfigValue& value) {
+  std::string error;
+  const auto cidr = Cidr::parse(value.text, &error);
+  if (!cidr) {
+    fail(value, error);
+  }
+  return *cidr;
+}
+
+}  // namespace
+
+PolicySnapshot buildPolicy(const PolicyConfig& config) {
+  Policy::Builder builder;
+  auto addPattern = [&](const std::string& pattern, const std::string& origin,
+                        const ConfigValue* source) {
+    const std::string error = builder.addHostPattern(pattern, origin);
+    if (!error.empty()) {
+      if (source != nullptr) {
+        fail(*source, error);
+      }
+      throw ConfigError(origin + ": " + error);
+    }
+  };
+
+  std::vector<std::string> regions;
+  for (const ConfigValue& region : config.regions) {
+    regions.push_back(singleLabel(region, "region"));
+  }
+  if (!config.regions.empty() && config.registries.empty()) {
+    fail(config.regions.front(), "a region only applies to a registry: add --registry NAME");
+  }
+  for (const ConfigValue& registry : config.registries) {
+    const std::string name = singleLabel(registry, "registry name");
+    const std::string origin = registry.origin + " registry " + name;
+    addPattern(name + ".azurecr.io", origin, &registry);
+    if (regions.empty()) {
+      addPattern(name + ".*.data.azurecr.io", origin, &registry);
+    }
+    for (const std::string& region : regions) {
+      addPattern(name + "." + region + ".data.azurecr.io", origin, &registry);
+    }
+  }
+  for (const ConfigValue& host : config.allow_hosts) {
+    addPattern(host.text, host.origin, &host);
+  }
+  if (config.registries.empty() && config.allow_hosts.empty()) {
+    for (const char* pattern : kDefaultHostPatterns) {
+      addPattern(pattern, "embedded default", nullptr);
+    }
+  }
+
+  if (config.ports.empty()) {
+    builder.addPort(kDefaultPort);
+  }
+  for (const ConfigValue& port : config.ports) {
+    builder.addPort(parsePort(port));
+  }
+  for (const ConfigValue& cidr : config.allow_cidrs) {
+    builder.addAllowCidr(parseCidr(cidr), cidr.origin);
+  }
+  for (const ConfigValue& cidr : config.deny_cidrs) {
+    builder.addDenyCidr(parseCidr(cidr), cidr.origin);
+  }
+  builder.setStrictIp(config.strict_ip);
+
+  PolicySnapshot snapshot;
+  if (!config.service_tags.empty() && !config.service_tags_file) {
+    fail(config.service_tags.front(),
+         "service tag '" + config.service_tags.front().text +
+             "' needs a service-tags file (--service-tags FILE or policy.service_tags_file)");
+  }
+  if (config.service_tags_file) {
+    const ServiceTags tags = ServiceTags::load(config.service_tags_file->text);
+    snapshot.service_tags_change_number = tags.changeNumber();
+    snapshot.service_tags_path = config.service_tags_file->text;
+    for (const ConfigValue& name : config.service_tags) {
+      const ServiceTag* tag = tags.find(name.text);
+      if (tag == nullptr) {
+        std::string hint;
+        for (const std::string& suggestion : tags.suggest(name.text)) {
+          hint += (hint.empty() ? "" : ", ") + suggestion;
+        }
+        fail(name, "unknown service tag '" + name.text + "' in " + tags.source() +
+                       " (closest: " + hint + ")");
+      }
+      builder.addServiceTag(tag->name, tag->prefixes, name.origin);
+      snapshot.service_tag_names.push_back(tag->name);
+    }
+  }
+  snapshot.policy = builder.build();
+  return snapshot;
+}
+
+std::string PolicySnapshot::summary() const {
+  std::string out;
+  size_t patterns = 0;
+  std::string hosts;
+  std::string allow_cidrs;
+  std::string deny_cidrs;
+  for (const Rule& rule : policy->rules()) {
+    switch (rule.kind) {
+      case Rule::Kind::kHostPattern:
+        ++patterns;
+        if (patterns <= 20) {
+          hosts += "  host " + rule.text + "    (" + rule.origin + ")\n";
+        }
+        break;
+      case Rule::Kind::kAllowCidr:
+        allow_cidrs += "  allow " + rule.text + "    (" + rule.origin + ")\n";
+        break;
+      case Rule::Kind::kDenyCidr:
+        deny_cidrs += "  deny " + rule.text + "    (" + rule.origin + ")\n";
+        break;
+      default:
+        break;
+    }
+  }
+  out += "host patterns: " + std::to_string(patterns) + "\n" + hosts;
+  if (patterns > 20) {
+    out += "  ... and " + std::to_string(patterns - 20) + " more\n";
+  }
+  std::string ports;
+  for (const uint16_t port : policy->ports()) {
+    ports += (ports.empty() ? "" : ", ") + std::to_string(port);
+  }
+  out += "ports: " + ports + "\n";
+  out += allow_cidrs + deny_cidrs;
+  if (service_tags_change_number) {
+    out += "service tags: " + service_tags_path + " (changeNumber " +
+           std::to_string(*service_tags_change_number) + ")\n";
+    for (const std::string& name : service_tag_names) {
+      out += "  tag " + name + "\n";
+    }
+  }
+  out += "allowed prefixes: " + std::to_string(policy->allowedPrefixCount()) + "\n";
+  out += std::string("strict-ip: ") + (policy->strictIp() ? "on" : "off") + "\n";
+  return out;
+}
+
+}  // namespace acr

@@ -1,0 +1,37 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+#include "filters/policy.h"
+
+namespace acr {
+
+// The host patterns used when no host option (--registry, --allow-host) is given at all.
+inline constexpr const char* kDefaultHostPatterns[] = {
+    "*.azurecr.io",
+    "*.*.data.azurecr.io",
+    "*.blob.core.windows.net",
+};
+inline constexpr uint16_t kDefaultPort = 443;
+
+// A policy snapshot plus what an operator wants to know about where it came from.
+struct PolicySnapshot {
+  std::shared_ptr<const Policy> policy;
+  std::optional<int64_t> service_tags_change_number;
+  std::string service_tags_path;
+  std::vector<std::string> service_tag_names;
+  // Multi-line, human-readable summary of the effective policy (--check-config, logs).
+  std::string summary() const;
+};
+
+// Validates every value of `config` and builds the policy, loading the service-tags file if one
+// is named. Throws ConfigError naming the origin of the first bad value: an invalid pattern, CIDR,
+// port, registry or region name, a missing file, or an unknown tag (with the closest names).
+PolicySnapshot buildPolicy(const PolicyConfig& config);
+
+}  // namespace acr

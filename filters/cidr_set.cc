@@ -1,0 +1,152 @@
+#include "filters/cidr_set.h"
+
+#include <algorithm>
+#include <cassert>
+#include <limits>
+#include <stdexcept>
+
+namespace acr {
+
+template <class Key>
+void CidrSet::IntervalIndex<Key>::build(std::vector<Prefix> prefixes) {
+  // Outer prefixes before inner ones; among equal prefixes the caller's order decides.
+  std::sort(prefixes.begin(), prefixes.end(), [](const Prefix& a, const Prefix& b) {
+    if (a.first != b.first) {
+      return a.first < b.first;
+    }
+    if (a.last != b.last) {
+      return a.last > b.last;
+    }
+    return a.order < b.order;
+  });
+  starts_.assign(1, Key{0});
+  values_.assign(1, kNoMatch);
+  // Labels [at, next interval) with `value`, merging neighbours that carry the same value.
+  auto label = [&](Key at, uint32_t value) {
+    if (starts_.back() == at) {
+      values_.back() = value;
+      if (values_.size() > 1 && values_[values_.size() - 2] == value) {
+        starts_.pop_back();
+        values_.pop_back();
+      }
+    } else if (values_.back() != value) {
+      starts_.push_back(at);
+      values_.push_back(value);
+    }
+  };
+  // CIDR prefixes are either nested or disjoint, so the open ones form a stack.
+  std::vector<Prefix> open;
+  auto closeBefore = [&](const Prefix* next) {
+    while (!open.empty() && (next == nullptr || open.back().last < next->first)) {
+      const Key last = open.back().last;
+      open.pop_back();
+      if (last != std::numeric_limits<Key>::max()) {
+        label(last + 1, open.empty() ? kNoMatch : open.back().value);
+      }
+    }
+  };
+  for (const Prefix& prefix : prefixes) {
+    closeBefore(&prefix);
+    if (!open.empty() && open.back().first == prefix.first && open.back().last == prefix.last) {
+      continue;  // the same prefix again: the earlier entry keeps it
+    }
+    open.push_back(prefix);
+    label(prefix.first, prefix.value);
+  }
+  closeBefore(nullptr);
+  if (starts_.size() >= (1u << 23)) {
+    throw std::length_error("CidrSet: too many intervals");
+  }
+
+  root_.assign(size_t{1} << kRootBits, 0);
+  tables_.clear();
+  nodes_.clear();
+  const Key span = Key{1} << (kBits - kRootBits);
+  for (size_t j = 0; j < root_.size(); ++j) {
+    const Key first = static_cast<Key>(j) * span;
+    root_[j] = makeEntry(first, first + (span - 1));
+  }
+}
+
+template <class Key>
+uint32_t CidrSet::IntervalIndex<Key>::intervalOf(Key key) const noexcept {
+  return static_cast<uint32_t>(std::upper_bound(starts_.begin(), starts_.end(), key) -
+                               starts_.begin() - 1);
+}
+
+template <class Key>
+uint32_t CidrSet::IntervalIndex<Key>::makeEntry(Key first, Key last) {
+  const uint32_t lo = intervalOf(first);
+  const uint32_t hi = intervalOf(last);
+  if (hi - lo <= kLeafIntervals) {
+    return (lo << 8) | (hi - lo);
+  }
+  // Boundaries inside [first, last] are starts_[lo + 1] .. starts_[hi]. Find the smallest aligned
+  // block holding all of them; its table indexes the 8 bits just under the block's prefix.
+  const Key low = starts_[lo + 1];
+  const Key high = starts_[hi];
+  int top = kBits - 1;  // highest bit in which low and high differ (they differ: hi > lo + 1)
+  while (((low ^ high) >> top) == 0) {
+    --top;
+  }
+  const int shift = top + 1 >= 8 ? top + 1 - 8 : 0;
+  const Key block = low >> (shift + 8);
+  const Key block_first = block << (shift + 8);
+  Node node;
+  node.block = block;
+  // Keys of [first, last] under the block precede every boundary; keys over it follow them all.
+  node.below = lo;
+  node.above = hi;
+  node.shift = shift;
+  node.table = static_cast<uint32_t>(tables_.size());
+  if (nodes_.size() >= kNodeFlag) {
+    throw std::length_error("CidrSet: too many radix nodes");
+  }
+  const uint32_t index = static_cast<uint32_t>(nodes_.size());
+  nodes_.push_back(node);
+  tables_.resize(tables_.size() + 256, 0);
+  const Key span = Key{1} << shift;
+  for (uint32_t j = 0; j < 256; ++j) {
+    const Key sub_first = block_first + static_cast<Key>(j) * span;
+    const uint32_t entry = makeEntry(sub_first, sub_first + (span - 1));
+    tables_[node.table + j] = entry;
+  }
+  return kNodeFlag | index;
+}
+
+template <class Key>
+uint32_t CidrSet::IntervalIndex<Key>::lookupByBinarySearch(Key key) const noexcept {
+  const auto it = std::upper_bound(starts_.begin(), starts_.end(), key);
+  return values_[static_cast<size_t>(it - starts_.begin() - 1)];
+}
+
+template class CidrSet::IntervalIndex<uint32_t>;
+template class CidrSet::IntervalIndex<Uint128>;
+
+CidrSet::CidrSet(std::span<const Entry> entries) {
+  std::vector<IntervalIndex<uint32_t>::Prefix> v4;
+  std::vector<IntervalIndex<Uint128>::Prefix> v6;
+  uint32_t order = 0;
+  for (const Entry& entry : entries) {
+    const Cidr& cidr = entry.cidr;
+    if (cidr.address.isV4()) {
+      const uint32_t host_mask = cidr.length == 0 ? 0xffffffffu : (1u << (32 - cidr.length)) - 1;
+      const uint32_t first = cidr.address.v4Value() & ~host_mask;
+      v4.push_back({first, first | host_mask, entry.value, order++});
+    } else {
+      const Uint128 host_mask =
+          cidr.length == 0 ? ~Uint128{0} : (Uint128{1} << (128 - cidr.length)) - 1;
+      const Uint128 first = cidr.address.v6Value() & ~host_mask;
+      v6.push_back({first, first | host_mask, entry.value, order++});
+    }
+  }
+  v4_.build(std::move(v4));
+  v6_.build(std::move(v6));
+}
+
+uint32_t CidrSet::lookupByBinarySearch(const IpAddress& address) const noexcept {
+  return address.isV4() ? v4_.lookupByBinarySearch(address.v4Value())
+                        : v6_.lookupByBinarySearch(address.v6Value());
+}
+
+}  // namespace acr

@@ -1,0 +1,50 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace acr {
+
+// A rule of the policy that can decide: a host pattern, an allowed or denied range, a service tag
+// or one of the built-in special-purpose ranges. Decisions point at the rule that decided.
+struct Rule {
+  enum class Kind : uint8_t { kHostPattern, kAllowCidr, kServiceTag, kDenyCidr, kSpecialRange };
+  Kind kind;
+  std::string text;    // the pattern, the CIDR, the tag name, or what the special range is
+  std::string origin;  // where the rule came from ("--registry myreg", "embedded default", ...)
+};
+
+enum class Verdict : uint8_t { kAllow, kDeny };
+
+// Why a decision went the way it did. The names (reasonName) are stable: logs, metrics labels,
+// the X-Acr-Egress-Reason header and tests all use them.
+enum class Reason : uint8_t {
+  kHostAllowed,        // "host_allowed": the name matches a host pattern
+  kAddressAllowed,     // "address_allowed": the address is in --allow-cidr or a service tag
+  kAddressPublic,      // "address_public": a resolved address outside every special range
+  kInvalidHost,        // "invalid_host": not a valid host name (see HostName)
+  kHostNotAllowed,     // "host_not_allowed": no host pattern matches
+  kPortNotAllowed,     // "port_not_allowed"
+  kAddressSpecial,     // "address_special": special-purpose range, not explicitly allowed
+  kAddressNotAllowed,  // "address_not_allowed": an IP literal, or --strict-ip, outside the set
+  kAddressDenied,      // "address_denied": inside a --deny-cidr range
+};
+std::string_view reasonName(Reason reason) noexcept;
+
+// The outcome of one policy check. Plain data; `rule` points into the Policy that decided (or
+// the static special-range table), so it lives as long as that policy snapshot.
+struct Decision {
+  Verdict verdict = Verdict::kDeny;
+  Reason reason = Reason::kHostNotAllowed;
+  const Rule* rule = nullptr;
+  // kInvalidHost: the HostName::Status. kAddressNotAllowed: kDetailLiteral or kDetailStrict.
+  uint8_t detail = 0;
+
+  static constexpr uint8_t kDetailLiteral = 0;
+  static constexpr uint8_t kDetailStrict = 1;
+
+  bool allowed() const noexcept { return verdict == Verdict::kAllow; }
+};
+
+}  // namespace acr

@@ -1,0 +1,224 @@
+#include "filters/policy.h"
+
+#include "filters/host_name.h"
+#include "filters/special_ranges.h"
+
+namespace acr {
+
+std::string_view reasonName(Reason reason) noexcept {
+  switch (reason) {
+    case Reason::kHostAllowed:
+      return "host_allowed";
+    case Reason::kAddressAllowed:
+      return "address_allowed";
+    case Reason::kAddressPublic:
+      return "address_public";
+    case Reason::kInvalidHost:
+      return "invalid_host";
+    case Reason::kHostNotAllowed:
+      return "host_not_allowed";
+    case Reason::kPortNotAllowed:
+      return "port_not_allowed";
+    case Reason::kAddressSpecial:
+      return "address_special";
+    case Reason::kAddressNotAllowed:
+      return "address_not_allowed";
+    case Reason::kAddressDenied:
+      return "address_denied";
+  }
+  return "unknown";
+}
+
+Decision Policy::allow(Reason reason, uint32_t rule) const noexcept {
+  return {Verdict::kAllow, reason, rule == CidrSet::kNoMatch ? nullptr : &rules_[rule], 0};
+}
+
+Decision Policy::deny(Reason reason, const Rule* rule, uint8_t detail) const noexcept {
+  return {Verdict::kDeny, reason, rule, detail};
+}
+
+Decision Policy::decide(std::string_view host, uint16_t port) const noexcept {
+  if (const auto literal = IpAddress::parse(host)) {
+    return decideLiteral(*literal, port);
+  }
+  return decideName(host, port);
+}
+
+Decision Policy::decideName(std::string_view host, uint16_t port) const noexcept {
+  HostName name;
+  const HostName::Status status = HostName::normalize(host, name);
+  if (status != HostName::Status::kOk) {
+    return deny(Reason::kInvalidHost, nullptr, static_cast<uint8_t>(status));
+  }
+  if (!portAllowed(port)) {
+    return deny(Reason::kPortNotAllowed, nullptr);
+  }
+  const uint32_t rule = hosts_.match(name);
+  if (rule == HostMatcher::kNoMatch) {
+    return deny(Reason::kHostNotAllowed, nullptr);
+  }
+  return allow(Reason::kHostAllowed, rule);
+}
+
+Decision Policy::decideLiteral(const IpAddress& address, uint16_t port) const noexcept {
+  if (!portAllowed(port)) {
+    return deny(Reason::kPortNotAllowed, nullptr);
+  }
+  const IpAddress judged = address.embeddedV4().value_or(address);
+  if (const uint32_t rule = denied_.lookup(judged); rule != CidrSet::kNoMatch) {
+    return deny(Reason::kAddressDenied, &rules_[rule]);
+  }
+  if (const uint32_t rule = allowed_.lookup(judged); rule != CidrSet::kNoMatch) {
+    return allow(Reason::kAddressAllowed, rule);
+  }
+  return deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailLiteral);
+}
+
+Decision Policy::decideAddress(const IpAddress& address) const noexcept {
+  const IpAddress judged = address.embeddedV4().value_or(address);
+  if (const uint32_t rule = denied_.lookup(judged); rule != CidrSet::kNoMatch) {
+    return deny(Reason::kAddressDenied, &rules_[rule]);
+  }
+  if (const uint32_t rule = allowed_.lookup(judged); rule != CidrSet::kNoMatch) {
+    return allow(Reason::kAddressAllowed, rule);
+  }
+  if (const Rule* special = SpecialRanges::instance().find(judged)) {
+    return deny(Reason::kAddressSpecial, special);
+  }
+  if (strict_ip_) {
+    return deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailStrict);
+  }
+  return allow(Reason::kAddressPublic, CidrSet::kNoMatch);
+}
+
+std::vector<uint16_t> Policy::ports() const {
+  std::vector<uint16_t> ports;
+  for (uint32_t port = 0; port < 65536; ++port) {
+    if (ports_.test(port)) {
+      ports.push_back(static_cast<uint16_t>(port));
+    }
+  }
+  return ports;
+}
+
+namespace {
+
+// Host text as given may hold any byte (a NUL from a ClientHello, say): show it escaped.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text.substr(0, 300)) {
+    if (c >= 0x21 && c <= 0x7e && c != '\\' && c != '\'') {
+      out += static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  if (text.size() > 300) {
+    out += "...";
+  }
+  return out;
+}
+
+std::string addressText(const DecisionSubject& subject) {
+  if (!subject.address) {
+    return printable(subject.host);
+  }
+  std::string text = subject.address->toString();
+  if (const auto inner = subject.address->embeddedV4()) {
+    text += " (embedding " + inner->toString() + ")";
+  }
+  return text;
+}
+
+}  // namespace
+
+std::string Policy::describe(const Decision& decision, const DecisionSubject& subject) const {
+  const std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
+  switch (decision.reason) {
+    case Reason::kHostAllowed:
+      return "allowed: host matches " + rule;
+    case Reason::kAddressAllowed:
+      if (decision.rule != nullptr && decision.rule->kind == Rule::Kind::kServiceTag) {
+        return "allowed: " + addressText(subject) + " is in service tag " + rule;
+      }
+      return "allowed: " + addressText(subject) + " is in allowed range " + rule;
+    case Reason::kAddressPublic:
+      return "allowed: " + addressText(subject) + " is a public address";
+    case Reason::kInvalidHost:
+      return "denied: '" + printable(subject.host) + "' is not a valid host name (" +
+             std::string(HostName::statusText(static_cast<HostName::Status>(decision.detail))) +
+             ")";
+    case Reason::kHostNotAllowed:
+      return "denied: host " + printable(subject.host) + " matches no allowed host pattern";
+    case Reason::kPortNotAllowed: {
+      std::string allowed;
+      for (const uint16_t port : ports()) {
+        allowed += (allowed.empty() ? "" : ", ") + std::to_string(port);
+      }
+      return "denied: port " + std::to_string(subject.port) +
+             " is not allowed (allowed: " + (allowed.empty() ? "none" : allowed) + ")";
+    }
+    case Reason::kAddressSpecial:
+      return "denied: " + addressText(subject) + " is " + rule + " and in no allowed range";
+    case Reason::kAddressNotAllowed:
+      if (decision.detail == Decision::kDetailStrict) {
+        return "denied: " + addressText(subject) + " is in no allowed range (strict-ip)";
+      }
+      return "denied: " + addressText(subject) + " is an IP literal in no allowed range";
+    case Reason::kAddressDenied:
+      return "denied: " + addressText(subject) + " is in denied range " + rule;
+  }
+  return "denied";
+}
+
+std::string Policy::Builder::addHostPattern(std::string_view pattern, std::string origin) {
+  const uint32_t id = static_cast<uint32_t>(rules_.size());
+  std::string error = hosts_.add(pattern, id);
+  if (error.empty()) {
+    HostName name;
+    HostName::normalize(pattern, name, /*allow_wildcard=*/true);
+    rules_.push_back({Rule::Kind::kHostPattern, std::string(name.view()), std::move(origin)});
+  }
+  return error;
+}
+
+void Policy::Builder::addAllowCidr(const Cidr& cidr, std::string origin) {
+  allow_cidrs_.push_back({cidr, static_cast<uint32_t>(rules_.size())});
+  rules_.push_back({Rule::Kind::kAllowCidr, cidr.toString(), std::move(origin)});
+}
+
+void Policy::Builder::addDenyCidr(const Cidr& cidr, std::string origin) {
+  deny_cidrs_.push_back({cidr, static_cast<uint32_t>(rules_.size())});
+  rules_.push_back({Rule::Kind::kDenyCidr, cidr.toString(), std::move(origin)});
+}
+
+void Policy::Builder::addServiceTag(std::string_view name, std::span<const Cidr> prefixes,
+                                    std::string origin) {
+  const uint32_t id = static_cast<uint32_t>(rules_.size());
+  rules_.push_back({Rule::Kind::kServiceTag, std::string(name), std::move(origin)});
+  auto& target = name.find('.') != std::string_view::npos ? regional_tags_ : global_tags_;
+  for (const Cidr& cidr : prefixes) {
+    target.push_back({cidr, id});
+  }
+}
+
+std::shared_ptr<const Policy> Policy::Builder::build() {
+  std::shared_ptr<Policy> policy(new Policy());
+  // Equal prefixes: the entry listed first wins, so explicit ranges, then regional tags.
+  std::vector<CidrSet::Entry> allowed = allow_cidrs_;
+  allowed.insert(allowed.end(), regional_tags_.begin(), regional_tags_.end());
+  allowed.insert(allowed.end(), global_tags_.begin(), global_tags_.end());
+  policy->allowed_ = CidrSet(allowed);
+  policy->allowed_prefix_count_ = allowed.size();
+  policy->denied_ = CidrSet(deny_cidrs_);
+  policy->rules_ = std::move(rules_);
+  policy->hosts_ = std::move(hosts_);
+  policy->ports_ = ports_;
+  policy->strict_ip_ = strict_ip_;
+  return policy;
+}
+
+}  // namespace acr

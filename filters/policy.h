@@ -1,0 +1,102 @@
+#pragma once
+
+#include <bitset>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "filters/cidr_set.h"
+#include "filters/decision.h"
+#include "filters/host_matcher.h"
+#include "filters/ip_address.h"
+
+namespace acr {
+
+// What a decision was about, for its sentence: the host or IP literal as the client gave it, the
+// address checked (if any) and the port.
+struct DecisionSubject {
+  std::string_view host;
+  std::optional<IpAddress> address;
+  uint16_t port = 0;
+};
+
+// The immutable allow/deny policy. Built once by Policy::Builder from validated configuration,
+// then shared read-only (std::shared_ptr<const Policy>) by every event loop; a reload builds a new
+// one. Every decide* function is pure, allocation-free and never throws.
+//
+// Semantics (the README documents them for users):
+// - A name passes when it is a valid host name (HostName), its port is allowed, and a host pattern
+//   matches it. Names are never resolved here.
+// - An IP-literal target passes only when its port is allowed and it is inside the allowed set
+//   (--allow-cidr plus the prefixes of the chosen service tags) and not inside --deny-cidr.
+// - An address to dial (resolved, or the original destination) is judged by its embedded IPv4
+//   address when it carries one: --deny-cidr denies; the allowed set allows; a special-purpose
+//   range denies; --strict-ip denies whatever is left; otherwise it is allowed as public.
+class Policy {
+ public:
+  class Builder;
+
+  // A target as the client named it: an IP literal goes to decideLiteral, a name to decideName.
+  Decision decide(std::string_view host, uint16_t port) const noexcept;
+  Decision decideName(std::string_view host, uint16_t port) const noexcept;
+  Decision decideLiteral(const IpAddress& address, uint16_t port) const noexcept;
+  Decision decideAddress(const IpAddress& address) const noexcept;
+
+  // One plain sentence, e.g. "allowed: host matches *.blob.core.windows.net" or
+  // "denied: 10.0.0.5 is private (RFC 1918) and in no allowed range".
+  std::string describe(const Decision& decision, const DecisionSubject& subject) const;
+
+  bool portAllowed(uint16_t port) const noexcept { return ports_.test(port); }
+  std::vector<uint16_t> ports() const;
+  bool strictIp() const noexcept { return strict_ip_; }
+  const std::vector<Rule>& rules() const noexcept { return rules_; }
+  // Allowed-set prefixes per family, counted over every entry added (for summaries).
+  size_t allowedPrefixCount() const noexcept { return allowed_prefix_count_; }
+
+ private:
+  Policy() = default;
+
+  Decision allow(Reason reason, uint32_t rule) const noexcept;
+  Decision deny(Reason reason, const Rule* rule, uint8_t detail = 0) const noexcept;
+
+  std::vector<Rule> rules_;
+  HostMatcher hosts_;
+  std::bitset<65536> ports_;
+  CidrSet allowed_;
+  CidrSet denied_;
+  bool strict_ip_ = false;
+  size_t allowed_prefix_count_ = 0;
+};
+
+// Collects rules, then produces a Policy. Validation of user text (patterns, CIDRs) happens in
+// conf/, which reports file and line; add* here only refuse what cannot be represented.
+class Policy::Builder {
+ public:
+  // Returns an empty string or why the pattern is invalid.
+  std::string addHostPattern(std::string_view pattern, std::string origin);
+  void addPort(uint16_t port) { ports_.set(port); }
+  void addAllowCidr(const Cidr& cidr, std::string origin);
+  void addDenyCidr(const Cidr& cidr, std::string origin);
+  // A service tag's prefixes. Regional tags (with a '.') win over global tags for the same prefix,
+  // so that a sentence names the most specific tag.
+  void addServiceTag(std::string_view name, std::span<const Cidr> prefixes, std::string origin);
+  void setStrictIp(bool strict) { strict_ip_ = strict; }
+
+  std::shared_ptr<const Policy> build();
+
+ private:
+  std::vector<Rule> rules_;
+  HostMatcher hosts_;
+  std::bitset<65536> ports_;
+  std::vector<CidrSet::Entry> allow_cidrs_;
+  std::vector<CidrSet::Entry> regional_tags_;
+  std::vector<CidrSet::Entry> global_tags_;
+  std::vector<CidrSet::Entry> deny_cidrs_;
+  bool strict_ip_ = false;
+};
+
+}  // namespace acr

@@ -1,0 +1,128 @@
+#include "proxy/check_command.h"
+
+#include <charconv>
+#include <optional>
+#include <ostream>
+
+#include "conf/command_line.h"
+#include "conf/policy_factory.h"
+#include "filters/ip_address.h"
+
+namespace acr {
+namespace {
+
+struct CheckTarget {
+  std::string host;  // brackets removed
+  uint16_t port = kDefaultPort;
+};
+
+std::optional<uint16_t> parsePort(std::string_view text) {
+  unsigned port = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || port == 0 ||
+      port > 65535 || (text.size() > 1 && text[0] == '0')) {
+    return std::nullopt;
+  }
+  return static_cast<uint16_t>(port);
+}
+
+// host | host:port | IPv4 | IPv4:port | [IPv6] | [IPv6]:port
+std::optional<CheckTarget> parseTarget(const std::string& text) {
+  CheckTarget target;
+  std::string_view rest = text;
+  if (!rest.empty() && rest.front() == '[') {
+    const size_t close = rest.find(']');
+    if (close == std::string_view::npos) {
+      return std::nullopt;
+    }
+    target.host = std::string(rest.substr(1, close - 1));
+    const auto literal = IpAddress::parse(target.host);
+    if (!literal || literal->isV4()) {
+      return std::nullopt;
+    }
+    rest.remove_prefix(close + 1);
+    if (rest.empty()) {
+      return target;
+    }
+    if (rest.front() != ':') {
+      return std::nullopt;
+    }
+    const auto port = parsePort(rest.substr(1));
+    if (!port) {
+      return std::nullopt;
+    }
+    target.port = *port;
+    return target;
+  }
+  const size_t colon = rest.find(':');
+  if (colon == std::string_view::npos) {
+    target.host = std::string(rest);
+    return target;
+  }
+  if (rest.find(':', colon + 1) != std::string_view::npos) {
+    return std::nullopt;  // a bare IPv6 literal must be bracketed
+  }
+  const auto port = parsePort(rest.substr(colon + 1));
+  if (!port) {
+    return std::nullopt;
+  }
+  target.host = std::string(rest.substr(0, colon));
+  target.port = *port;
+  return target;
+}
+
+}  // namespace
+
+int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  try {
+    const CommandLine command_line = parseCommandLine(args);
+    if (command_line.positional.empty()) {
+      err << "usage: acr-egress check [policy options] TARGET...\n" << policyOptionsHelp();
+      return 2;
+    }
+    std::vector<CheckTarget> targets;
+    for (const std::string& text : command_line.positional) {
+      const auto target = parseTarget(text);
+      if (!target) {
+        err << "acr-egress check: invalid target '" << text
+            << "': expected host, host:port, IPv4[:port] or [IPv6][:port]\n";
+        return 2;
+      }
+      targets.push_back(*target);
+    }
+    const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
+    const Policy& policy = *snapshot.policy;
+    bool all_allowed = true;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const CheckTarget& target = targets[i];
+      const Decision decision = policy.decide(target.host, target.port);
+      DecisionSubject subject{target.host, IpAddress::parse(target.host), target.port};
+      all_allowed = all_allowed && decision.allowed();
+      out << (decision.allowed() ? "allow " : "deny ") << command_line.positional[i] << " "
+          << policy.describe(decision, subject) << " [" << reasonName(decision.reason) << "]\n";
+    }
+    return all_allowed ? 0 : 1;
+  } catch (const ConfigError& error) {
+    err << "acr-egress: " << error.what() << "\n";
+    return 2;
+  }
+}
+
+int runCheckConfig(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  try {
+    const CommandLine command_line = parseCommandLine(args, {"--check-config"});
+    if (!command_line.positional.empty()) {
+      err << "acr-egress --check-config: unexpected argument '" << command_line.positional[0]
+          << "'\n";
+      return 2;
+    }
+    const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
+    out << "configuration OK\n" << snapshot.summary();
+    return 0;
+  } catch (const ConfigError& error) {
+    err << "acr-egress: " << error.what() << "\n";
+    return 2;
+  }
+}
+
+}  // namespace acr

@@ -1,0 +1,10 @@
+#pragma once
+
+#include <string_view>
+
+namespace acr {
+
+// The release version, from the CMake project version.
+std::string_view version() noexcept;
+
+}  // namespace acr

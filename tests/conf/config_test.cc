@@ -1,0 +1,112 @@
+#include "conf/config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace acr {
+namespace {
+
+std::string errorOf(std::string_view text) {
+  try {
+    parseConfigText(text, "acr.toml");
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+// Every setting of the policy is read, with the line and column it came from.
+TEST(ConfigTest, ReadsEveryPolicySetting) {
+  const Config config = parseConfigText(R"([policy]
+registries = ["myreg"]
+regions = ["eastus", "westeurope"]
+allow_hosts = ["*.blob.core.windows.net"]
+allow_cidrs = ["10.1.0.0/16"]
+deny_cidrs = ["10.1.2.0/24"]
+service_tags_file = "tags.json"
+service_tags = ["AzureContainerRegistry", "Storage.EastUS"]
+ports = [443, 8443]
+strict_ip = true
+)",
+                                        "acr.toml", "/etc/acr-egress");
+  const PolicyConfig& p = config.policy;
+  ASSERT_EQ(p.registries.size(), 1u);
+  EXPECT_EQ(p.registries[0].text, "myreg");
+  EXPECT_EQ(p.registries[0].origin, "acr.toml:2:15");
+  EXPECT_EQ(p.regions.size(), 2u);
+  EXPECT_EQ(p.allow_hosts[0].text, "*.blob.core.windows.net");
+  EXPECT_EQ(p.allow_cidrs[0].text, "10.1.0.0/16");
+  EXPECT_EQ(p.deny_cidrs[0].text, "10.1.2.0/24");
+  ASSERT_TRUE(p.service_tags_file);
+  EXPECT_EQ(p.service_tags_file->text, "/etc/acr-egress/tags.json");
+  EXPECT_EQ(p.service_tags.size(), 2u);
+  ASSERT_EQ(p.ports.size(), 2u);
+  EXPECT_EQ(p.ports[1].text, "8443");
+  EXPECT_TRUE(p.strict_ip);
+}
+
+// Syntax errors, unknown keys and wrong types name file, line and column.
+TEST(ConfigTest, ErrorsNameFileLineAndColumn) {
+  struct Case {
+    const char* label;
+    const char* text;
+    const char* expected;
+  };
+  const Case cases[] = {
+      {"syntax", "[policy]\nregistries = [\"a\"\n", "acr.toml:2:19: Error while parsing array"},
+      {"unknown_top", "[polcy]\n", "acr.toml:1:1: unknown key 'polcy'"},
+      {"unknown_key", "[policy]\nregistry = [\"a\"]\n",
+       "acr.toml:2:12: unknown key 'policy.registry'"},
+      {"string_not_list", "[policy]\nregistries = \"myreg\"\n",
+       "acr.toml:2:14: 'registries' must be an array of strings"},
+      {"number_in_list", "[policy]\nallow_hosts = [\"a.b\", 3]\n",
+       "acr.toml:2:23: 'allow_hosts' must hold strings only"},
+      {"port_string", "[policy]\nports = [\"443\"]\n", "acr.toml:2:10: 'ports' must hold integers"},
+      {"strict_string", "[policy]\nstrict_ip = \"yes\"\n", "'strict_ip' must be true or false"},
+      {"policy_not_table", "policy = 3\n", "'policy' must be a table"},
+      {"empty_tags_file", "[policy]\nservice_tags_file = \"\"\n", "must be a non-empty string"},
+      {"duplicate_key", "[policy]\nports = [1]\nports = [2]\n", "acr.toml:3:"},
+  };
+  for (const Case& c : cases) {
+    const std::string error = errorOf(c.text);
+    EXPECT_NE(error.find(c.expected), std::string::npos) << c.label << ": " << error;
+  }
+}
+
+// An empty file is a valid, empty configuration (all defaults).
+TEST(ConfigTest, EmptyFileMeansDefaults) {
+  const Config config = parseConfigText("", "acr.toml");
+  EXPECT_TRUE(config.policy.registries.empty());
+  EXPECT_FALSE(config.policy.strict_ip);
+}
+
+// A missing file is an error naming it; a relative tags file is resolved next to the config.
+TEST(ConfigTest, LoadsFilesRelativeToTheirDirectory) {
+  EXPECT_THROW(loadConfigFile("/nonexistent/acr.toml"), ConfigError);
+  const auto dir = std::filesystem::temp_directory_path() / "acr_config_test";
+  std::filesystem::create_directories(dir);
+  const auto path = dir / "acr.toml";
+  std::ofstream(path) << "[policy]\nservice_tags_file = \"tags.json\"\n";
+  const Config config = loadConfigFile(path.string());
+  EXPECT_EQ(config.policy.service_tags_file->text, (dir / "tags.json").string());
+  std::filesystem::remove_all(dir);
+}
+
+// Command-line values add to the file's lists; scalars given later replace earlier ones.
+TEST(ConfigTest, MergeAppendsLists) {
+  Config base = parseConfigText("[policy]\nregistries = [\"a\"]\nports = [443]\n", "f");
+  Config extra;
+  extra.policy.registries = {{"b", "--registry"}};
+  extra.policy.ports = {{"8443", "--port"}};
+  extra.policy.strict_ip = true;
+  mergeConfig(base, extra);
+  ASSERT_EQ(base.policy.registries.size(), 2u);
+  EXPECT_EQ(base.policy.registries[1].text, "b");
+  EXPECT_EQ(base.policy.ports.size(), 2u);
+  EXPECT_TRUE(base.policy.strict_ip);
+}
+
+}  // namespace
+}  // namespace acr

@@ -1,0 +1,104 @@
+#include "conf/policy_factory.h"
+
+#include <gtest/gtest.h>
+
+#include "test_data.h"
+
+namespace acr {
+namespace {
+
+ConfigValue value(std::string text, std::string origin = "--opt") {
+  return {std::move(text), std::move(origin)};
+}
+
+std::string errorOf(const PolicyConfig& config) {
+  try {
+    buildPolicy(config);
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+// With no host option the embedded default applies; any host option replaces it.
+TEST(PolicyFactoryTest, DefaultOnlyWithoutHostOptions) {
+  const auto defaults = buildPolicy(PolicyConfig{}).policy;
+  EXPECT_TRUE(defaults->decide("x.blob.core.windows.net", 443).allowed());
+  EXPECT_EQ(defaults->ports(), std::vector<uint16_t>{443});
+  PolicyConfig config;
+  config.allow_hosts = {value("myreg.azurecr.io")};
+  const auto custom = buildPolicy(config).policy;
+  EXPECT_TRUE(custom->decide("myreg.azurecr.io", 443).allowed());
+  EXPECT_FALSE(custom->decide("x.blob.core.windows.net", 443).allowed());
+  EXPECT_EQ(custom->rules().front().origin, "--opt");
+}
+
+// Every invalid value is refused with its origin and what is wrong.
+TEST(PolicyFactoryTest, RefusesInvalidValuesNamingTheOrigin) {
+  struct Case {
+    const char* label;
+    PolicyConfig config;
+    const char* expected;
+  };
+  auto with = [](auto setter) {
+    PolicyConfig config;
+    setter(config);
+    return config;
+  };
+  const Case cases[] = {
+      {"bad_pattern", with([](PolicyConfig& c) { c.allow_hosts = {value("reg*.io", "f:3:1")}; }),
+       "f:3:1: invalid host pattern 'reg*.io'"},
+      {"bad_cidr", with([](PolicyConfig& c) { c.allow_cidrs = {value("10.0.0.0/33", "f:4:2")}; }),
+       "f:4:2: invalid CIDR '10.0.0.0/33'"},
+      {"bad_deny", with([](PolicyConfig& c) { c.deny_cidrs = {value("nope")}; }),
+       "--opt: invalid CIDR 'nope'"},
+      {"port_zero", with([](PolicyConfig& c) { c.ports = {value("0")}; }), "invalid port '0'"},
+      {"port_big", with([](PolicyConfig& c) { c.ports = {value("65536")}; }), "invalid port"},
+      {"port_word", with([](PolicyConfig& c) { c.ports = {value("https")}; }), "invalid port"},
+      {"port_leading_zero", with([](PolicyConfig& c) { c.ports = {value("0443")}; }),
+       "invalid port"},
+      {"registry_dotted", with([](PolicyConfig& c) { c.registries = {value("my.reg")}; }),
+       "invalid registry name 'my.reg'"},
+      {"registry_star", with([](PolicyConfig& c) { c.registries = {value("*")}; }),
+       "invalid registry name"},
+      {"region_without_registry", with([](PolicyConfig& c) { c.regions = {value("eastus")}; }),
+       "a region only applies to a registry"},
+      {"tag_without_file", with([](PolicyConfig& c) { c.service_tags = {value("Storage")}; }),
+       "needs a service-tags file"},
+      {"missing_file",
+       with([](PolicyConfig& c) { c.service_tags_file = value("/nonexistent/tags.json"); }),
+       "/nonexistent/tags.json: cannot open"},
+      {"unknown_tag", with([](PolicyConfig& c) {
+         c.service_tags_file = value(test::serviceTagsPath());
+         c.service_tags = {value("AzureContainerRegistry.eastus", "--service-tag")};
+       }),
+       "--service-tag: unknown service tag 'AzureContainerRegistry.eastus'"},
+  };
+  for (const Case& c : cases) {
+    const std::string error = errorOf(c.config);
+    EXPECT_NE(error.find(c.expected), std::string::npos) << c.label << ": " << error;
+  }
+  PolicyConfig unknown;
+  unknown.service_tags_file = value(test::serviceTagsPath());
+  unknown.service_tags = {value("AzureContainerRegistry.eastus")};
+  EXPECT_NE(errorOf(unknown).find("closest: AzureContainerRegistry.EastUS"), std::string::npos)
+      << errorOf(unknown);
+}
+
+// Service tags put their prefixes in the allowed set and the snapshot remembers the file.
+TEST(PolicyFactoryTest, LoadsServiceTags) {
+  PolicyConfig config;
+  config.service_tags_file = value(test::serviceTagsPath());
+  config.service_tags = {value("AzureContainerRegistry"), value("Storage.EastUS")};
+  const PolicySnapshot snapshot = buildPolicy(config);
+  EXPECT_EQ(snapshot.service_tags_change_number, 376);
+  EXPECT_EQ(snapshot.service_tag_names.size(), 2u);
+  const std::string summary = snapshot.summary();
+  EXPECT_NE(summary.find("changeNumber 376"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("tag Storage.EastUS"), std::string::npos) << summary;
+  // The first prefix of each tag in the real file is allowed by that tag.
+  EXPECT_GT(snapshot.policy->allowedPrefixCount(), 1000u);
+}
+
+}  // namespace
+}  // namespace acr

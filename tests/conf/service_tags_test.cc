@@ -1,0 +1,111 @@
+#include "conf/service_tags.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "conf/config.h"
+#include "test_data.h"
+
+namespace acr {
+namespace {
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string errorOf(std::string_view json) {
+  try {
+    ServiceTags::parse(json, "tags.json");
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+// The real Azure file loads whole: every tag, every prefix, the change number.
+TEST(ServiceTagsTest, LoadsTheRealFile) {
+  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
+  EXPECT_EQ(tags.changeNumber(), 376);
+  EXPECT_EQ(tags.cloud(), "Public");
+  EXPECT_EQ(tags.tags().size(), 3041u);
+  size_t v4 = 0;
+  size_t v6 = 0;
+  for (const ServiceTag& tag : tags.tags()) {
+    for (const Cidr& prefix : tag.prefixes) {
+      (prefix.address.isV4() ? v4 : v6) += 1;
+    }
+  }
+  EXPECT_EQ(v4, 71348u);  // counts from ../shared/data/SOURCES.md
+  EXPECT_EQ(v6, 24475u);
+  const ServiceTag* acr = tags.find("AzureContainerRegistry");
+  ASSERT_NE(acr, nullptr);
+  EXPECT_EQ(acr->prefixes.size(), 590u + 556u);
+  ASSERT_NE(tags.find("Storage.WestEurope"), nullptr);
+  EXPECT_EQ(tags.find("Storage.WestEurope")->region, "westeurope");
+}
+
+// Names match exactly: "storage" and "Storage*" are not "Storage"; suggestions help.
+TEST(ServiceTagsTest, NamesMatchExactlyWithSuggestions) {
+  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
+  EXPECT_EQ(tags.find("storage"), nullptr);
+  EXPECT_EQ(tags.find("Storage.eastus"), nullptr);
+  ASSERT_NE(tags.find("StorageSyncService"), nullptr);
+  EXPECT_NE(tags.find("StorageSyncService"), tags.find("Storage"));
+  EXPECT_EQ(tags.suggest("storage").front(), "Storage");
+  EXPECT_EQ(tags.suggest("Storage.eastus").front(), "Storage.EastUS");
+  EXPECT_EQ(tags.suggest("AzureContainerRegistery").front(), "AzureContainerRegistry");
+}
+
+// Bad files are refused whole, naming the JSON path or the line and column.
+TEST(ServiceTagsTest, RefusesBadFilesWithLocation) {
+  struct Case {
+    const char* label;
+    std::string json;
+    const char* expected;
+  };
+  const std::string real = readFile(test::serviceTagsPath());
+  const Case cases[] = {
+      {"empty", "", "tags.json: the service-tags file is empty"},
+      {"truncated", real.substr(0, real.size() / 2), "invalid JSON"},
+      {"syntax_line", "{\n  \"changeNumber\": 1,\n  \"values\": [,]\n}", "tags.json:3:"},
+      {"trailing_garbage", "{\"changeNumber\":1,\"values\":[]} x", "invalid JSON"},
+      {"not_object", "[]", "$: the top level must be an object"},
+      {"no_change_number", "{\"values\":[]}", "$: missing \"changeNumber\""},
+      {"negative_change", "{\"changeNumber\":-1,\"values\":[]}", "$.changeNumber"},
+      {"values_not_array", "{\"changeNumber\":1,\"values\":{}}", "$.values: must be an array"},
+      {"no_name", "{\"changeNumber\":1,\"values\":[{\"properties\":{\"addressPrefixes\":[]}}]}",
+       "$.values[0]: missing \"name\""},
+      {"no_prefixes", "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{}}]}",
+       "$.values[0].properties: missing \"addressPrefixes\""},
+      {"bad_prefix",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"addressPrefixes\":"
+       "[\"1.0.0.0/8\",\"20.0.0.0/33\"]}}]}",
+       "$.values[0].properties.addressPrefixes[1]: invalid CIDR '20.0.0.0/33': prefix length 33 "
+       "is over 32"},
+      {"host_bits",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"addressPrefixes\":"
+       "[\"10.0.0.5/8\"]}}]}",
+       "host bits are set"},
+      {"prefix_number",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"addressPrefixes\":[5]}}]"
+       "}",
+       "addressPrefixes[0]: must be a string"},
+      {"duplicate_tag",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"addressPrefixes\":[]}},"
+       "{\"name\":\"A\",\"properties\":{\"addressPrefixes\":[]}}]}",
+       "$.values[1].name: duplicate tag name 'A'"},
+  };
+  for (const Case& c : cases) {
+    const std::string error = errorOf(c.json);
+    EXPECT_NE(error.find(c.expected), std::string::npos) << c.label << ": " << error;
+  }
+  EXPECT_THROW(ServiceTags::load("/nonexistent/tags.json"), ConfigError);
+}
+
+}  // namespace
+}  // namespace acr

@@ -1,0 +1,226 @@
+#include "filters/policy.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "conf/policy_factory.h"
+#include "test_data.h"
+
+namespace acr {
+namespace {
+
+ConfigValue value(std::string text) { return {std::move(text), "test"}; }
+
+std::shared_ptr<const Policy> defaultPolicy() { return buildPolicy(PolicyConfig{}).policy; }
+
+struct NameCase {
+  const char* label;
+  std::string host;
+  uint16_t port;
+  Reason reason;
+};
+
+// The embedded default allows the registry, data and blob endpoints and nothing else.
+TEST(PolicyTest, DefaultPolicyNames) {
+  const auto policy = defaultPolicy();
+  const NameCase cases[] = {
+      {"login_server", "myregistry.azurecr.io", 443, Reason::kHostAllowed},
+      {"data_endpoint", "myregistry.eastus.data.azurecr.io", 443, Reason::kHostAllowed},
+      {"blob", "myaccount.blob.core.windows.net", 443, Reason::kHostAllowed},
+      {"trailing_dot", "myregistry.azurecr.io.", 443, Reason::kHostAllowed},
+      {"mixed_case", "MyRegistry.AzureCR.IO", 443, Reason::kHostAllowed},
+      {"two_trailing_dots", "myregistry.azurecr.io..", 443, Reason::kInvalidHost},
+      {"suffix_attack", "azurecr.io.evil.com", 443, Reason::kHostNotAllowed},
+      {"no_label_boundary", "evilazurecr.io", 443, Reason::kHostNotAllowed},
+      {"appended_label", "myreg.azurecr.io.evil", 443, Reason::kHostNotAllowed},
+      {"bare_blob", "blob.core.windows.net", 443, Reason::kHostNotAllowed},
+      {"bare_registry_domain", "azurecr.io", 443, Reason::kHostNotAllowed},
+      {"two_labels_under_one_wildcard", "a.b.blob.core.windows.net", 443, Reason::kHostNotAllowed},
+      {"data_depth_too_deep", "a.b.c.data.azurecr.io", 443, Reason::kHostNotAllowed},
+      {"nul", std::string("myreg\0.azurecr.io", 17), 443, Reason::kInvalidHost},
+      {"label_64", std::string(64, 'a') + ".azurecr.io", 443, Reason::kInvalidHost},
+      {"name_254",
+       std::string(63, 'a') + "." + std::string(63, 'a') + "." + std::string(63, 'a') + "." +
+           std::string(51, 'a') + ".azurecr.io",
+       443, Reason::kInvalidHost},
+      {"utf8", "m\xc3\xbcller.azurecr.io", 443, Reason::kInvalidHost},
+      {"with_port", "myreg.azurecr.io:443", 443, Reason::kInvalidHost},
+      {"inet_aton", "127.1", 443, Reason::kInvalidHost},
+      {"decimal_ip", "2130706433", 443, Reason::kInvalidHost},
+      {"hex_ip", "0x7f.0.0.1", 443, Reason::kInvalidHost},
+      {"ssh_port", "myregistry.azurecr.io", 22, Reason::kPortNotAllowed},
+      {"http_port", "myregistry.azurecr.io", 80, Reason::kPortNotAllowed},
+      {"proxy_port", "myregistry.azurecr.io", 3128, Reason::kPortNotAllowed},
+      {"denied_name_any_port", "example.com", 443, Reason::kHostNotAllowed},
+  };
+  for (const NameCase& c : cases) {
+    const Decision decision = policy->decide(c.host, c.port);
+    EXPECT_EQ(decision.reason, c.reason) << c.label << ": " << reasonName(decision.reason);
+    EXPECT_EQ(decision.allowed(), c.reason == Reason::kHostAllowed) << c.label;
+  }
+}
+
+// --registry allows the login server and the data endpoints of the given regions only.
+TEST(PolicyTest, RegistryAndRegions) {
+  PolicyConfig config;
+  config.registries = {value("myreg")};
+  config.regions = {value("eastus"), value("westeurope")};
+  const auto policy = buildPolicy(config).policy;
+  EXPECT_TRUE(policy->decide("myreg.azurecr.io", 443).allowed());
+  EXPECT_TRUE(policy->decide("myreg.eastus.data.azurecr.io", 443).allowed());
+  EXPECT_TRUE(policy->decide("myreg.westeurope.data.azurecr.io", 443).allowed());
+  EXPECT_FALSE(policy->decide("myreg.westus.data.azurecr.io", 443).allowed());
+  EXPECT_FALSE(policy->decide("other.azurecr.io", 443).allowed());
+  EXPECT_FALSE(policy->decide("acct.blob.core.windows.net", 443).allowed());
+
+  PolicyConfig any_region;
+  any_region.registries = {value("myreg")};
+  const auto any = buildPolicy(any_region).policy;
+  EXPECT_TRUE(any->decide("myreg.westus.data.azurecr.io", 443).allowed());
+  EXPECT_FALSE(any->decide("myreg.a.b.data.azurecr.io", 443).allowed());
+}
+
+struct AddressCase {
+  const char* label;
+  const char* address;
+  Reason reason;
+};
+
+// Resolved or original-destination addresses: special ranges are denied, IPv4 hidden in IPv6 is
+// judged by the IPv4 address, public addresses pass.
+TEST(PolicyTest, AddressesToDial) {
+  const auto policy = defaultPolicy();
+  const AddressCase cases[] = {
+      {"public_v4", "20.60.1.1", Reason::kAddressPublic},
+      {"public_v6", "2603:1030::1", Reason::kAddressPublic},
+      {"metadata", "169.254.169.254", Reason::kAddressSpecial},
+      {"wireserver", "168.63.129.16", Reason::kAddressSpecial},
+      {"wireserver_neighbour_public", "168.63.129.17", Reason::kAddressPublic},
+      {"loopback", "127.0.0.1", Reason::kAddressSpecial},
+      {"unspecified", "0.0.0.0", Reason::kAddressSpecial},
+      {"rfc1918_10", "10.0.0.5", Reason::kAddressSpecial},
+      {"rfc1918_172", "172.16.0.1", Reason::kAddressSpecial},
+      {"rfc1918_192", "192.168.1.1", Reason::kAddressSpecial},
+      {"cgnat", "100.64.0.1", Reason::kAddressSpecial},
+      {"multicast", "224.0.0.1", Reason::kAddressSpecial},
+      {"broadcast", "255.255.255.255", Reason::kAddressSpecial},
+      {"reserved", "240.0.0.1", Reason::kAddressSpecial},
+      {"documentation", "192.0.2.10", Reason::kAddressSpecial},
+      {"v6_loopback", "::1", Reason::kAddressSpecial},
+      {"v6_unspecified", "::", Reason::kAddressSpecial},
+      {"v6_ula", "fc00::1", Reason::kAddressSpecial},
+      {"v6_link_local", "fe80::1", Reason::kAddressSpecial},
+      {"v6_multicast", "ff02::1", Reason::kAddressSpecial},
+      {"mapped_metadata", "::ffff:169.254.169.254", Reason::kAddressSpecial},
+      {"nat64_metadata", "64:ff9b::a9fe:a9fe", Reason::kAddressSpecial},
+      {"nat64_private", "64:ff9b::a00:5", Reason::kAddressSpecial},
+      {"sixto4_metadata", "2002:a9fe:a9fe::", Reason::kAddressSpecial},
+      {"compat_metadata", "::a9fe:a9fe", Reason::kAddressSpecial},
+      {"mapped_loopback", "::ffff:127.0.0.1", Reason::kAddressSpecial},
+      {"nat64_public", "64:ff9b::143c:101", Reason::kAddressPublic},
+      {"mapped_public", "::ffff:20.60.1.1", Reason::kAddressPublic},
+  };
+  for (const AddressCase& c : cases) {
+    const Decision decision = policy->decideAddress(*IpAddress::parse(c.address));
+    EXPECT_EQ(decision.reason, c.reason) << c.label << ": " << reasonName(decision.reason);
+  }
+}
+
+// --allow-cidr opens a special range (Private Link), --deny-cidr always wins, --strict-ip closes
+// everything outside the allowed set.
+TEST(PolicyTest, AllowDenyAndStrict) {
+  PolicyConfig config;
+  config.allow_cidrs = {value("10.1.0.0/16"), value("20.0.0.0/8")};
+  config.deny_cidrs = {value("20.60.0.0/16"), value("10.1.2.0/24")};
+  const auto policy = buildPolicy(config).policy;
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("10.1.1.1")).reason, Reason::kAddressAllowed);
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("10.1.2.1")).reason, Reason::kAddressDenied);
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("10.2.0.1")).reason, Reason::kAddressSpecial);
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("20.60.1.1")).reason, Reason::kAddressDenied);
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("::ffff:20.60.1.1")).reason,
+            Reason::kAddressDenied);
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("20.1.1.1")).reason, Reason::kAddressAllowed);
+  EXPECT_EQ(policy->decideAddress(*IpAddress::parse("8.8.8.8")).reason, Reason::kAddressPublic);
+
+  config.strict_ip = true;
+  const auto strict = buildPolicy(config).policy;
+  EXPECT_EQ(strict->decideAddress(*IpAddress::parse("8.8.8.8")).reason, Reason::kAddressNotAllowed);
+  EXPECT_EQ(strict->decideAddress(*IpAddress::parse("20.1.1.1")).reason, Reason::kAddressAllowed);
+}
+
+// IP-literal targets pass only inside the allowed set, on an allowed port.
+TEST(PolicyTest, IpLiteralTargets) {
+  PolicyConfig config;
+  config.allow_cidrs = {value("20.60.0.0/16")};
+  const auto policy = buildPolicy(config).policy;
+  EXPECT_EQ(policy->decide("20.60.1.1", 443).reason, Reason::kAddressAllowed);
+  EXPECT_EQ(policy->decide("20.60.1.1", 22).reason, Reason::kPortNotAllowed);
+  EXPECT_EQ(policy->decide("8.8.8.8", 443).reason, Reason::kAddressNotAllowed);
+  EXPECT_EQ(policy->decide("::ffff:8.8.8.8", 443).reason, Reason::kAddressNotAllowed);
+  EXPECT_EQ(policy->decide("::ffff:20.60.1.1", 443).reason, Reason::kAddressAllowed);
+  EXPECT_EQ(policy->decide("127.0.0.1", 443).reason, Reason::kAddressNotAllowed);
+}
+
+// Every decision renders as one sentence naming the rule or tag that decided.
+TEST(PolicyTest, SentencesNameTheRule) {
+  PolicyConfig config;
+  config.allow_hosts = {value("*.blob.core.windows.net")};
+  config.allow_cidrs = {value("192.0.2.0/24")};
+  config.deny_cidrs = {value("198.51.100.0/24")};
+  config.service_tags_file = value(test::serviceTagsPath());
+  config.service_tags = {value("Storage"), value("Storage.WestUS")};
+  const auto snapshot = buildPolicy(config);
+  const Policy& policy = *snapshot.policy;
+  auto sentence = [&](const Decision& d, std::string_view host, const char* address,
+                      uint16_t port) {
+    DecisionSubject subject{host, address ? IpAddress::parse(address) : std::nullopt, port};
+    return policy.describe(d, subject);
+  };
+  EXPECT_EQ(sentence(policy.decide("acct.blob.core.windows.net", 443), "acct.blob.core.windows.net",
+                     nullptr, 443),
+            "allowed: host matches *.blob.core.windows.net");
+  const auto storage = *IpAddress::parse("20.60.1.1");
+  EXPECT_EQ(sentence(policy.decideAddress(storage), "", "20.60.1.1", 443),
+            "allowed: 20.60.1.1 is in service tag Storage.WestUS");
+  EXPECT_EQ(sentence(policy.decideAddress(*IpAddress::parse("20.60.2.1")), "", "20.60.2.1", 443),
+            "allowed: 20.60.2.1 is in service tag Storage");
+  EXPECT_EQ(sentence(policy.decideAddress(*IpAddress::parse("10.0.0.5")), "", "10.0.0.5", 443),
+            "denied: 10.0.0.5 is private (RFC 1918) and in no allowed range");
+  EXPECT_EQ(sentence(policy.decideAddress(*IpAddress::parse("192.0.2.7")), "", "192.0.2.7", 443),
+            "allowed: 192.0.2.7 is in allowed range 192.0.2.0/24");
+  EXPECT_EQ(
+      sentence(policy.decideAddress(*IpAddress::parse("198.51.100.1")), "", "198.51.100.1", 443),
+      "denied: 198.51.100.1 is in denied range 198.51.100.0/24");
+  EXPECT_EQ(sentence(policy.decide("evil.example", 443), "evil.example", nullptr, 443),
+            "denied: host evil.example matches no allowed host pattern");
+  EXPECT_EQ(sentence(policy.decide("acct.blob.core.windows.net", 22), "acct.blob.core.windows.net",
+                     nullptr, 22),
+            "denied: port 22 is not allowed (allowed: 443)");
+  const std::string nul("a\0b.blob.core.windows.net", 25);
+  EXPECT_EQ(sentence(policy.decide(nul, 443), nul, nullptr, 443),
+            "denied: 'a\\x00b.blob.core.windows.net' is not a valid host name (byte other than a "
+            "letter, digit, '-' or '_')");
+  EXPECT_EQ(sentence(policy.decideAddress(*IpAddress::parse("64:ff9b::a00:5")), "",
+                     "64:ff9b::a00:5", 443),
+            "denied: 64:ff9b::a00:5 (embedding 10.0.0.5) is private (RFC 1918) and in no allowed "
+            "range");
+  const Decision decision = policy.decideAddress(*IpAddress::parse("168.63.129.16"));
+  EXPECT_EQ(decision.reason, Reason::kAddressSpecial);
+  ASSERT_NE(decision.rule, nullptr);
+  EXPECT_NE(decision.rule->text.find("168.63.129.16"), std::string::npos);
+}
+
+// Reason names are the stable identifiers logs and metrics use.
+TEST(PolicyTest, ReasonNamesAreStable) {
+  EXPECT_EQ(reasonName(Reason::kHostNotAllowed), "host_not_allowed");
+  EXPECT_EQ(reasonName(Reason::kInvalidHost), "invalid_host");
+  EXPECT_EQ(reasonName(Reason::kPortNotAllowed), "port_not_allowed");
+  EXPECT_EQ(reasonName(Reason::kAddressSpecial), "address_special");
+  EXPECT_EQ(reasonName(Reason::kAddressNotAllowed), "address_not_allowed");
+  EXPECT_EQ(reasonName(Reason::kAddressDenied), "address_denied");
+  EXPECT_EQ(reasonName(Reason::kHostAllowed), "host_allowed");
+}
+
+}  // namespace
+}  // namespace acr

@@ -1,0 +1,121 @@
+#include "proxy/check_command.h"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <sstream>
+#include <string>
+
+namespace acr {
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+Result check(std::vector<std::string> args) {
+  std::ostringstream out;
+  std::ostringstream err;
+  const int code = runCheckCommand(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::string tagsFile() { return std::string(ACR_SHARED_DIR) + "/data/ServiceTags_Public.json"; }
+
+// One line per target: verdict, target, sentence, reason id; exit 0 only if all are allowed.
+TEST(CheckCommandTest, PrintsOneLinePerTarget) {
+  const Result allowed = check({"myreg.azurecr.io", "acct.blob.core.windows.net:443"});
+  EXPECT_EQ(allowed.code, 0) << allowed.err;
+  EXPECT_EQ(allowed.out,
+            "allow myreg.azurecr.io allowed: host matches *.azurecr.io [host_allowed]\n"
+            "allow acct.blob.core.windows.net:443 allowed: host matches *.blob.core.windows.net "
+            "[host_allowed]\n");
+  const Result mixed = check({"myreg.azurecr.io", "evil.example.com", "myreg.azurecr.io:22"});
+  EXPECT_EQ(mixed.code, 1);
+  EXPECT_NE(mixed.out.find("deny evil.example.com denied: host evil.example.com matches no "
+                           "allowed host pattern [host_not_allowed]"),
+            std::string::npos)
+      << mixed.out;
+  EXPECT_NE(mixed.out.find("deny myreg.azurecr.io:22 denied: port 22 is not allowed"),
+            std::string::npos);
+}
+
+// Every target form is understood: host, host:port, IPv4[:port], [IPv6][:port].
+TEST(CheckCommandTest, AcceptsEveryTargetForm) {
+  const Result result =
+      check({"--allow-cidr", "20.60.0.0/16", "--allow-cidr", "2603:1030::/32", "20.60.1.1",
+             "20.60.1.1:443", "[2603:1030::1]", "[2603:1030::1]:443", "[::ffff:20.60.1.1]"});
+  EXPECT_EQ(result.code, 0) << result.out << result.err;
+  EXPECT_NE(result.out.find("allow [2603:1030::1]:443 allowed: 2603:1030::1 is in allowed range "
+                            "2603:1030::/32"),
+            std::string::npos)
+      << result.out;
+  const Result literal = check({"8.8.8.8", "[::1]:443"});
+  EXPECT_EQ(literal.code, 1);
+  EXPECT_NE(literal.out.find("deny 8.8.8.8 denied: 8.8.8.8 is an IP literal in no allowed range "
+                             "[address_not_allowed]"),
+            std::string::npos);
+}
+
+// Usage and configuration errors exit 2 with a message and print no verdicts.
+TEST(CheckCommandTest, ErrorsExitTwo) {
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {},
+           {"--bogus", "x.azurecr.io"},
+           {"--allow-cidr"},
+           {"--allow-cidr", "10.0.0.0/33", "x.azurecr.io"},
+           {"--port", "0", "x.azurecr.io"},
+           {"2603:1030::1"},
+           {"[nothex]:443"},
+           {"host:0443"},
+           {"host:"},
+           {"--service-tags", tagsFile(), "--service-tag", "storage", "x.azurecr.io"},
+           {"--config", "/nonexistent.toml", "x.azurecr.io"},
+       }) {
+    const Result result = check(args);
+    EXPECT_EQ(result.code, 2) << (args.empty() ? "(none)" : args[0]);
+    EXPECT_EQ(result.out, "");
+    EXPECT_FALSE(result.err.empty());
+  }
+  const Result unknown = check({"--service-tags", tagsFile(), "--service-tag", "storage", "x"});
+  EXPECT_NE(unknown.err.find("closest: Storage"), std::string::npos) << unknown.err;
+}
+
+// The real binary behaves the same, exit codes included.
+TEST(CheckCommandTest, BinaryExitCodes) {
+  auto run = [](const std::string& args) {
+    const std::string command = std::string(ACR_BINARY) + " " + args + " 2>&1";
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string output;
+    std::array<char, 512> buffer;
+    while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) {
+      output += buffer.data();
+    }
+    const int status = pclose(pipe);
+    return std::make_pair(WEXITSTATUS(status), output);
+  };
+  EXPECT_EQ(run("check myreg.azurecr.io").first, 0);
+  EXPECT_EQ(run("check example.com").first, 1);
+  EXPECT_EQ(run("check --port x myreg.azurecr.io").first, 2);
+  const auto tags = run("check --service-tags " + tagsFile() +
+                        " --service-tag Storage.WestUS --service-tag Storage 20.60.1.1");
+  EXPECT_EQ(tags.first, 0) << tags.second;
+  EXPECT_EQ(tags.second,
+            "allow 20.60.1.1 allowed: 20.60.1.1 is in service tag Storage.WestUS "
+            "[address_allowed]\n");
+  const auto version = run("--version");
+  EXPECT_EQ(version.first, 0);
+  EXPECT_EQ(version.second.rfind("acr-egress ", 0), 0u);
+  const auto config =
+      run("--check-config --service-tags " + tagsFile() + " --service-tag AzureContainerRegistry");
+  EXPECT_EQ(config.first, 0) << config.second;
+  EXPECT_NE(config.second.find("changeNumber 376"), std::string::npos);
+  EXPECT_EQ(run("--check-config --allow-cidr 1.2.3.4/8").first, 2);
+}
+
+}  // namespace
+}  // namespace acr
