@@ -21,7 +21,63 @@ constexpr std::string_view kHelp =
     "With no --registry and no --allow-host, the hosts allowed are *.azurecr.io,\n"
     "*.*.data.azurecr.io and *.blob.core.windows.net.\n";
 
+constexpr std::string_view kProxyHelp =
+    "Proxy options:\n"
+    "  --connect ADDR:PORT        HTTP CONNECT listener (repeatable; default 127.0.0.1:3128)\n"
+    "  --transparent ADDR:PORT    listener for TLS redirected by iptables/nftables (repeatable)\n"
+    "  --sni ADDR:PORT            listener for DNS-steered TLS clients (repeatable)\n"
+    "  --dns-server ADDR[:PORT]   DNS server (repeatable; default: /etc/resolv.conf)\n"
+    "  --workers N                event-loop threads (default: number of cores)\n"
+    "  --mark N                   SO_MARK for upstream sockets (firewall exclusion)\n"
+    "  --allow-non-tls            let a CONNECT tunnel carry something other than TLS\n"
+    "  --allow-no-sni             let a ClientHello without SNI through (transparent only)\n"
+    "  --head-timeout T           time to send the CONNECT head or ClientHello (10s)\n"
+    "  --dns-timeout T            DNS resolution budget (5s)\n"
+    "  --connect-timeout T        upstream connect budget (10s)\n"
+    "  --idle-timeout T           idle tunnel timeout (15m); no total lifetime cap\n"
+    "  --drain-timeout T          on SIGTERM, how long tunnels may finish (30s)\n"
+    "  --keepalive-idle T         TCP keepalive idle time on both sides (120s)\n"
+    "  --max-connections N        concurrent connections (4096)\n"
+    "  --max-head-size N          CONNECT head cap in bytes (8192)\n"
+    "  --max-client-hello-size N  ClientHello cap in bytes (16384)\n"
+    "  --dns-min-ttl T, --dns-max-ttl T, --dns-negative-ttl T, --dns-cache-size N\n"
+    "  --log-format json|text     access log format (json)\n"
+    "Durations T take a unit: ms, s, m or h (\"10s\", \"15m\").\n";
+
+// Options that map to a "table.key" setting; valueless ones store "true".
+struct SettingOption {
+  std::string_view flag;
+  std::string_view key;
+  bool takes_value;
+};
+constexpr SettingOption kSettingOptions[] = {
+    {"--connect", "listeners.connect", true},
+    {"--transparent", "listeners.transparent", true},
+    {"--sni", "listeners.sni", true},
+    {"--dns-server", "dns.servers", true},
+    {"--workers", "proxy.workers", true},
+    {"--mark", "proxy.mark", true},
+    {"--allow-non-tls", "proxy.allow_non_tls", false},
+    {"--allow-no-sni", "proxy.allow_no_sni", false},
+    {"--head-timeout", "limits.head_timeout", true},
+    {"--dns-timeout", "dns.timeout", true},
+    {"--connect-timeout", "limits.connect_timeout", true},
+    {"--idle-timeout", "limits.idle_timeout", true},
+    {"--drain-timeout", "limits.drain_timeout", true},
+    {"--keepalive-idle", "limits.keepalive_idle", true},
+    {"--max-connections", "limits.max_connections", true},
+    {"--max-head-size", "limits.max_head_size", true},
+    {"--max-client-hello-size", "limits.max_client_hello_size", true},
+    {"--dns-min-ttl", "dns.min_ttl", true},
+    {"--dns-max-ttl", "dns.max_ttl", true},
+    {"--dns-negative-ttl", "dns.negative_ttl", true},
+    {"--dns-cache-size", "dns.cache_size", true},
+    {"--log-format", "log.format", true},
+};
+
 }  // namespace
+
+std::string_view proxyOptionsHelp() noexcept { return kProxyHelp; }
 
 std::string_view policyOptionsHelp() noexcept { return kHelp; }
 
@@ -77,6 +133,17 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       config_path = value().text;
     } else if (name == "--strict-ip" && !inline_value) {
       policy.strict_ip = true;
+    } else if (const auto option =
+                   std::find_if(std::begin(kSettingOptions), std::end(kSettingOptions),
+                                [&](const SettingOption& o) { return o.flag == name; });
+               option != std::end(kSettingOptions) && (option->takes_value || !inline_value)) {
+      const std::string key(option->key);
+      const ConfigValue setting = option->takes_value ? value() : ConfigValue{"true", name};
+      if (isListSetting(key)) {
+        from_args.settings[key].push_back(setting);
+      } else {
+        from_args.settings[key] = {setting};
+      }
     } else if (!inline_value &&
                std::find(extra_flags.begin(), extra_flags.end(), name) != extra_flags.end()) {
       result.flags.push_back(name);

@@ -25,7 +25,9 @@ struct CommandLine {
 CommandLine parseCommandLine(const std::vector<std::string>& args,
                              const std::vector<std::string_view>& extra_flags = {});
 
-// The option list above, for --help.
+// The option lists, for --help. Proxy options (listeners, DNS, limits, logs) are parsed into
+// Config::settings and validated by conf/proxy_settings.
 std::string_view policyOptionsHelp() noexcept;
+std::string_view proxyOptionsHelp() noexcept;
 
 }  // namespace acr

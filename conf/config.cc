@@ -9,6 +9,20 @@
 namespace acr {
 namespace {
 
+constexpr std::string_view kListSettings[] = {"listeners.connect", "listeners.transparent",
+                                              "listeners.sni", "dns.servers"};
+constexpr std::string_view kScalarSettings[] = {
+    "proxy.workers",         "proxy.mark",
+    "proxy.allow_non_tls",   "proxy.allow_no_sni",
+    "limits.head_timeout",   "limits.connect_timeout",
+    "limits.idle_timeout",   "limits.drain_timeout",
+    "limits.keepalive_idle", "limits.max_connections",
+    "limits.max_head_size",  "limits.max_client_hello_size",
+    "dns.timeout",           "dns.min_ttl",
+    "dns.max_ttl",           "dns.negative_ttl",
+    "dns.cache_size",        "log.format",
+};
+
 std::string where(const std::string& source, const toml::source_region& region) {
   return source + ":" + std::to_string(region.begin.line) + ":" +
          std::to_string(region.begin.column);
@@ -86,7 +100,63 @@ void readPolicy(const std::string& source, const std::string& base_directory,
   }
 }
 
+// A scalar TOML value as text: strings as they are, integers in decimal, booleans as true/false.
+std::optional<std::string> scalarText(const toml::node& node) {
+  if (const auto* text = node.as_string()) {
+    return text->get();
+  }
+  if (const auto* number = node.as_integer()) {
+    return std::to_string(number->get());
+  }
+  if (const auto* flag = node.as_boolean()) {
+    return flag->get() ? "true" : "false";
+  }
+  return std::nullopt;
+}
+
+void readSettings(const std::string& source, const std::string& table_name,
+                  const toml::table& table, SettingMap& settings) {
+  for (const auto& [key_node, node] : table) {
+    const std::string key = table_name + "." + std::string(key_node.str());
+    if (!isKnownSetting(key)) {
+      fail(source, node, "unknown key '" + key + "'");
+    }
+    std::vector<ConfigValue> values;
+    if (isListSetting(key)) {
+      values = stringList(source, key, node);
+    } else {
+      const auto text = scalarText(node);
+      if (!text) {
+        fail(source, node, "'" + key + "' must be a string, number or boolean");
+      }
+      values.push_back({*text, where(source, node.source())});
+    }
+    settings[key] = std::move(values);
+  }
+}
+
 }  // namespace
+
+bool isListSetting(std::string_view key) noexcept {
+  for (std::string_view list : kListSettings) {
+    if (key == list) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool isKnownSetting(std::string_view key) noexcept {
+  if (isListSetting(key)) {
+    return true;
+  }
+  for (std::string_view scalar : kScalarSettings) {
+    if (key == scalar) {
+      return true;
+    }
+  }
+  return false;
+}
 
 Config parseConfigText(std::string_view text, const std::string& source,
                        const std::string& base_directory) {
@@ -105,6 +175,13 @@ Config parseConfigText(std::string_view text, const std::string& source,
         fail(source, node, "'policy' must be a table ([policy])");
       }
       readPolicy(source, base_directory, *table, config.policy);
+    } else if (key == "listeners" || key == "proxy" || key == "limits" || key == "dns" ||
+               key == "log") {
+      const toml::table* table = node.as_table();
+      if (table == nullptr) {
+        fail(source, node, "'" + key + "' must be a table ([" + key + "])");
+      }
+      readSettings(source, key, *table, config.settings);
     } else {
       fail(source, node, "unknown key '" + key + "'");
     }
@@ -143,6 +220,14 @@ void mergeConfig(Config& base, const Config& extra) {
     to.service_tags_file = from.service_tags_file;
   }
   to.strict_ip = to.strict_ip || from.strict_ip;
+  for (const auto& [key, values] : extra.settings) {
+    auto& target = base.settings[key];
+    if (isListSetting(key)) {
+      target.insert(target.end(), values.begin(), values.end());
+    } else {
+      target = values;
+    }
+  }
 }
 
 }  // namespace acr

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -35,9 +36,20 @@ struct PolicyConfig {
   bool strict_ip = false;
 };
 
+// Every other setting, keyed "table.key" as in the TOML file ("listeners.connect",
+// "limits.idle_timeout"); conf/proxy_settings validates and types them. List-valued keys hold
+// several values, scalar keys one.
+using SettingMap = std::map<std::string, std::vector<ConfigValue>>;
+
 struct Config {
   PolicyConfig policy;
+  SettingMap settings;
 };
+
+// The setting keys that are lists (appended on merge); every other key is a scalar.
+bool isListSetting(std::string_view key) noexcept;
+// Whether `key` ("table.key") is a known setting outside [policy].
+bool isKnownSetting(std::string_view key) noexcept;
 
 // Reads a TOML configuration file. Throws ConfigError naming the file, line and column of a
 // syntax error, an unknown key, or a value of the wrong type. A relative service_tags_file is

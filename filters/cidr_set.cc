@@ -58,9 +58,13 @@ void CidrSet::IntervalIndex<Key>::build(std::vector<Prefix> prefixes) {
     throw std::length_error("CidrSet: too many intervals");
   }
 
+  for (const uint32_t value : values_) {
+    if (value != kNoMatch && value >= kNoMatchPayload) {
+      throw std::length_error("CidrSet: values must be below 2^30 - 1");
+    }
+  }
   root_.assign(size_t{1} << kRootBits, 0);
   tables_.clear();
-  nodes_.clear();
   const Key span = Key{1} << (kBits - kRootBits);
   for (size_t j = 0; j < root_.size(); ++j) {
     const Key first = static_cast<Key>(j) * span;
@@ -78,6 +82,12 @@ template <class Key>
 uint32_t CidrSet::IntervalIndex<Key>::makeEntry(Key first, Key last) {
   const uint32_t lo = intervalOf(first);
   const uint32_t hi = intervalOf(last);
+  auto direct = [](uint32_t value) {
+    return kValueFlag | (value == kNoMatch ? kNoMatchPayload : value);
+  };
+  if (hi == lo) {
+    return direct(values_[lo]);
+  }
   if (hi - lo <= kLeafIntervals) {
     return (lo << 8) | (hi - lo);
   }
@@ -89,29 +99,26 @@ uint32_t CidrSet::IntervalIndex<Key>::makeEntry(Key first, Key last) {
   while (((low ^ high) >> top) == 0) {
     --top;
   }
-  const int shift = top + 1 >= 8 ? top + 1 - 8 : 0;
+  const uint32_t shift = static_cast<uint32_t>(top + 1 >= 8 ? top + 1 - 8 : 0);
   const Key block = low >> (shift + 8);
   const Key block_first = block << (shift + 8);
-  Node node;
-  node.block = block;
-  // Keys of [first, last] under the block precede every boundary; keys over it follow them all.
-  node.below = lo;
-  node.above = hi;
-  node.shift = shift;
-  node.table = static_cast<uint32_t>(tables_.size());
-  if (nodes_.size() >= kNodeFlag) {
-    throw std::length_error("CidrSet: too many radix nodes");
+  const size_t node = tables_.size();
+  if (node + kHeaderWords + 256 >= kPayload) {
+    throw std::length_error("CidrSet: radix tables too large");
   }
-  const uint32_t index = static_cast<uint32_t>(nodes_.size());
-  nodes_.push_back(node);
-  tables_.resize(tables_.size() + 256, 0);
+  tables_.resize(node + kHeaderWords + 256, 0);
+  std::memcpy(&tables_[node], &block, sizeof(Key));
+  // Keys of [first, last] under the block precede every boundary; keys over it follow them all.
+  tables_[node + kBelowWord] = values_[lo];
+  tables_[node + kAboveWord] = values_[hi];
+  tables_[node + kShiftWord] = shift;
   const Key span = Key{1} << shift;
   for (uint32_t j = 0; j < 256; ++j) {
     const Key sub_first = block_first + static_cast<Key>(j) * span;
     const uint32_t entry = makeEntry(sub_first, sub_first + (span - 1));
-    tables_[node.table + j] = entry;
+    tables_[node + kHeaderWords + j] = entry;
   }
-  return kNodeFlag | index;
+  return kNodeFlag | static_cast<uint32_t>(node);
 }
 
 template <class Key>

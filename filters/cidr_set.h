@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -55,14 +56,21 @@ class CidrSet {
     uint32_t lookup(Key key) const noexcept {
       uint32_t entry = root_[static_cast<size_t>(key >> (kBits - kRootBits))];
       while ((entry & kNodeFlag) != 0) {
-        const Node& node = nodes_[entry & ~kNodeFlag];
-        // Every boundary below this entry lies in one aligned block; outside it the answer is
-        // the interval before or after the block (path compression: no chain of 1-way tables).
-        const Key block = key >> (node.shift + 8);
-        if (block != node.block) {
-          return values_[block < node.block ? node.below : node.above];
+        const uint32_t* node = &tables_[entry & kPayload];
+        Key block;
+        std::memcpy(&block, node, sizeof(Key));
+        const uint32_t shift = node[kShiftWord];
+        // Every boundary below this node lies in one aligned block; outside it the answer is
+        // fixed (path compression: no chain of one-way tables).
+        const Key high = key >> (shift + 8);
+        if (high != block) {
+          return node[high < block ? kBelowWord : kAboveWord];
         }
-        entry = tables_[node.table + static_cast<uint32_t>((key >> node.shift) & 0xff)];
+        entry = node[kHeaderWords + static_cast<uint32_t>((key >> shift) & 0xff)];
+      }
+      if ((entry & kValueFlag) != 0) {
+        const uint32_t value = entry & kPayload;
+        return value == kNoMatchPayload ? kNoMatch : value;
       }
       const uint32_t first = entry >> 8;
       const uint32_t extra = entry & 0xff;
@@ -78,23 +86,29 @@ class CidrSet {
     const std::vector<Key>& starts() const noexcept { return starts_; }
     size_t memoryBytes() const noexcept {
       return starts_.size() * sizeof(Key) + values_.size() * 4 + root_.size() * 4 +
-             tables_.size() * 4 + nodes_.size() * sizeof(Node);
+             tables_.size() * 4;
     }
 
    private:
     static constexpr int kBits = sizeof(Key) * 8;
     static constexpr int kRootBits = 16;
+    // Entry encodings: kNodeFlag | offset of a node in tables_; kValueFlag | the value itself
+    // (one interval); otherwise a leaf: first interval << 8 | number of following intervals that
+    // may also hold the key.
     static constexpr uint32_t kNodeFlag = 0x80000000u;
+    static constexpr uint32_t kValueFlag = 0x40000000u;
+    static constexpr uint32_t kPayload = 0x3fffffffu;
+    static constexpr uint32_t kNoMatchPayload = kPayload;
     // A leaf scans at most this many interval starts (one cache line of IPv4 keys).
     static constexpr uint32_t kLeafIntervals = sizeof(Key) == 4 ? 15 : 7;
-
-    struct Node {
-      Key block;       // key >> (shift + 8) of every key this node's table covers
-      uint32_t below;  // interval of keys under the block
-      uint32_t above;  // interval of keys over the block
-      uint32_t table;  // offset of 256 entries in tables_
-      int shift;       // the table is indexed by bits [shift, shift + 8) of the key
-    };
+    // A node in tables_: the block (key >> (shift + 8) of every key it covers), the values for
+    // keys below and above the block, the shift, then 256 entries indexed by bits
+    // [shift, shift + 8) of the key.
+    static constexpr uint32_t kKeyWords = sizeof(Key) / 4;
+    static constexpr uint32_t kBelowWord = kKeyWords;
+    static constexpr uint32_t kAboveWord = kKeyWords + 1;
+    static constexpr uint32_t kShiftWord = kKeyWords + 2;
+    static constexpr uint32_t kHeaderWords = kKeyWords + 3;
 
     uint32_t intervalOf(Key key) const noexcept;
     // The entry for keys [first, last]: a leaf, or a node over the block holding its boundaries.
@@ -103,11 +117,8 @@ class CidrSet {
     // starts_[i] is the first key of interval i; interval i ends where interval i+1 starts.
     std::vector<Key> starts_{Key{0}};
     std::vector<uint32_t> values_{kNoMatch};
-    // Entries are kNodeFlag | node index, or a leaf: first interval << 8 | number of following
-    // intervals that may also hold the key.
     std::vector<uint32_t> root_;
     std::vector<uint32_t> tables_;
-    std::vector<Node> nodes_;
   };
 
   size_t memoryBytes() const noexcept { return v4_.memoryBytes() + v6_.memoryBytes(); }

@@ -1,18 +1,53 @@
 #include <algorithm>
 #include <iostream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "conf/command_line.h"
+#include "conf/policy_factory.h"
+#include "conf/proxy_settings.h"
 #include "proxy/check_command.h"
+#include "proxy/proxy_server.h"
 #include "proxy/version.h"
 
 namespace {
 
 constexpr const char* kUsage =
-    "usage: acr-egress check [policy options] TARGET...   judge targets without DNS\n"
-    "       acr-egress --check-config [policy options]    validate and print the policy\n"
+    "usage: acr-egress [policy options] [proxy options]     run the proxy\n"
+    "       acr-egress check [policy options] TARGET...     judge targets without DNS\n"
+    "       acr-egress --check-config [options]             validate and print the policy\n"
     "       acr-egress --version\n";
+
+bool has(const std::vector<std::string>& args, std::string_view flag) {
+  return std::find(args.begin(), args.end(), flag) != args.end();
+}
+
+int runProxy(const std::vector<std::string>& args) {
+  try {
+    const acr::CommandLine command_line = acr::parseCommandLine(args);
+    if (!command_line.positional.empty()) {
+      std::cerr << "acr-egress: unexpected argument '" << command_line.positional[0] << "'\n"
+                << kUsage;
+      return 2;
+    }
+    acr::ProxySettings settings = acr::buildProxySettings(command_line.config);
+    acr::PolicySnapshot snapshot = acr::buildPolicy(command_line.config.policy);
+    // SIGHUP re-reads the same command line and configuration file.
+    auto reload = [args] {
+      const acr::CommandLine again = acr::parseCommandLine(args);
+      return acr::buildPolicy(again.config.policy);
+    };
+    acr::ProxyServer server(std::move(settings), std::move(snapshot), reload);
+    return server.run();
+  } catch (const acr::ConfigError& error) {
+    std::cerr << "acr-egress: " << error.what() << "\n";
+    return 2;
+  } catch (const std::exception& error) {
+    std::cerr << "acr-egress: " << error.what() << "\n";
+    return 1;
+  }
+}
 
 }  // namespace
 
@@ -22,20 +57,16 @@ int main(int argc, char** argv) {
     args.erase(args.begin());
     return acr::runCheckCommand(args, std::cout, std::cerr);
   }
-  if (std::find(args.begin(), args.end(), "--version") != args.end()) {
+  if (has(args, "--version")) {
     std::cout << "acr-egress " << acr::version() << "\n";
     return 0;
   }
-  if (std::find(args.begin(), args.end(), "--help") != args.end() ||
-      std::find(args.begin(), args.end(), "-h") != args.end()) {
-    std::cout << kUsage << acr::policyOptionsHelp();
+  if (has(args, "--help") || has(args, "-h")) {
+    std::cout << kUsage << acr::policyOptionsHelp() << acr::proxyOptionsHelp();
     return 0;
   }
-  if (std::find(args.begin(), args.end(), "--check-config") != args.end()) {
+  if (has(args, "--check-config")) {
     return acr::runCheckConfig(args, std::cout, std::cerr);
   }
-  std::cerr << "acr-egress: the proxy listeners are not built yet; use 'check' or "
-               "'--check-config'\n"
-            << kUsage;
-  return 2;
+  return runProxy(args);
 }

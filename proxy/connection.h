@@ -1,0 +1,126 @@
+#pragma once
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "conf/proxy_settings.h"
+#include "dns/resolver.h"
+#include "filters/client_hello_parser.h"
+#include "filters/connect_request_parser.h"
+#include "filters/policy.h"
+#include "proxy/access_log.h"
+
+namespace acr {
+
+class Worker;
+
+// One client connection, from accept to close, as an explicit state machine. Each listener kind
+// enters at its own first state; every later step is shared:
+//
+//   connect:      kReadHead -> kResolve -> kConnect -> kTunnelHello -> kRelay
+//   sni:          kReadHello -> kResolve -> kConnect -> kRelay
+//   transparent:  kReadHello -> [kResolve] -> kConnect -> kRelay
+//
+// A denial or failure in any state goes to kRefuse (connect: write the HTTP refusal, then close;
+// others: close with RST, never dialling) or straight to close. Every connection ends in
+// finish(), which writes its one access-log line.
+class Connection {
+ public:
+  enum class State : uint8_t {
+    kReadHead,     // connect: reading the CONNECT head (head timeout runs)
+    kReadHello,    // transparent/sni: reading the ClientHello (head timeout runs)
+    kResolve,      // waiting for the proxy's own DNS answer for an allowed name
+    kConnect,      // dialling the allowed candidates in order (connect budget runs)
+    kTunnelHello,  // connect: 200 sent; peeking the tunnel's first bytes for the SNI
+    kRelay,        // relaying both ways (idle timeout runs)
+    kRefuse,       // connect: flushing a refusal, then closing
+    kClosed,       // finished; waiting for deferred deletion
+  };
+
+  Connection(Worker& worker, ListenerKind kind, const SocketAddress& listener_address, int fd,
+             const SocketAddress& peer, std::shared_ptr<const Policy> policy);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  void start();
+  // Ends the connection now (shutdown): RST to both sides, log line written.
+  void abort(std::string_view reason);
+  State state() const noexcept { return state_; }
+
+ private:
+  static void onClientRead(bufferevent* bev, void* self);
+  static void onClientWrite(bufferevent* bev, void* self);
+  static void onClientEvent(bufferevent* bev, short events, void* self);
+  static void onUpstreamRead(bufferevent* bev, void* self);
+  static void onUpstreamWrite(bufferevent* bev, void* self);
+  static void onUpstreamEvent(bufferevent* bev, short events, void* self);
+  static void onTimer(evutil_socket_t, short, void* self);
+
+  void readHead();
+  void readHello();
+  void readTunnelHello();
+  void decideHello(const ClientHello& hello);
+  void resolve(std::string_view name);
+  void onResolved(const DnsAnswer& answer);
+  // Keeps the allowed addresses of `addresses`, in order; remembers the first denial.
+  void chooseCandidates(const std::vector<IpAddress>& addresses);
+  void dialNext();
+  void onUpstreamConnected();
+  void onUpstreamFailed(int error);
+  void startRelay();
+  void relay(bufferevent* from, bufferevent* to, bool upstream_to_client);
+  void onEof(bool from_client);
+  void refuse(int status, std::string_view reason, const std::string& sentence);
+  void deny(std::string_view reason, const std::string& sentence, std::string rule = {});
+  void finish(std::string_view closed_by, bool reset);
+  void armTimer(std::chrono::milliseconds timeout);
+  std::string_view phaseName() const noexcept;
+  double msSince(std::chrono::steady_clock::time_point start) const noexcept;
+
+  Worker& worker_;
+  const ListenerKind kind_;
+  const SocketAddress listener_address_;
+  const std::shared_ptr<const Policy> policy_;  // the snapshot this connection was accepted with
+  State state_;
+  bufferevent* client_ = nullptr;
+  bufferevent* upstream_ = nullptr;
+  event* timer_ = nullptr;
+  uint64_t dns_ticket_ = 0;
+
+  // Parsers live only while their phase does: an idle tunnel keeps neither.
+  std::unique_ptr<ConnectRequestParser> connect_parser_;
+  std::unique_ptr<ClientHelloParser> hello_parser_;
+  std::string host_;  // CONNECT host or SNI (normalised when it is a name)
+  bool host_is_literal_ = false;
+  uint16_t port_ = 0;
+  std::optional<SocketAddress> original_dst_;
+  std::vector<IpAddress> candidates_;
+  size_t next_candidate_ = 0;
+  std::optional<Decision> first_address_denial_;
+  IpAddress first_denied_address_;
+  int last_connect_error_ = 0;
+  bool connect_timed_out_ = false;
+  std::chrono::steady_clock::time_point connect_deadline_;
+
+  // Half-close bookkeeping for the relay.
+  bool client_eof_ = false;
+  bool upstream_eof_ = false;
+  bool client_shut_ = false;    // FIN sent to the client
+  bool upstream_shut_ = false;  // FIN sent upstream
+  std::chrono::steady_clock::time_point last_activity_;
+
+  const std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point dns_started_;
+  std::chrono::steady_clock::time_point connect_started_;
+  AccessRecord record_;
+};
+
+}  // namespace acr

@@ -1,0 +1,43 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "conf/policy_factory.h"
+#include "proxy/proxy_context.h"
+#include "proxy/worker.h"
+
+namespace acr {
+
+// The running proxy: N workers (event loops on threads) sharing one ProxyContext, and the main
+// thread's own loop for signals. SIGTERM/SIGINT drain: stop accepting, let tunnels finish until
+// the drain deadline, exit 0. SIGHUP rebuilds the policy with `reload` off the event loops and
+// swaps it in atomically; on failure the old policy stays.
+class ProxyServer {
+ public:
+  using Reloader = std::function<PolicySnapshot()>;
+
+  ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reloader reload);
+  ~ProxyServer();
+
+  // Binds the listeners (throws std::runtime_error naming the address), then serves until a
+  // terminating signal. Returns the process exit status.
+  int run();
+
+ private:
+  static void onSignal(evutil_socket_t signal, short, void* self);
+  void reload();
+
+  std::unique_ptr<ProxyContext> context_;
+  Reloader reload_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  event_base* base_ = nullptr;
+  std::vector<event*> signals_;
+};
+
+// Sets up spdlog: the access log on stdout (one line per connection), service messages on stderr,
+// both JSON lines unless `json` is false.
+AccessLog makeAccessLog(bool json);
+
+}  // namespace acr

@@ -1,0 +1,96 @@
+#include "proxy/socket_options.h"
+
+#include <arpa/inet.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace acr {
+
+bool setKeepalive(int fd, std::chrono::seconds idle) noexcept {
+  const int on = 1;
+  const int idle_seconds = static_cast<int>(idle.count());
+  const int interval = 30;
+  const int count = 4;
+  return setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) == 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_seconds, sizeof(idle_seconds)) == 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval)) == 0 &&
+         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) == 0;
+}
+
+bool setMark(int fd, uint32_t mark) noexcept {
+  return setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0;
+}
+
+void setResetOnClose(int fd) noexcept {
+  const linger option{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, sizeof(option));
+}
+
+std::optional<SocketAddress> localAddress(int fd) noexcept {
+  SocketAddress address;
+  address.length = sizeof(address.storage);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address.storage), &address.length) != 0) {
+    return std::nullopt;
+  }
+  return address;
+}
+
+std::optional<SocketAddress> peerAddress(int fd) noexcept {
+  SocketAddress address;
+  address.length = sizeof(address.storage);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&address.storage), &address.length) != 0) {
+    return std::nullopt;
+  }
+  return address;
+}
+
+std::optional<SocketAddress> originalDestination(int fd) noexcept {
+  const auto local = localAddress(fd);
+  if (!local) {
+    return std::nullopt;
+  }
+  SocketAddress original;
+  original.length = sizeof(original.storage);
+  const int level = local->family() == AF_INET6 ? SOL_IPV6 : SOL_IP;
+  const int option = local->family() == AF_INET6 ? IP6T_SO_ORIGINAL_DST : SO_ORIGINAL_DST;
+  if (getsockopt(fd, level, option, &original.storage, &original.length) == 0) {
+    return original;
+  }
+  return local;  // not NATed: TPROXY, or a direct connection to the listener
+}
+
+IpAddress toIpAddress(const SocketAddress& address) noexcept {
+  if (address.family() == AF_INET) {
+    return IpAddress::v4(
+        ntohl(reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_addr.s_addr));
+  }
+  std::array<uint8_t, 16> bytes;
+  std::memcpy(bytes.data(), &reinterpret_cast<const sockaddr_in6*>(&address.storage)->sin6_addr,
+              16);
+  return IpAddress::fromV6Bytes(bytes);
+}
+
+SocketAddress toSocketAddress(const IpAddress& address, uint16_t port) noexcept {
+  SocketAddress out;
+  if (address.isV4()) {
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    v4->sin_addr.s_addr = htonl(address.v4Value());
+    out.length = sizeof(sockaddr_in);
+  } else {
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    const auto bytes = address.v6Bytes();
+    std::memcpy(&v6->sin6_addr, bytes.data(), 16);
+    out.length = sizeof(sockaddr_in6);
+  }
+  return out;
+}
+
+}  // namespace acr

@@ -1,0 +1,32 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+
+#include "conf/proxy_settings.h"
+#include "filters/ip_address.h"
+
+namespace acr {
+
+// Small, explicit wrappers around the socket options the proxy relies on. Each returns false and
+// leaves errno set when the kernel refuses.
+
+// TCP keepalive with `idle` before the first probe, then 4 probes 30 s apart.
+bool setKeepalive(int fd, std::chrono::seconds idle) noexcept;
+// SO_MARK (needs CAP_NET_ADMIN): lets firewall rules exclude the proxy's own upstream sockets.
+bool setMark(int fd, uint32_t mark) noexcept;
+// Makes the next close() send RST instead of FIN (SO_LINGER 0), to propagate an abort.
+void setResetOnClose(int fd) noexcept;
+
+// The destination the client really asked for on a transparent listener: SO_ORIGINAL_DST /
+// IP6T_SO_ORIGINAL_DST after an iptables/nftables REDIRECT, otherwise the socket's own local
+// address (TPROXY delivers with the original destination as the local address).
+std::optional<SocketAddress> originalDestination(int fd) noexcept;
+std::optional<SocketAddress> localAddress(int fd) noexcept;
+std::optional<SocketAddress> peerAddress(int fd) noexcept;
+
+IpAddress toIpAddress(const SocketAddress& address) noexcept;
+SocketAddress toSocketAddress(const IpAddress& address, uint16_t port) noexcept;
+
+}  // namespace acr

@@ -1,0 +1,225 @@
+#include "proxy/worker.h"
+
+#include <event2/thread.h>
+#include <netinet/in.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "proxy/connection.h"
+#include "proxy/socket_options.h"
+
+namespace acr {
+namespace {
+
+// After EMFILE/ENFILE the listener pauses this long instead of spinning on a readable socket it
+// cannot accept from (libevent #71); it resumes by itself.
+constexpr timeval kAcceptBackoff{0, 100'000};
+constexpr timeval kDrainTick{0, 100'000};
+
+ResolverOptions resolverOptions(const ProxySettings& settings) {
+  ResolverOptions options;
+  options.servers = settings.dns_servers;
+  options.timeout = settings.dns_timeout;
+  options.min_ttl = settings.dns_min_ttl;
+  options.max_ttl = settings.dns_max_ttl;
+  options.negative_ttl = settings.dns_negative_ttl;
+  options.max_cache_entries = settings.dns_cache_size;
+  return options;
+}
+
+}  // namespace
+
+Worker::Worker(ProxyContext& context) : context_(context) {
+  base_ = event_base_new();
+  if (base_ == nullptr) {
+    throw std::runtime_error("cannot create an event loop");
+  }
+  resolver_ = std::make_unique<Resolver>(base_, resolverOptions(context.settings()));
+  reaper_ = event_new(base_, -1, 0, &Worker::onReap, this);
+  drain_tick_ = event_new(base_, -1, EV_PERSIST, &Worker::onDrainTick, this);
+}
+
+Worker::~Worker() {
+  closeListeners();
+  connections_.clear();
+  finished_.clear();
+  resolver_.reset();
+  event_free(reaper_);
+  event_free(drain_tick_);
+  event_base_free(base_);
+}
+
+void Worker::bindListeners() {
+  for (const ListenerSettings& settings : context_.settings().listeners) {
+    auto listener = std::make_unique<Listener>();
+    listener->worker = this;
+    listener->kind = settings.kind;
+    listener->address = settings.address;
+    const int fd = socket(settings.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      throw std::runtime_error("cannot create a socket for " + settings.text + ": " +
+                               std::strerror(errno));
+    }
+    const int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    // One listening socket per worker on the same address; the kernel spreads connections.
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on));
+    if (settings.address.family() == AF_INET6) {
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+    }
+    if (settings.kind == ListenerKind::kTransparent) {
+      // TPROXY delivers foreign destinations only to IP_TRANSPARENT sockets. It needs
+      // CAP_NET_ADMIN; without it, REDIRECT still works, so a refusal is not fatal.
+      const int level = settings.address.family() == AF_INET6 ? SOL_IPV6 : SOL_IP;
+      const int option = settings.address.family() == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
+      setsockopt(fd, level, option, &on, sizeof(on));
+    }
+    if (bind(fd, settings.address.get(), settings.address.length) != 0) {
+      const int error = errno;
+      close(fd);
+      throw std::runtime_error("cannot listen on " + settings.text + ": " + std::strerror(error));
+    }
+    listener->listener =
+        evconnlistener_new(base_, &Worker::onAccept, listener.get(),
+                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024, fd);
+    if (listener->listener == nullptr) {
+      close(fd);
+      throw std::runtime_error("cannot listen on " + settings.text);
+    }
+    evconnlistener_set_error_cb(listener->listener, &Worker::onAcceptError);
+    listener->resume = evtimer_new(base_, &Worker::onResume, listener.get());
+    listeners_.push_back(std::move(listener));
+  }
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] { event_base_dispatch(base_); });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) {
+    thread_.join();
+  }
+}
+
+void Worker::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int length, void* arg) {
+  auto* listener = static_cast<Listener*>(arg);
+  listener->worker->accept(*listener, fd, peer, length);
+}
+
+void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length) {
+  ProxyStats& stats = context_.stats();
+  stats.accepted.fetch_add(1, std::memory_order_relaxed);
+  if (draining_ ||
+      stats.active.load(std::memory_order_relaxed) >= context_.settings().max_connections) {
+    // Refuse fast; existing connections keep their resources.
+    stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
+    if (listener.kind == ListenerKind::kConnect) {
+      static constexpr char kBusy[] =
+          "HTTP/1.1 503 Service Unavailable (acr-egress: overloaded)\r\n"
+          "X-Acr-Egress-Reason: overloaded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      [[maybe_unused]] const ssize_t sent =
+          send(fd, kBusy, sizeof(kBusy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+      setResetOnClose(fd);
+    }
+    close(fd);
+    return;
+  }
+  SocketAddress peer_address;
+  std::memcpy(&peer_address.storage, peer, static_cast<size_t>(length));
+  peer_address.length = static_cast<socklen_t>(length);
+  stats.active.fetch_add(1, std::memory_order_relaxed);
+  auto connection = std::make_unique<Connection>(*this, listener.kind, listener.address, fd,
+                                                 peer_address, context_.policy());
+  Connection* raw = connection.get();
+  connections_.emplace(raw, std::move(connection));
+  raw->start();
+}
+
+void Worker::onAcceptError(evconnlistener* evlistener, void* arg) {
+  auto* listener = static_cast<Listener*>(arg);
+  const int error = EVUTIL_SOCKET_ERROR();
+  listener->worker->context_.stats().accept_errors.fetch_add(1, std::memory_order_relaxed);
+  if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) {
+    evconnlistener_disable(evlistener);
+    evtimer_add(listener->resume, &kAcceptBackoff);
+  }
+}
+
+void Worker::onResume(evutil_socket_t, short, void* arg) {
+  auto* listener = static_cast<Listener*>(arg);
+  if (listener->listener != nullptr) {
+    evconnlistener_enable(listener->listener);
+  }
+}
+
+void Worker::release(Connection* connection) {
+  finished_.push_back(connection);
+  context_.stats().active.fetch_sub(1, std::memory_order_relaxed);
+  event_active(reaper_, 0, 0);
+}
+
+void Worker::onReap(evutil_socket_t, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  std::vector<Connection*> finished;
+  finished.swap(worker->finished_);
+  for (Connection* connection : finished) {
+    worker->connections_.erase(connection);
+  }
+}
+
+void Worker::closeListeners() {
+  for (auto& listener : listeners_) {
+    if (listener->listener != nullptr) {
+      evconnlistener_free(listener->listener);
+      listener->listener = nullptr;
+    }
+    if (listener->resume != nullptr) {
+      event_free(listener->resume);
+      listener->resume = nullptr;
+    }
+  }
+}
+
+void Worker::drain(std::chrono::milliseconds deadline) {
+  drain_timeout_ = deadline;
+  event_base_once(base_, -1, EV_TIMEOUT, &Worker::onDrain, this, nullptr);
+}
+
+void Worker::onDrain(evutil_socket_t, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  worker->draining_ = true;
+  worker->closeListeners();
+  worker->drain_deadline_ = std::chrono::steady_clock::now() + worker->drain_timeout_;
+  event_add(worker->drain_tick_, &kDrainTick);
+  onDrainTick(-1, 0, worker);
+}
+
+void Worker::onDrainTick(evutil_socket_t, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  if (!worker->connections_.empty() &&
+      std::chrono::steady_clock::now() >= worker->drain_deadline_) {
+    std::vector<Connection*> open;
+    for (auto& [raw, owned] : worker->connections_) {
+      open.push_back(raw);
+    }
+    for (Connection* connection : open) {
+      connection->abort("shutdown");
+    }
+    onReap(-1, 0, worker);
+  }
+  // Connections still waiting on the reaper count as open until it ran.
+  if (worker->connections_.empty()) {
+    event_del(worker->drain_tick_);
+    worker->resolver_.reset();
+    event_base_loopexit(worker->base_, nullptr);
+  }
+}
+
+}  // namespace acr

@@ -1,0 +1,76 @@
+#pragma once
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "dns/resolver.h"
+#include "proxy/proxy_context.h"
+
+namespace acr {
+
+class Connection;
+
+// One event loop on one thread: its own SO_REUSEPORT listeners, its own resolver and cache, and
+// the connections it accepted. Nothing is shared with other workers but the ProxyContext.
+class Worker {
+ public:
+  explicit Worker(ProxyContext& context);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Binds every listener; throws std::runtime_error naming the address on failure.
+  void bindListeners();
+  void start();  // runs the loop on a new thread
+  void join();
+  // Thread-safe: stop accepting, let tunnels finish until `deadline`, then abort the rest and end
+  // the loop.
+  void drain(std::chrono::milliseconds deadline);
+
+  event_base* base() noexcept { return base_; }
+  Resolver& resolver() noexcept { return *resolver_; }
+  ProxyContext& context() noexcept { return context_; }
+  // Called by a connection that has finished; deletes it from the loop, after the callback
+  // that finished it has returned.
+  void release(Connection* connection);
+
+ private:
+  struct Listener {
+    Worker* worker;
+    ListenerKind kind;
+    SocketAddress address;
+    evconnlistener* listener = nullptr;
+    event* resume = nullptr;  // re-enables accepting after EMFILE backoff
+  };
+
+  static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int length, void* arg);
+  static void onAcceptError(evconnlistener* listener, void* arg);
+  static void onResume(evutil_socket_t, short, void* arg);
+  static void onDrain(evutil_socket_t, short, void* arg);
+  static void onDrainTick(evutil_socket_t, short, void* arg);
+  static void onReap(evutil_socket_t, short, void* arg);
+
+  void accept(Listener& listener, int fd, const sockaddr* peer, int length);
+  void closeListeners();
+
+  ProxyContext& context_;
+  event_base* base_ = nullptr;
+  std::unique_ptr<Resolver> resolver_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
+  std::vector<Connection*> finished_;
+  event* reaper_ = nullptr;
+  event* drain_tick_ = nullptr;
+  std::chrono::steady_clock::time_point drain_deadline_;
+  bool draining_ = false;
+  std::chrono::milliseconds drain_timeout_{0};
+  std::thread thread_;
+};
+
+}  // namespace acr

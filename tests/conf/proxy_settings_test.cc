@@ -1,0 +1,171 @@
+#include "conf/proxy_settings.h"
+
+#include <gtest/gtest.h>
+
+#include "conf/command_line.h"
+
+namespace acr {
+namespace {
+
+std::string errorOf(const std::vector<std::string>& args) {
+  try {
+    buildProxySettings(parseCommandLine(args).config);
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "";
+}
+
+// With no listener option the proxy is a connect proxy on 127.0.0.1:3128, with the documented
+// defaults.
+TEST(ProxySettingsTest, Defaults) {
+  const ProxySettings settings = buildProxySettings(Config{});
+  ASSERT_EQ(settings.listeners.size(), 1u);
+  EXPECT_EQ(settings.listeners[0].kind, ListenerKind::kConnect);
+  EXPECT_EQ(settings.listeners[0].address.toString(), "127.0.0.1:3128");
+  EXPECT_EQ(settings.head_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(settings.connect_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(settings.dns_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(settings.idle_timeout, std::chrono::minutes(15));
+  EXPECT_LT(settings.keepalive_idle, std::chrono::seconds(240));  // under Azure's NAT idle
+  EXPECT_EQ(settings.max_client_hello_size, 16384u);
+  EXPECT_TRUE(settings.json_log);
+}
+
+// Every proxy option reaches its typed setting; listeners of all kinds, IPv4 and IPv6.
+TEST(ProxySettingsTest, ReadsEveryOption) {
+  const ProxySettings s = buildProxySettings(parseCommandLine({"--connect",
+                                                               "0.0.0.0:3128",
+                                                               "--transparent=[::1]:15001",
+                                                               "--sni",
+                                                               "127.0.0.1:8443",
+                                                               "--dns-server",
+                                                               "127.0.0.1:5353",
+                                                               "--dns-server",
+                                                               "[::1]",
+                                                               "--workers",
+                                                               "3",
+                                                               "--mark",
+                                                               "4242",
+                                                               "--allow-non-tls",
+                                                               "--allow-no-sni",
+                                                               "--head-timeout",
+                                                               "2s",
+                                                               "--connect-timeout",
+                                                               "1500ms",
+                                                               "--idle-timeout",
+                                                               "1h",
+                                                               "--drain-timeout",
+                                                               "0s",
+                                                               "--keepalive-idle",
+                                                               "60s",
+                                                               "--max-connections",
+                                                               "100",
+                                                               "--max-head-size",
+                                                               "4096",
+                                                               "--max-client-hello-size",
+                                                               "8192",
+                                                               "--dns-timeout",
+                                                               "3s",
+                                                               "--dns-min-ttl",
+                                                               "1s",
+                                                               "--dns-max-ttl",
+                                                               "10m",
+                                                               "--dns-negative-ttl",
+                                                               "5s",
+                                                               "--dns-cache-size",
+                                                               "64",
+                                                               "--log-format",
+                                                               "text"})
+                                                 .config);
+  ASSERT_EQ(s.listeners.size(), 3u);
+  EXPECT_EQ(s.listeners[1].kind, ListenerKind::kTransparent);
+  EXPECT_EQ(s.listeners[1].address.toString(), "[::1]:15001");
+  EXPECT_EQ(s.listeners[2].kind, ListenerKind::kSni);
+  EXPECT_EQ(s.dns_servers, (std::vector<std::string>{"127.0.0.1:5353", "[::1]:53"}));
+  EXPECT_EQ(s.workers, 3u);
+  EXPECT_EQ(s.mark, 4242u);
+  EXPECT_TRUE(s.allow_non_tls && s.allow_no_sni);
+  EXPECT_EQ(s.head_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(s.connect_timeout, std::chrono::milliseconds(1500));
+  EXPECT_EQ(s.idle_timeout, std::chrono::hours(1));
+  EXPECT_EQ(s.drain_timeout, std::chrono::milliseconds(0));
+  EXPECT_EQ(s.keepalive_idle, std::chrono::seconds(60));
+  EXPECT_EQ(s.max_connections, 100u);
+  EXPECT_EQ(s.max_head_size, 4096u);
+  EXPECT_EQ(s.max_client_hello_size, 8192u);
+  EXPECT_EQ(s.dns_min_ttl, std::chrono::seconds(1));
+  EXPECT_EQ(s.dns_max_ttl, std::chrono::minutes(10));
+  EXPECT_EQ(s.dns_cache_size, 64u);
+  EXPECT_FALSE(s.json_log);
+}
+
+// The same settings from TOML; the command line adds listeners and overrides scalars.
+TEST(ProxySettingsTest, ReadsTomlAndMergesCommandLine) {
+  Config config = parseConfigText(R"([listeners]
+connect = ["127.0.0.1:3128"]
+sni = ["127.0.0.1:8443"]
+[limits]
+idle_timeout = "30m"
+max_connections = 50
+[proxy]
+allow_non_tls = true
+[dns]
+servers = ["127.0.0.1:5353"]
+[log]
+format = "text"
+)",
+                                  "acr.toml");
+  mergeConfig(config,
+              parseCommandLine({"--connect", "127.0.0.1:3129", "--max-connections", "7"}).config);
+  const ProxySettings s = buildProxySettings(config);
+  EXPECT_EQ(s.listeners.size(), 3u);
+  EXPECT_EQ(s.idle_timeout, std::chrono::minutes(30));
+  EXPECT_EQ(s.max_connections, 7u);
+  EXPECT_TRUE(s.allow_non_tls);
+  EXPECT_FALSE(s.json_log);
+}
+
+// Bad values are refused with their origin and what is expected.
+TEST(ProxySettingsTest, RefusesBadValues) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* expected;
+  };
+  const Case cases[] = {
+      {{"--connect", "127.0.0.1"}, "--connect: invalid listen address '127.0.0.1'"},
+      {{"--connect", "::1:3128"}, "invalid listen address"},
+      {{"--connect", "127.0.0.1:0"}, "invalid listen address"},
+      {{"--connect", "localhost:3128"}, "invalid listen address"},
+      {{"--sni", "127.0.0.1:70000"}, "invalid listen address"},
+      {{"--dns-server", "resolver.example"}, "invalid DNS server"},
+      {{"--head-timeout", "10"}, "--head-timeout: invalid limits.head_timeout '10'"},
+      {{"--idle-timeout", "1ms"}, "invalid limits.idle_timeout"},
+      {{"--workers", "-1"}, "invalid proxy.workers"},
+      {{"--mark", "0"}, "invalid proxy.mark"},
+      {{"--max-connections", "0"}, "invalid limits.max_connections"},
+      {{"--max-client-hello-size", "20000"}, "invalid limits.max_client_hello_size"},
+      {{"--log-format", "xml"}, "invalid log.format"},
+      {{"--dns-min-ttl", "10m", "--dns-max-ttl", "1m"}, "dns.min_ttl is above dns.max_ttl"},
+      {{"--allow-non-tls=yes"}, "unknown option"},
+  };
+  for (const Case& c : cases) {
+    const std::string error = errorOf(c.args);
+    EXPECT_NE(error.find(c.expected), std::string::npos) << c.args[0] << ": " << error;
+  }
+  EXPECT_THROW(parseConfigText("[limits]\nidle = \"1m\"\n", "f"), ConfigError);
+}
+
+// Durations need a unit.
+TEST(ProxySettingsTest, ParsesDurations) {
+  EXPECT_EQ(parseDuration("250ms"), std::chrono::milliseconds(250));
+  EXPECT_EQ(parseDuration("10s"), std::chrono::seconds(10));
+  EXPECT_EQ(parseDuration("15m"), std::chrono::minutes(15));
+  EXPECT_EQ(parseDuration("2h"), std::chrono::hours(2));
+  for (const char* bad : {"10", "s", "", "1.5s", "-1s", "01s", "10 s", "1d"}) {
+    EXPECT_FALSE(parseDuration(bad).has_value()) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace acr
