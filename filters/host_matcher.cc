@@ -1,6 +1,7 @@
 #include "filters/host_matcher.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 namespace acr {
@@ -26,39 +27,50 @@ uint64_t HostMatcher::labelHash(std::string_view label) noexcept {
     hash = mix(hash ^ chunk);
   }
   uint64_t tail = 0;
-  std::memcpy(&tail, label.data() + i, label.size() - i);
+  for (size_t j = i; j < label.size(); ++j) {
+    tail = (tail << 8) | static_cast<uint8_t>(label[j]);
+  }
   return mix(hash ^ tail);
 }
 
 uint64_t HostMatcher::shapeHash(const uint64_t* label_hashes, size_t count,
                                 uint64_t mask) noexcept {
+  // Label hashes are already mixed: combine them by position cheaply, mix once at the end.
   uint64_t hash = count;
   for (size_t i = 0; i < count; ++i) {
     if ((mask >> i & 1) == 0) {
-      hash = mix(hash + label_hashes[i] + i);
+      hash ^= std::rotl(label_hashes[i], static_cast<int>(i));
+      hash += i;
     }
   }
+  hash = mix(hash);
   return hash == 0 ? 1 : hash;
 }
 
 bool HostMatcher::sameLabels(std::string_view pattern, const HostName& name,
                              uint64_t mask) noexcept {
+  const std::string_view text = name.view();
   if (mask == 0) {
-    return pattern == name.view();
+    return pattern == text;
   }
-  // Both have the shape's label count; compare the non-wildcard labels one by one.
-  size_t begin = 0;
-  for (size_t i = 0; i < name.labelCount(); ++i) {
-    size_t end = pattern.find('.', begin);
-    if (end == std::string_view::npos) {
-      end = pattern.size();
+  // One pass: a '*' label of the pattern consumes one whole label of the name.
+  size_t p = 0;
+  size_t n = 0;
+  while (p < pattern.size() && n < text.size()) {
+    if (pattern[p] == '*') {
+      while (n < text.size() && text[n] != '.') {
+        ++n;
+      }
+      ++p;
+      continue;
     }
-    if ((mask >> i & 1) == 0 && pattern.substr(begin, end - begin) != name.label(i)) {
+    if (pattern[p] != text[n]) {
       return false;
     }
-    begin = end + 1;
+    ++p;
+    ++n;
   }
-  return true;
+  return p == pattern.size() && n == text.size();
 }
 
 std::string HostMatcher::add(std::string_view pattern, uint32_t id) {
@@ -108,33 +120,56 @@ std::string HostMatcher::add(std::string_view pattern, uint32_t id) {
     if (slot.hash == 0) {
       break;
     }
-    if (slot.hash == hash && patterns_[slot.pattern].text == name.view()) {
+    if (slot.hash == hash && slotText(slot) == name.view()) {
       return {};
     }
   }
-  patterns_.push_back({std::string(name.view()), id});
-  insert(*shape, hash, static_cast<uint32_t>(patterns_.size() - 1));
+  Slot slot;
+  slot.hash = hash;
+  const std::string_view text = name.view();
+  if (text.size() <= kInlineText) {
+    slot.id = id;
+    slot.length = static_cast<uint16_t>(text.size());
+    std::memcpy(slot.text, text.data(), text.size());
+  } else {
+    slot.id = static_cast<uint32_t>(long_patterns_.size());
+    slot.length = kLongPattern;
+    long_patterns_.push_back({std::string(text), id});
+  }
+  insert(*shape, slot);
+  ++size_;
   return {};
 }
 
-void HostMatcher::insert(Shape& shape, uint64_t hash, uint32_t pattern_index) {
+std::string_view HostMatcher::slotText(const Slot& slot) const noexcept {
+  if (slot.length == kLongPattern) {
+    return long_patterns_[slot.id].text;
+  }
+  return {slot.text, slot.length};
+}
+
+uint32_t HostMatcher::slotId(const Slot& slot) const noexcept {
+  return slot.length == kLongPattern ? long_patterns_[slot.id].id : slot.id;
+}
+
+void HostMatcher::insert(Shape& shape, const Slot& slot) {
   // Keep the load factor at or under 1/2 so probe sequences stay short.
   if ((shape.used + 1) * 2 > shape.slots.size()) {
     std::vector<Slot> old = std::move(shape.slots);
     shape.slots.assign(old.size() * 2, Slot{});
     shape.used = 0;
-    for (const Slot& slot : old) {
-      if (slot.hash != 0) {
-        insert(shape, slot.hash, slot.pattern);
+    for (const Slot& existing : old) {
+      if (existing.hash != 0) {
+        insert(shape, existing);
       }
     }
   }
   const size_t mask = shape.slots.size() - 1;
-  size_t i = hash & mask;
+  size_t i = slot.hash & mask;
   while (shape.slots[i].hash != 0) {
     i = (i + 1) & mask;
   }
-  shape.slots[i] = {hash, pattern_index};
+  shape.slots[i] = slot;
   ++shape.used;
 }
 
@@ -162,9 +197,8 @@ uint32_t HostMatcher::match(const HostName& name) const noexcept {
       if (slot.hash == 0) {
         break;
       }
-      if (slot.hash == hash &&
-          sameLabels(patterns_[slot.pattern].text, name, shape.wildcard_mask)) {
-        return patterns_[slot.pattern].id;
+      if (slot.hash == hash && sameLabels(slotText(slot), name, shape.wildcard_mask)) {
+        return slotId(slot);
       }
     }
   }

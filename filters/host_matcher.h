@@ -30,16 +30,22 @@ class HostMatcher {
   // exact pattern wins over "*.azurecr.io".
   uint32_t match(const HostName& name) const noexcept;
 
-  size_t size() const noexcept { return patterns_.size(); }
+  size_t size() const noexcept { return size_; }
 
  private:
-  struct Pattern {
-    std::string text;  // normalised
-    uint32_t id;
-  };
-  struct Slot {
+  // One cache line: a probe reads the hash, the id and (for patterns up to kInlineText bytes,
+  // which covers registry and data-endpoint names) the text to verify against, all at once.
+  static constexpr size_t kInlineText = 50;
+  struct alignas(64) Slot {
     uint64_t hash = 0;  // 0 marks an empty slot
-    uint32_t pattern = 0;
+    uint32_t id = 0;
+    uint16_t length = 0;  // pattern length; kLongPattern: the text is long_patterns_[id]
+    char text[kInlineText];
+  };
+  static constexpr uint16_t kLongPattern = 0xffff;
+  struct LongPattern {
+    std::string text;
+    uint32_t id;
   };
   struct Shape {
     uint64_t wildcard_mask = 0;  // bit i set: label i (from the left) is '*'
@@ -52,9 +58,12 @@ class HostMatcher {
   static uint64_t labelHash(std::string_view label) noexcept;
   static uint64_t shapeHash(const uint64_t* label_hashes, size_t count, uint64_t mask) noexcept;
   static bool sameLabels(std::string_view pattern, const HostName& name, uint64_t mask) noexcept;
-  void insert(Shape& shape, uint64_t hash, uint32_t pattern_index);
+  static void insert(Shape& shape, const Slot& slot);
+  std::string_view slotText(const Slot& slot) const noexcept;
+  uint32_t slotId(const Slot& slot) const noexcept;
 
-  std::vector<Pattern> patterns_;
+  size_t size_ = 0;
+  std::vector<LongPattern> long_patterns_;
   // Shapes sorted by wildcard count, then label count.
   std::vector<Shape> shapes_;
 };

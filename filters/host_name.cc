@@ -3,21 +3,19 @@
 namespace acr {
 namespace {
 
-// 0: invalid byte, 1: digit, 2: other valid byte. Upper-case letters are lowered by kLower.
-constexpr std::array<uint8_t, 256> makeClassTable() {
-  std::array<uint8_t, 256> table{};
-  for (int c = 'a'; c <= 'z'; ++c) table[c] = 2;
-  for (int c = 'A'; c <= 'Z'; ++c) table[c] = 2;
-  for (int c = '0'; c <= '9'; ++c) table[c] = 1;
-  table['-'] = 2;
-  table['_'] = 2;
+// Each byte's normalised form: letters lowered, digits, '-', '_' and '.' as they are, 0 for every
+// byte a host name may not hold (so one table read both validates and lowers).
+constexpr std::array<char, 256> makeLowerTable() {
+  std::array<char, 256> table{};
+  for (int c = 'a'; c <= 'z'; ++c) table[c] = static_cast<char>(c);
+  for (int c = 'A'; c <= 'Z'; ++c) table[c] = static_cast<char>(c + 32);
+  for (int c = '0'; c <= '9'; ++c) table[c] = static_cast<char>(c);
+  table['-'] = '-';
+  table['_'] = '_';
+  table['.'] = '.';
   return table;
 }
-constexpr std::array<uint8_t, 256> kClass = makeClassTable();
-
-constexpr char lower(char c) noexcept {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-}
+constexpr std::array<char, 256> kLower = makeLowerTable();
 
 bool isHexDigit(char c) noexcept { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
@@ -78,32 +76,34 @@ HostName::Status HostName::normalize(std::string_view text, HostName& out,
   }
   size_t label_begin = 0;
   uint8_t labels = 0;
-  for (size_t i = 0; i <= text.size(); ++i) {
-    if (i == text.size() || text[i] == '.') {
-      const size_t label_length = i - label_begin;
-      if (label_length == 0) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = kLower[static_cast<uint8_t>(text[i])];
+    if (c == '.') {
+      if (i == label_begin) {
         return Status::kEmptyLabel;
       }
-      if (label_length > kMaxLabelLength) {
+      if (i - label_begin > kMaxLabelLength) {
         return Status::kLabelTooLong;
       }
       out.label_begin_[labels++] = static_cast<uint8_t>(label_begin);
       label_begin = i + 1;
-      if (i < text.size()) {
-        out.chars_[i] = '.';
-      }
-      continue;
-    }
-    const char c = text[i];
-    if (kClass[static_cast<uint8_t>(c)] == 0) {
-      const bool lone_star = allow_wildcard && c == '*' && i == label_begin &&
+    } else if (c == 0) {
+      const bool lone_star = allow_wildcard && text[i] == '*' && i == label_begin &&
                              (i + 1 == text.size() || text[i + 1] == '.');
       if (!lone_star) {
         return Status::kBadCharacter;
       }
+      c = '*';
     }
-    out.chars_[i] = lower(c);
+    out.chars_[i] = c;
   }
+  if (label_begin == text.size()) {
+    return Status::kEmptyLabel;
+  }
+  if (text.size() - label_begin > kMaxLabelLength) {
+    return Status::kLabelTooLong;
+  }
+  out.label_begin_[labels++] = static_cast<uint8_t>(label_begin);
   const std::string_view normalized(out.chars_.data(), text.size());
   const std::string_view last = normalized.substr(out.label_begin_[labels - 1]);
   if (endsInNumber(last)) {

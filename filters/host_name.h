@@ -50,8 +50,9 @@ class HostName {
   }
 
  private:
-  std::array<char, kMaxLength + 1> chars_{};
-  std::array<uint8_t, kMaxLabels + 1> label_begin_{};
+  // Not zero-initialised: only [0, length_) and [0, label_count_) are ever read.
+  std::array<char, kMaxLength + 1> chars_;
+  std::array<uint8_t, kMaxLabels + 1> label_begin_;
   uint8_t length_ = 0;
   uint8_t label_count_ = 0;
 };
