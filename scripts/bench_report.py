@@ -27,9 +27,12 @@ def main(path):
         print(f"  {name:45s} {median[name]:12.1f} ns  {' '.join(extra)}")
     print("\n== ratios")
     for family in ("V4Random", "V4Inside", "V6Random", "V6Inside"):
-        radix, binary = ns(f"BM_CidrLookup_{family}"), ns(f"BM_CidrBinarySearch_{family}")
-        if radix and binary:
-            print(f"  CIDR {family}: binary search / CidrSet = {binary / radix:.1f}x")
+        for size in (8192, 65536):
+            radix = ns(f"BM_CidrLookup_{family}/{size}")
+            binary = ns(f"BM_CidrBinarySearch_{family}/{size}")
+            if radix and binary:
+                print(f"  CIDR {family} over {size} addresses: CidrSet {radix:.1f} ns, "
+                      f"binary search {binary:.1f} ns = {binary / radix:.1f}x")
     small, large = ns("BM_HostMatch/25"), ns("BM_HostMatch/10000")
     if small and large:
         print(f"  host match 40,002 patterns / 102 patterns = {large / small:.2f}x")
