@@ -31,6 +31,8 @@ set_target_properties(RapidJSON::RapidJSON PROPERTIES
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBEVENT REQUIRED IMPORTED_TARGET libevent_core libevent_extra libevent_pthreads)
 pkg_check_modules(CARES REQUIRED IMPORTED_TARGET libcares)
+# sd_notify (Type=notify, watchdog) from libsystemd-dev.
+pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 find_package(spdlog REQUIRED)
 find_package(Threads REQUIRED)
 

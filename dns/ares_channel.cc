@@ -167,8 +167,8 @@ void AresChannel::onSocketState(void* data, ares_socket_t fd, int readable, int 
   if (readable == 0 && writable == 0) {
     return;
   }
-  const short what =
-      static_cast<short>(EV_PERSIST | (readable != 0 ? EV_READ : 0) | (writable != 0 ? EV_WRITE : 0));
+  const short what = static_cast<short>(EV_PERSIST | (readable != 0 ? EV_READ : 0) |
+                                        (writable != 0 ? EV_WRITE : 0));
   event* ev = event_new(self->base_, fd, what, &AresChannel::onSocketEvent, self);
   // Without an event the socket is only served by the timer; the query then ends by timeout.
   if (ev != nullptr && event_add(ev, nullptr) == 0) {
@@ -198,6 +198,14 @@ void AresChannel::process(ares_socket_t read_fd, ares_socket_t write_fd) {
 void AresChannel::armTimer() {
   timeval tv;
   if (ares_timeout(channel_, nullptr, &tv) != nullptr) {
+    // c-ares truncates the time left to whole milliseconds: with under 1 ms left it says 0, and a
+    // timer armed with 0 finds nothing timed out yet and is re-armed with 0 again, spinning for
+    // up to a millisecond. One extra millisecond makes every wake-up find its timeout expired.
+    tv.tv_usec += 1000;
+    if (tv.tv_usec >= 1'000'000) {
+      tv.tv_sec += 1;
+      tv.tv_usec -= 1'000'000;
+    }
     evtimer_add(timer_, &tv);
   } else {
     evtimer_del(timer_);

@@ -48,7 +48,8 @@ std::optional<DnsServer> DnsServer::parse(std::string_view text, std::string* er
       has_port = true;
     }
   } else if (const size_t colon = text.find(':');
-             colon != std::string_view::npos && text.find(':', colon + 1) == std::string_view::npos) {
+             colon != std::string_view::npos &&
+             text.find(':', colon + 1) == std::string_view::npos) {
     // Exactly one colon: IPv4 "ADDR:PORT". Two or more colons: a bare IPv6 address.
     address_text = text.substr(0, colon);
     port_text = text.substr(colon + 1);

@@ -130,8 +130,8 @@ Resolver::Resolver(event_base* base, ResolverOptions options)
     resolv_stamp_ = statResolvConf();
   }
   std::string error;
-  channel_ = AresChannel::create(base_, {servers_, options_.resolv_conf_path, options_.timeout},
-                                 error);
+  channel_ =
+      AresChannel::create(base_, {servers_, options_.resolv_conf_path, options_.timeout}, error);
   if (!channel_) {
     throw std::runtime_error("DNS resolver: " + error);
   }
@@ -355,8 +355,8 @@ DnsAnswer Resolver::makeAnswer(int status, const ares_addrinfo* result) const {
     return answer;
   }
   answer.status = DnsStatus::kOk;
-  answer.ttl = std::clamp(std::chrono::seconds(std::max(min_ttl, 0)), options_.min_ttl,
-                          options_.max_ttl);
+  answer.ttl =
+      std::clamp(std::chrono::seconds(std::max(min_ttl, 0)), options_.min_ttl, options_.max_ttl);
   return answer;
 }
 

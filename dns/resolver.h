@@ -130,8 +130,8 @@ class Resolver {
   std::unordered_map<std::string, std::unique_ptr<Pending>> pending_;
   std::unordered_map<uint64_t, Pending*> tickets_;
   uint64_t next_ticket_ = 1;
-  size_t orphans_ = 0;     // c-ares lookups whose resolution already ended (deadline)
-  bool issuing_ = false;   // inside AresChannel::getAddrInfo
+  size_t orphans_ = 0;    // c-ares lookups whose resolution already ended (deadline)
+  bool issuing_ = false;  // inside AresChannel::getAddrInfo
   bool renew_wanted_ = false;
   std::optional<Clock::time_point> last_renew_;
   Clock::time_point last_resolv_check_;

@@ -4,7 +4,10 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 
+#include <chrono>
 #include <csignal>
 #include <stdexcept>
 #include <thread>
@@ -79,6 +82,9 @@ ProxyServer::~ProxyServer() {
   for (event* signal : signals_) {
     event_free(signal);
   }
+  if (watchdog_ != nullptr) {
+    event_free(watchdog_);
+  }
   workers_.clear();
   if (base_ != nullptr) {
     event_base_free(base_);
@@ -125,6 +131,11 @@ void ProxyServer::onSignal(evutil_socket_t signal, short, void* self) {
     return;
   }
   spdlog::info("{}", jsonEscaped("draining on signal " + std::to_string(signal)));
+  server->draining_ = true;
+  sd_notify(0, "STOPPING=1\nSTATUS=draining");
+  if (server->watchdog_ != nullptr) {
+    event_del(server->watchdog_);
+  }
   for (auto& worker : server->workers_) {
     worker->drain(server->context_->settings().drain_timeout);
   }
@@ -132,6 +143,23 @@ void ProxyServer::onSignal(evutil_socket_t signal, short, void* self) {
     event_del(handler);
   }
   // The main loop ends once its signal events are gone; run() then joins the workers.
+}
+
+void ProxyServer::onWatchdog(evutil_socket_t, short, void* self) {
+  auto* server = static_cast<ProxyServer*>(self);
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  // A loop that has not ticked for half the watchdog period is stuck: stop feeding the watchdog
+  // so that systemd restarts the service.
+  const int64_t limit = static_cast<int64_t>(server->watchdog_usec_ / 2000) + 1000;
+  for (const auto& worker : server->workers_) {
+    if (now - worker->lastHeartbeatMs() > limit) {
+      spdlog::error("an event loop is stuck; not feeding the watchdog");
+      return;
+    }
+  }
+  sd_notify(0, "WATCHDOG=1");
 }
 
 void ProxyServer::reload() {

@@ -13,7 +13,9 @@ namespace acr {
 // The running proxy: N workers (event loops on threads) sharing one ProxyContext, and the main
 // thread's own loop for signals. SIGTERM/SIGINT drain: stop accepting, let tunnels finish until
 // the drain deadline, exit 0. SIGHUP rebuilds the policy with `reload` off the event loops and
-// swaps it in atomically; on failure the old policy stays.
+// swaps it in atomically; on failure the old policy stays. Under systemd (Type=notify) it reports
+// READY, RELOADING, STOPPING and STATUS, and feeds the watchdog only while every event loop is
+// alive.
 class ProxyServer {
  public:
   using Reloader = std::function<PolicySnapshot()>;
@@ -27,6 +29,7 @@ class ProxyServer {
 
  private:
   static void onSignal(evutil_socket_t signal, short, void* self);
+  static void onWatchdog(evutil_socket_t, short, void* self);
   void reload();
 
   std::unique_ptr<ProxyContext> context_;
@@ -34,6 +37,9 @@ class ProxyServer {
   std::vector<std::unique_ptr<Worker>> workers_;
   event_base* base_ = nullptr;
   std::vector<event*> signals_;
+  event* watchdog_ = nullptr;
+  uint64_t watchdog_usec_ = 0;
+  bool draining_ = false;
 };
 
 // Sets up spdlog: the access log on stdout (one line per connection), service messages on stderr,

@@ -42,6 +42,18 @@ Worker::Worker(ProxyContext& context) : context_(context) {
   resolver_ = std::make_unique<Resolver>(base_, resolverOptions(context.settings()));
   reaper_ = event_new(base_, -1, 0, &Worker::onReap, this);
   drain_tick_ = event_new(base_, -1, EV_PERSIST, &Worker::onDrainTick, this);
+  heartbeat_ = event_new(base_, -1, EV_PERSIST, &Worker::onHeartbeat, this);
+  static constexpr timeval kHeartbeat{1, 0};
+  event_add(heartbeat_, &kHeartbeat);
+  onHeartbeat(-1, 0, this);
+}
+
+void Worker::onHeartbeat(evutil_socket_t, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  worker->heartbeat_ms_.store(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::steady_clock::now().time_since_epoch())
+                                  .count(),
+                              std::memory_order_relaxed);
 }
 
 Worker::~Worker() {
@@ -51,6 +63,7 @@ Worker::~Worker() {
   resolver_.reset();
   event_free(reaper_);
   event_free(drain_tick_);
+  event_free(heartbeat_);
   event_base_free(base_);
 }
 
@@ -217,6 +230,7 @@ void Worker::onDrainTick(evutil_socket_t, short, void* arg) {
   // Connections still waiting on the reaper count as open until it ran.
   if (worker->connections_.empty()) {
     event_del(worker->drain_tick_);
+    event_del(worker->heartbeat_);
     worker->resolver_.reset();
     event_base_loopexit(worker->base_, nullptr);
   }

@@ -34,6 +34,9 @@ class Worker {
   void drain(std::chrono::milliseconds deadline);
 
   event_base* base() noexcept { return base_; }
+  // Steady-clock milliseconds of this loop's last heartbeat (a timer every second); the main
+  // thread feeds systemd's watchdog only while every loop's heartbeat is fresh.
+  int64_t lastHeartbeatMs() const noexcept { return heartbeat_ms_.load(std::memory_order_relaxed); }
   Resolver& resolver() noexcept { return *resolver_; }
   ProxyContext& context() noexcept { return context_; }
   // Called by a connection that has finished; deletes it from the loop, after the callback
@@ -55,6 +58,7 @@ class Worker {
   static void onDrain(evutil_socket_t, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
   static void onReap(evutil_socket_t, short, void* arg);
+  static void onHeartbeat(evutil_socket_t, short, void* arg);
 
   void accept(Listener& listener, int fd, const sockaddr* peer, int length);
   void closeListeners();
@@ -66,6 +70,8 @@ class Worker {
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
   std::vector<Connection*> finished_;
   event* reaper_ = nullptr;
+  event* heartbeat_ = nullptr;
+  std::atomic<int64_t> heartbeat_ms_{0};
   event* drain_tick_ = nullptr;
   std::chrono::steady_clock::time_point drain_deadline_;
   bool draining_ = false;

@@ -1,0 +1,546 @@
+"""Limits, timeouts and shutdown (THREATS 6.4 R1/R2/R4, 6.5 F15).
+
+Each test starts its own acr-egress with the limit under test; upstreams are a TLS server and
+an echo server on 127.0.0.2, names resolve through a dnsmasq the class starts. The transparent
+hello-timeout case runs in a private network namespace (netns_fixtures.NetNs) with an nftables
+REDIRECT, and is skipped where namespaces cannot be created.
+"""
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+import unittest
+
+import harness
+
+TLS_NAME = "myreg.azurecr.io"
+ECHO_NAME = "echo.azurecr.io"
+UPSTREAM_IP = "127.0.0.2"
+SPOOF_V4 = "203.0.113.10"  # only inside the transparent tests' private namespace
+
+
+def echo_handler(conn, index, record):
+    while True:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        record += data
+        conn.sendall(data)
+
+
+class LimitsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # Everything here is loopback; a private namespace (when root) also keeps the ports
+        # clear of anything else running on the machine.
+        harness.isolate_in_netns(cls)
+        cls.tmp = harness.TempDir()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"), [TLS_NAME],
+                                             [UPSTREAM_IP])
+        # The sni listener (127.0.0.1) dials its own port: the TLS upstream needs a port that
+        # is free on both addresses.
+        cls.tls_port = cls.common_port(["127.0.0.1", UPSTREAM_IP])
+        cls.tls = harness.TlsServer(UPSTREAM_IP, cls.tls_port, cls.certs["cert"],
+                                    cls.certs["key"], handler="http")
+        cls.addClassCleanup(cls.tls.stop)
+        cls.echo_port = harness.free_port(UPSTREAM_IP)
+        cls.echo = harness.RawServer(UPSTREAM_IP, cls.echo_port, handler=echo_handler)
+        cls.addClassCleanup(cls.echo.stop)
+        cls.dns = harness.Dnsmasq({TLS_NAME: [UPSTREAM_IP], ECHO_NAME: [UPSTREAM_IP]})
+        cls.dns.start()
+        cls.addClassCleanup(cls.dns.stop)
+
+    @staticmethod
+    def common_port(hosts):
+        for _ in range(50):
+            port = harness.free_port(hosts[0])
+            try:
+                for h in hosts[1:]:
+                    with socket.socket() as s:
+                        s.bind((h, port))
+                return port
+            except OSError:
+                continue
+        raise RuntimeError("no common free port")
+
+    def start_proxy(self, *extra, listener="connect", address="127.0.0.1", port=None):
+        port = port or harness.free_port(address)
+        proxy = harness.Proxy([f"--{listener}", f"{address}:{port}", "--allow-host", "*.azurecr.io",
+                               "--allow-cidr", f"{UPSTREAM_IP}/32", "--port", str(self.tls_port),
+                               "--port", str(self.echo_port), "--dns-server", self.dns.address,
+                               "--workers", "2"] + list(extra))
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        return proxy, f"{address}:{port}"
+
+    def curl_ok(self, proxy_addr):
+        return harness.curl("-p", "-x", f"http://{proxy_addr}", "--cacert", self.certs["ca"],
+                            "--max-time", "10", f"https://{TLS_NAME}:{self.tls_port}/")
+
+    def echo_tunnel(self, proxy_addr):
+        """An established CONNECT tunnel to the echo upstream (needs --allow-non-tls)."""
+        status, headers, body, sock = harness.connect_via_proxy(
+            proxy_addr, f"{ECHO_NAME}:{self.echo_port}")
+        self.addCleanup(sock.close)
+        self.assertEqual(status, 200, (headers, body))
+        return sock
+
+    def assert_echoes(self, sock, payload=b"ping"):
+        sock.sendall(payload)
+        got = b""
+        deadline = time.monotonic() + 5
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(got, payload)
+
+    # ---------------------------------------------------------------- R1
+
+    def test_500_idle_connections_do_not_block_and_all_time_out(self):
+        """R1: 500 connections that never finish their head (half silent, half stalled inside
+        the head) do not stop a new client from being served, and every one of them is closed
+        by --head-timeout 2s with a 408 and reason head_timeout."""
+        proxy, addr = self.start_proxy("--head-timeout", "2s")
+        host, port = addr.split(":")
+        idle = []
+        self.addCleanup(lambda: [s.close() for s in idle])
+        opened = time.monotonic()
+        for i in range(500):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            if i % 2:
+                s.sendall(f"CONNECT {TLS_NAME}:{self.tls_port} HTTP/1.1\r\nHo".encode())
+            idle.append(s)
+        result = self.curl_ok(addr)
+        served_after = time.monotonic() - opened
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"sni={TLS_NAME}\n")
+        self.assertLess(served_after, 2.0, "the new client was served only after the timeout")
+
+        # Every idle connection gets its 408 and an EOF, bounded by 15 s.
+        sel = selectors.DefaultSelector()
+        for s in idle:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, bytearray())
+        closed = {}
+        deadline = time.monotonic() + 15
+        while len(closed) < len(idle) and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.5):
+                try:
+                    data = key.fileobj.recv(65536)
+                except ConnectionResetError:
+                    data = None
+                if data:
+                    key.data.extend(data)
+                    continue
+                closed[key.fileobj] = (bytes(key.data), time.monotonic() - opened)
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+        sel.close()
+        self.assertEqual(len(closed), 500, "idle connections still open after 15 s")
+        for data, after in closed.values():
+            self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data[:80])
+            self.assertIn(b"X-Acr-Egress-Reason: head_timeout\r\n", data)
+            self.assertGreaterEqual(after, 1.8)
+        lines = proxy.wait_for_log_count(500, lambda e: e.get("reason") == "head_timeout",
+                                         timeout=15)
+        self.assertEqual(len(lines), 500)
+
+    # ---------------------------------------------------------------- R4
+
+    def test_max_connections_refuses_the_next_with_503(self):
+        """R4: with --max-connections 20 and 20 open tunnels, the 21st connection gets 503
+        overloaded at once, the 20 tunnels keep working, and a slot freed by closing one tunnel
+        serves a new client."""
+        proxy, addr = self.start_proxy("--max-connections", "20", "--allow-non-tls")
+        tunnels = [self.echo_tunnel(addr) for _ in range(20)]
+        for t in tunnels:
+            self.assert_echoes(t)
+        for attempt in range(3):
+            started = time.monotonic()
+            status, headers, body, sock = harness.connect_via_proxy(
+                addr, f"{ECHO_NAME}:{self.echo_port}", timeout=5)
+            sock.close()
+            self.assertEqual(status, 503, (headers, body))
+            self.assertEqual(headers.get("x-acr-egress-reason"), "overloaded")
+            self.assertLess(time.monotonic() - started, 1.0)
+        for t in tunnels:
+            self.assert_echoes(t, b"still alive")
+
+        tunnels[0].close()
+        proxy.wait_for_log(lambda e: e.get("reason") == "host_allowed"
+                           and e.get("client") == tunnels[0].acr_client)
+        deadline = time.monotonic() + 5
+        while True:
+            status, _, _, sock = harness.connect_via_proxy(addr, f"{ECHO_NAME}:{self.echo_port}")
+            self.addCleanup(sock.close)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(status, 200, "the freed slot was not reused")
+        self.assert_echoes(sock)
+
+    # proxy bug: Worker::accept() (proxy/worker.cc) answers 503 overloaded and closes the socket
+    # before any Connection exists, so no access-log line is written for it (only the
+    # rejected_overload counter moves), contrary to README "every connection writes one
+    # access-log line".
+    @unittest.expectedFailure
+    def test_overload_refusal_writes_an_access_log_line(self):
+        """R4 / README "every connection writes one access-log line": a connection refused 503
+        overloaded is logged with decision deny and reason overloaded."""
+        proxy, addr = self.start_proxy("--max-connections", "1", "--allow-non-tls")
+        tunnel = self.echo_tunnel(addr)
+        status, _, _, sock = harness.connect_via_proxy(addr, f"{ECHO_NAME}:{self.echo_port}")
+        sock.close()
+        self.assertEqual(status, 503)
+        entry = proxy.wait_for_log(lambda e: e.get("client") == sock.acr_client, timeout=5)
+        self.assertEqual((entry["decision"], entry["reason"]), ("deny", "overloaded"), entry)
+        tunnel.close()
+
+    def test_max_head_size_is_configurable(self):
+        """C8: with --max-head-size 1024 a 1.5 KB head is refused 431 head_too_large while a
+        head just under the cap is served."""
+        proxy, addr = self.start_proxy("--max-head-size", "1024", "--allow-non-tls")
+        target = f"{ECHO_NAME}:{self.echo_port}"
+        line = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        big = line + "X-Pad: " + "p" * 1500 + "\r\n\r\n"
+        status, headers, _, sock = harness.connect_via_proxy(addr, target, head=big)
+        sock.close()
+        self.assertEqual((status, headers.get("x-acr-egress-reason")), (431, "head_too_large"))
+        fits = line + "X-Pad: " + "p" * (1024 - len(line) - len("X-Pad: \r\n\r\n")) + "\r\n\r\n"
+        self.assertEqual(len(fits), 1024)
+        status, _, _, sock = harness.connect_via_proxy(addr, target, head=fits)
+        self.addCleanup(sock.close)
+        self.assertEqual(status, 200)
+        self.assert_echoes(sock)
+
+    # ---------------------------------------------------------------- F10 / F11
+
+    def test_idle_tunnel_is_closed_by_idle_timeout_busy_one_is_not(self):
+        """F10: with --idle-timeout 2s a tunnel with no bytes either way is closed by the proxy
+        within 2-5 s, while a tunnel that carries a byte every 0.5 s outlives it."""
+        proxy, addr = self.start_proxy("--idle-timeout", "2s", "--allow-non-tls")
+        idle = self.echo_tunnel(addr)
+        busy = self.echo_tunnel(addr)
+        self.assert_echoes(idle)
+        self.assert_echoes(busy)
+        started = time.monotonic()
+        idle_closed = None
+        idle.setblocking(False)
+        while time.monotonic() - started < 6:  # bounded: 12 rounds of 0.5 s
+            self.assert_echoes(busy, b".")
+            if idle_closed is None:
+                try:
+                    if idle.recv(1) == b"":
+                        idle_closed = time.monotonic() - started
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    idle_closed = time.monotonic() - started
+            time.sleep(0.5)
+        self.assertIsNotNone(idle_closed, "the idle tunnel was not closed within 6 s")
+        self.assertGreaterEqual(idle_closed, 1.5)
+        self.assertLess(idle_closed, 5.0)
+        self.assert_echoes(busy, b"still here")
+        entry = proxy.wait_for_log(lambda e: e.get("client") == idle.acr_client)
+        self.assertEqual((entry["closed_by"], entry["phase"]), ("proxy", "relay"), entry)
+
+    def test_keepalive_is_set_on_both_sides(self):
+        """F11: with --keepalive-idle 60s the proxy's client-side and upstream-side sockets of a
+        tunnel both run a TCP keepalive timer (ss shows timer:(keepalive,...))."""
+        proxy, addr = self.start_proxy("--keepalive-idle", "60s", "--allow-non-tls")
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        proxy_port = addr.split(":")[1]
+        client_port = tunnel.acr_client.split(":")[1]
+        # ss shows the keepalive timer only while no retransmission timer runs: poll until the
+        # last echo is acknowledged (bounded: 20 x 0.25 s).
+        for _ in range(20):
+            time.sleep(0.25)
+            out = subprocess.run(["ss", "-Htnoe", "state", "established"], capture_output=True,
+                                 text=True, timeout=10).stdout.splitlines()
+            client_side = [l for l in out if l.split()[2] == f"127.0.0.1:{proxy_port}"
+                           and l.split()[3] == f"127.0.0.1:{client_port}"]
+            upstream_side = [l for l in out if l.split()[3] == f"{UPSTREAM_IP}:{self.echo_port}"]
+            if all("timer:(keepalive" in l for l in client_side + upstream_side):
+                break
+        self.assertEqual(len(client_side), 1, out)
+        self.assertTrue(upstream_side, out)
+        self.assertIn("timer:(keepalive", client_side[0])
+        self.assertTrue(all("timer:(keepalive" in l for l in upstream_side), upstream_side)
+
+    # ---------------------------------------------------------------- F15
+
+    def test_sigterm_drains_open_tunnel_then_exits_zero(self):
+        """F15: on SIGTERM with an open tunnel and --drain-timeout 2s the proxy stops accepting
+        at once, the tunnel keeps working during the drain, and the process exits 0 within the
+        drain timeout plus 3 s, closing the tunnel."""
+        proxy, addr = self.start_proxy("--drain-timeout", "2s", "--allow-non-tls")
+        host, port = addr.split(":")
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        signalled = time.monotonic()
+        proxy.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        self.assertIsNone(proxy.wait(0), "exited before the drain timeout with a tunnel open")
+        try:
+            status, _, body, s = harness.connect_via_proxy(
+                addr, f"{ECHO_NAME}:{self.echo_port}", timeout=3)
+            s.close()
+            outcome = f"status {status}"
+        except ConnectionRefusedError:
+            status, outcome = None, "refused"
+        self.assertNotEqual(status, 200, "a new tunnel was opened during the drain")
+        self.assertIn(status, (None, 0, 503), outcome)
+        self.assert_echoes(tunnel, b"during drain")
+        code = proxy.wait(2 + 3)
+        elapsed = time.monotonic() - signalled
+        self.assertEqual(code, 0, proxy.stderr_text()[-2000:])
+        self.assertGreaterEqual(elapsed, 1.8)
+        _, how = harness.recv_until_closed(tunnel, 5)
+        self.assertIn(how, ("fin", "rst"))
+        self.assertEqual(proxy.stop(), 0)
+
+    def test_sigterm_exits_early_when_last_tunnel_closes(self):
+        """F15: with --drain-timeout 20s, the proxy exits 0 as soon as the last tunnel ends,
+        not at the deadline."""
+        proxy, addr = self.start_proxy("--drain-timeout", "20s", "--allow-non-tls")
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        proxy.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        tunnel.close()
+        closed = time.monotonic()
+        code = proxy.wait(10)
+        self.assertEqual(code, 0)
+        self.assertLess(time.monotonic() - closed, 3.0)
+        entry = proxy.wait_for_log(lambda e: e.get("client") == tunnel.acr_client)
+        self.assertEqual(entry["decision"], "allow")
+
+    def assert_signal_during_drain_exits_cleanly(self, second):
+        proxy, addr = self.start_proxy("--drain-timeout", "3s", "--allow-non-tls")
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        proxy.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proxy.send_signal(second)
+        code = proxy.wait(10)
+        self.assertIsNotNone(code, "still running 10 s after the second SIGTERM")
+        try:
+            proxy.stop()
+        except AssertionError:
+            pass  # reported by the assertions below, with the exit code
+        self.assertEqual(code, 0, "exit status after the second signal")
+        self.assertTrue([e for e in proxy.access_log() if e.get("client") == tunnel.acr_client],
+                        "the tunnel cut by the second signal has no access-log line")
+
+    # proxy bug: ProxyServer::onSignal() (proxy/proxy_server.cc) event_del()s every signal event
+    # when the drain starts, so libevent restores SIG_DFL and a second SIGTERM kills the process
+    # (exit -15, no "stopped" line, the open tunnel's access-log line is lost).
+    @unittest.expectedFailure
+    def test_second_sigterm_during_drain_still_exits_cleanly(self):
+        """F15: a second SIGTERM during the drain (an impatient operator or supervisor) ends the
+        process with exit 0 and the open tunnel still gets its access-log line, instead of the
+        default signal action killing it silently."""
+        self.assert_signal_during_drain_exits_cleanly(signal.SIGTERM)
+
+    # proxy bug: same cause as above; SIGHUP's default action is to terminate (exit -1).
+    @unittest.expectedFailure
+    def test_sighup_during_drain_does_not_kill_the_proxy(self):
+        """F12/F15: a SIGHUP (reload, log rotation) arriving during the drain does not kill the
+        proxy by the default action: it still exits 0 and logs the open tunnel."""
+        self.assert_signal_during_drain_exits_cleanly(signal.SIGHUP)
+
+    def test_sigint_without_tunnels_exits_zero_at_once(self):
+        """F15: SIGINT with no connection open exits 0 within a second."""
+        proxy, _ = self.start_proxy()
+        started = time.monotonic()
+        self.assertEqual(proxy.stop(signal.SIGINT, timeout=10), 0)
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    # ---------------------------------------------------------------- R2 (sni)
+
+    def test_sni_hello_timeout_resets_without_dial(self):
+        """R2: on the sni listener with --head-timeout 2s, a client that sends nothing, one byte,
+        half a ClientHello, or trickles a byte every 0.4 s is reset after about 2 s with
+        hello_timeout, and nothing is resolved or dialled; a slow but steady hello that ends
+        inside the limit is allowed."""
+        proxy, addr = self.start_proxy("--head-timeout", "2s", listener="sni",
+                                       port=self.tls_port)
+        host, port = addr.split(":")
+        hello = harness.client_hello(TLS_NAME)
+        accepted = self.tls.accepted
+        queries = len(self.dns.queries())
+        for name, data in (("nothing", b""), ("one byte", hello[:1]),
+                           ("half a hello", hello[:len(hello) // 2])):
+            with self.subTest(case=name):
+                s = socket.create_connection((host, int(port)), timeout=5)
+                self.addCleanup(s.close)
+                client = "%s:%d" % s.getsockname()
+                started = time.monotonic()
+                if data:
+                    s.sendall(data)
+                received, how = harness.recv_until_closed(s, 10)
+                elapsed = time.monotonic() - started
+                self.assertEqual((received, how), (b"", "rst"))
+                self.assertGreaterEqual(elapsed, 1.8)
+                self.assertLess(elapsed, 4.0)
+                entry = proxy.wait_for_log(lambda e: e.get("client") == client)
+                self.assertEqual(entry["reason"], "hello_timeout", entry)
+                self.assertEqual(entry["decision"], "deny", entry)
+                self.assertFalse(entry.get("dialled"), entry)
+        with self.subTest(case="trickle, one byte every 0.4 s"):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            self.addCleanup(s.close)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.monotonic()
+            how = None
+            for i in range(25):  # bounded: 25 x 0.4 s = 10 s
+                try:
+                    s.sendall(hello[i:i + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    how = "rst"
+                    break
+                _, how = harness.recv_until_closed(s, 0.4)
+                if how != "timeout":
+                    break
+            elapsed = time.monotonic() - started
+            self.assertEqual(how, "rst")
+            self.assertLess(elapsed, 4.0, "the hello timeout restarted with every byte")
+        self.assertEqual(self.tls.accepted, accepted)
+        self.assertEqual(len(self.dns.queries()), queries)
+
+        s = socket.create_connection((host, int(port)), timeout=5)
+        self.addCleanup(s.close)
+        tls = harness.MemoryTlsClient(s, TLS_NAME, self.certs["ca"])
+        harness.send_dribbled(s, tls.first_flight(), chunk=16, delay=0.03)  # ~1 s in all
+        tls.finish_handshake()
+        self.assertTrue(tls.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").endswith(
+            f"sni={TLS_NAME}\n".encode()))
+
+    # proxy bug: --max-client-hello-size only sets the read watermark (2 N + 1024 bytes) in
+    # proxy/connection.cc; ClientHelloParser keeps its fixed 16384-byte cap, so with N = 1024 a
+    # complete 1929-byte hello is accepted (it went on to DNS) instead of clienthello_too_large.
+    @unittest.expectedFailure
+    def test_max_client_hello_size_denies_larger_hello(self):
+        """P7: with --max-client-hello-size 1024 the 1.9 KB Chromium ClientHello (X25519MLKEM768)
+        is reset with clienthello_too_large and never dialled, while a 517-byte curl hello for
+        the same host passes."""
+        proxy, addr = self.start_proxy("--max-client-hello-size", "1024", listener="sni",
+                                       port=self.tls_port)
+        host, port = addr.split(":")
+        captures = harness.read_captures()
+        big = captures["chromium156-default-acr"]
+        self.assertGreater(len(big), 1024)
+        accepted = self.tls.accepted
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            client = "%s:%d" % s.getsockname()
+            s.sendall(big)
+            received, how = harness.recv_until_closed(s, 10)
+        self.assertEqual((received, how), (b"", "rst"))
+        entry = proxy.wait_for_log(lambda e: e.get("client") == client)
+        self.assertEqual(entry["reason"], "clienthello_too_large", entry)
+        self.assertEqual(self.tls.accepted, accepted)
+
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            tls = harness.MemoryTlsClient(s, TLS_NAME, self.certs["ca"])
+            self.assertLess(len(tls.first_flight()), 1024)
+            s.sendall(tls.first_flight())
+            tls.finish_handshake()
+            self.assertTrue(tls.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").endswith(
+                f"sni={TLS_NAME}\n".encode()))
+
+    # ---------------------------------------------------------------- R2 (transparent)
+
+    def transparent_session(self, clients):
+        """Runs acr-egress with a transparent listener (--head-timeout 2s, --mark 1) in a
+        private namespace whose nftables REDIRECT sends every connection to port 443 to it, and
+        calls each `client(proxy)` there (the test thread enters the namespace meanwhile).
+        Returns [client results], the proxy and the dnsmasq (both stopped)."""
+        try:
+            from netns_fixtures import NetNs
+        except ImportError as e:
+            self.skipTest(f"netns_fixtures unavailable: {e}")
+        if os.geteuid() != 0:
+            self.skipTest("network namespaces need root")
+        ns = NetNs([SPOOF_V4])
+        self.addCleanup(ns.destroy)
+        try:
+            ns.create()
+        except Exception as e:  # no netns support in this sandbox
+            self.skipTest(f"cannot create a network namespace: {e}")
+        results = []
+        with ns.entered():
+            port = harness.free_port()
+            ns.redirect_443(port, 1)
+            with harness.Dnsmasq({TLS_NAME: [SPOOF_V4]}) as dns:
+                proxy = harness.Proxy(["--transparent", f"127.0.0.1:{port}", "--mark", "1",
+                                       "--allow-host", "*.azurecr.io", "--allow-cidr",
+                                       f"{SPOOF_V4}/32", "--dns-server", dns.address,
+                                       "--head-timeout", "2s", "--workers", "1"])
+                with proxy:
+                    for client in clients:
+                        results.append(client(proxy))
+                    self.assertEqual(proxy.stop(), 0)
+        return results, proxy, dns
+
+    @staticmethod
+    def transparent_client(data):
+        """A client of 203.0.113.10:443 that sends `data` and reads until the proxy closes;
+        returns (log entry, received, how, seconds)."""
+        def run(proxy):
+            with socket.create_connection((SPOOF_V4, 443), timeout=5) as s:
+                client = "%s:%d" % s.getsockname()
+                started = time.monotonic()
+                if data:
+                    s.sendall(data)
+                received, how = harness.recv_until_closed(s, 10)
+                elapsed = time.monotonic() - started
+            return proxy.wait_for_log(lambda e: e.get("client") == client), received, how, \
+                elapsed
+        return run
+
+    def test_transparent_hello_timeout_resets_without_dial(self):
+        """R2: behind an nftables REDIRECT in a private namespace, a client that connects to
+        203.0.113.10:443 and sends nothing, or half a ClientHello, is reset after --head-timeout
+        2s with hello_timeout, and nothing is resolved or dialled."""
+        hello = harness.client_hello(TLS_NAME)
+        results, proxy, dns = self.transparent_session(
+            [self.transparent_client(b""), self.transparent_client(hello[:100])])
+        for entry, received, how, elapsed in results:
+            self.assertEqual((received, how), (b"", "rst"))
+            self.assertGreaterEqual(elapsed, 1.8)
+            self.assertLess(elapsed, 4.0)
+            self.assertEqual(entry["listener"], "transparent", entry)
+            self.assertEqual(entry["decision"], "deny", entry)
+            self.assertEqual(entry["reason"], "hello_timeout", entry)
+            self.assertFalse(entry.get("dialled"), entry)
+        self.assertEqual(dns.queries(), [])
+
+    # proxy bug: Connection::start() reads SO_ORIGINAL_DST into original_dst_, but only
+    # decideHello() copies it into the access record, so denials before a parsed hello
+    # (hello_timeout, not_tls, bad_clienthello, ...) log neither original_dst nor the port (0).
+    @unittest.expectedFailure
+    def test_transparent_denial_before_hello_logs_original_destination(self):
+        """README access log: a transparent connection denied before its ClientHello was parsed
+        (hello_timeout, not_tls) still logs its original_dst and port."""
+        results, _, _ = self.transparent_session(
+            [self.transparent_client(b""),
+             self.transparent_client(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")])
+        for entry, _, _, _ in results:
+            with self.subTest(reason=entry.get("reason")):
+                self.assertEqual(entry.get("original_dst"), f"{SPOOF_V4}:443", entry)
+                self.assertEqual(entry.get("port"), 443, entry)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,172 @@
+"""A real image pull through the CONNECT listener (THREATS F17, B19).
+
+Real peers only: Debian's docker-registry (distribution 2.8) with TLS and filesystem storage, an
+OCI image built here from random bytes and pushed with skopeo, nginx playing ACR's login server
+(307 for every blob GET to a data endpoint, as ACR does), dnsmasq as the proxy's resolver, and
+skopeo pulling through acr-egress with HTTPS_PROXY. Every name resolves to a loopback address
+(127.0.0.2-4) through the proxy's own DNS server; skopeo never resolves a name itself.
+"""
+
+import os
+import unittest
+
+import harness
+from registry_fixtures import (Nginx, OciImage, Registry, Skopeo, acr_front_http_body,
+                               cert_dir_with_ca, common_free_port, dir_blob_digests)
+
+LOGIN_HOST = "myreg.azurecr.io"
+DATA_HOST = "myreg.eastus.data.azurecr.io"
+OTHER_HOST = "other.azurecr.io"
+REGISTRY_IP = "127.0.0.2"  # docker-registry itself
+LOGIN_IP = "127.0.0.3"     # nginx as ACR's login server
+DATA_IP = "127.0.0.4"      # nginx as ACR's data endpoint
+REPOSITORY = "library/test"
+TAG = "1"
+
+
+class RegistryPullTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        root = cls.tmp.path
+        cls.certs = harness.make_ca_and_cert(os.path.join(root, "pki"),
+                                             [LOGIN_HOST, DATA_HOST],
+                                             [REGISTRY_IP, LOGIN_IP, DATA_IP])
+        cls.cert_dir = cert_dir_with_ca(os.path.join(root, "ca-dir"), cls.certs["ca"])
+        # One port on all three addresses: the registry, login and data endpoints all use it,
+        # so the proxy policy allows exactly that one port.
+        cls.port = common_free_port([REGISTRY_IP, LOGIN_IP, DATA_IP])
+
+        cls.registry = Registry(os.path.join(root, "registry"), REGISTRY_IP, cls.port,
+                                cls.certs["cert"], cls.certs["key"])
+        cls.registry.start()
+        cls.addClassCleanup(cls.registry.stop)
+
+        cls.image = OciImage(os.path.join(root, "oci"), tag="test").build()
+        cls.skopeo = Skopeo(os.path.join(root, "skopeo"))
+        cls.skopeo.push_oci(cls.image.directory, "test",
+                            f"{cls.registry.hostport}/{REPOSITORY}:{TAG}", cls.cert_dir)
+
+        cls.nginx = Nginx(os.path.join(root, "nginx"),
+                          acr_front_http_body(cls.certs["cert"], cls.certs["key"], LOGIN_HOST,
+                                              LOGIN_IP, DATA_HOST, DATA_IP, cls.port,
+                                              cls.registry),
+                          [(LOGIN_IP, cls.port), (DATA_IP, cls.port)])
+        cls.nginx.start()
+        cls.addClassCleanup(cls.nginx.stop)
+
+    def start_proxy(self, records, allow_cidrs):
+        """dnsmasq answering `records` and acr-egress (CONNECT on loopback) allowing registry
+        myreg on the test's port and `allow_cidrs`; both stopped when the test ends."""
+        dns = harness.Dnsmasq(records)
+        dns.__enter__()
+        self.addCleanup(dns.__exit__, None, None, None)
+        self.proxy_port = harness.free_port("127.0.0.1")
+        args = ["--connect", f"127.0.0.1:{self.proxy_port}", "--registry", "myreg",
+                "--port", str(self.port), "--dns-server", dns.address,
+                "--workers", "2"]
+        for cidr in allow_cidrs:
+            args += ["--allow-cidr", cidr]
+        proxy = harness.Proxy(args)
+        proxy.__enter__()
+        self.addCleanup(proxy.__exit__, None, None, None)
+        return dns, proxy
+
+    def pull(self, host, out_name):
+        """skopeo copy docker://HOST:PORT/library/test:1 dir:OUT through the proxy."""
+        out = os.path.join(self.tmp.path, out_name)
+        proxy_url = f"http://127.0.0.1:{self.proxy_port}"
+        result = self.skopeo.run(
+            ["copy", "--src-cert-dir", self.cert_dir, "--src-no-creds",
+             f"docker://{host}:{self.port}/{REPOSITORY}:{TAG}", f"dir:{out}"],
+            env={"HTTPS_PROXY": proxy_url, "https_proxy": proxy_url}, timeout=120)
+        return result, out
+
+    def assert_blobs_identical(self, out):
+        pulled = dir_blob_digests(out)
+        for digest in self.image.blob_digests:
+            self.assertIn(digest, pulled, f"blob {digest} missing from the pull")
+            self.assertEqual(pulled[digest], digest, f"blob {digest} corrupted through the proxy")
+
+    def registry_requests(self):
+        return self.registry.log_text().count('"response completed"')
+
+    # A pull through the CONNECT listener gets every layer and the config byte-identical.
+    def test_pull_through_connect_listener_gets_identical_blobs(self):
+        dns, proxy = self.start_proxy({LOGIN_HOST: [REGISTRY_IP]}, [f"{REGISTRY_IP}/32"])
+        result, out = self.pull(LOGIN_HOST, "pull-direct")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr +
+                         proxy.stderr_text())
+        self.assert_blobs_identical(out)
+
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertEqual(line["decision"], "allow", line)
+            self.assertEqual(line["target"], LOGIN_HOST, line)
+            self.assertEqual(line["port"], self.port, line)
+            self.assertEqual(line["dialled"], f"{REGISTRY_IP}:{self.port}", line)
+        self.assertGreaterEqual(sum(line["bytes_down"] for line in lines),
+                                self.image.total_bytes)
+
+    # The ACR flow: blob GETs on the login server answer 307 to the data endpoint, skopeo opens
+    # a second CONNECT to it, and the policy for --registry myreg allows both.
+    def test_pull_follows_307_to_data_endpoint(self):
+        dns, proxy = self.start_proxy({LOGIN_HOST: [LOGIN_IP], DATA_HOST: [DATA_IP]},
+                                      [f"{LOGIN_IP}/32", f"{DATA_IP}/32"])
+        result, out = self.pull(LOGIN_HOST, "pull-redirect")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr +
+                         proxy.stderr_text())
+        self.assert_blobs_identical(out)
+
+        # The data endpoint served every blob after a 307 from the login server.
+        served = self.nginx.access_lines()
+        for digest in self.image.blob_digests:
+            self.assertIn([LOGIN_HOST, "GET", f"/v2/{REPOSITORY}/blobs/{digest}", "307"],
+                          [line[:4] for line in served])
+            self.assertTrue(any(line[0] == DATA_HOST and line[1] == "GET" and line[3] == "200"
+                                and line[2].startswith(f"/v2/{REPOSITORY}/blobs/{digest}?se=")
+                                for line in served), served)
+
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        data_lines = [line for line in lines if line.get("target") == DATA_HOST]
+        self.assertTrue(data_lines, lines)
+        for line in data_lines:
+            self.assertEqual(line["decision"], "allow", line)
+            self.assertEqual(line["reason"], "host_allowed", line)
+            self.assertEqual(line["dialled"], f"{DATA_IP}:{self.port}", line)
+        self.assertGreaterEqual(sum(line["bytes_down"] for line in data_lines),
+                                self.image.total_bytes)
+        self.assertTrue(any(line.get("target") == LOGIN_HOST and line["decision"] == "allow"
+                            for line in lines), lines)
+        self.assertFalse([line for line in lines if line["decision"] != "allow"], lines)
+
+    # A registry the policy does not name is refused before any DNS or dial, and skopeo's error
+    # carries the reason (Go reports only the status text of a refused CONNECT).
+    def test_pull_from_registry_not_allowed_fails_with_reason(self):
+        dns, proxy = self.start_proxy({OTHER_HOST: [REGISTRY_IP], LOGIN_HOST: [REGISTRY_IP]},
+                                      [f"{REGISTRY_IP}/32"])
+        requests_before = self.registry_requests()
+        result, out = self.pull(OTHER_HOST, "pull-denied")
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn("host_not_allowed", result.stderr)
+        self.assertFalse(dir_blob_digests(out) if os.path.isdir(out) else {})
+
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertEqual(line["target"], OTHER_HOST, line)
+            self.assertEqual(line["decision"], "deny", line)
+            self.assertEqual(line["reason"], "host_not_allowed", line)
+            self.assertFalse(line.get("dialled"), line)
+        self.assertEqual(self.registry_requests(), requests_before)
+        # A denied name is never resolved (B19: no DNS exfiltration through the proxy).
+        self.assertNotIn(OTHER_HOST, dns.queries())
+
+
+if __name__ == "__main__":
+    unittest.main()
