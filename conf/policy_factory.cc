@@ -1,6 +1,8 @@
 #include "conf/policy_factory.h"
 
+#include <algorithm>
 #include <charconv>
+#include <set>
 
 #include "conf/service_tags.h"
 #include "filters/host_name.h"
@@ -48,6 +50,7 @@ Cidr parseCidr(const ConfigValue& value) {
 
 PolicySnapshot buildPolicy(const PolicyConfig& config) {
   Policy::Builder builder;
+  PolicySnapshot snapshot;
   auto addPattern = [&](const std::string& pattern, const std::string& origin,
                         const ConfigValue* source) {
     const std::string error = builder.addHostPattern(pattern, origin);
@@ -93,14 +96,14 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     builder.addPort(parsePort(port));
   }
   for (const ConfigValue& cidr : config.allow_cidrs) {
-    builder.addAllowCidr(parseCidr(cidr), cidr.origin);
+    const Cidr parsed = parseCidr(cidr);
+    builder.addAllowCidr(parsed, cidr.origin);
+    snapshot.allowed_prefixes.push_back(parsed.toString());
   }
   for (const ConfigValue& cidr : config.deny_cidrs) {
     builder.addDenyCidr(parseCidr(cidr), cidr.origin);
   }
   builder.setStrictIp(config.strict_ip);
-
-  PolicySnapshot snapshot;
   if (!config.service_tags.empty() && !config.service_tags_file) {
     fail(config.service_tags.front(),
          "service tag '" + config.service_tags.front().text +
@@ -121,9 +124,16 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
                        " (closest: " + hint + ")");
       }
       builder.addServiceTag(tag->name, tag->prefixes, name.origin);
+      for (const Cidr& prefix : tag->prefixes) {
+        snapshot.allowed_prefixes.push_back(prefix.toString());
+      }
       snapshot.service_tag_names.push_back(tag->name);
     }
   }
+  std::sort(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end());
+  snapshot.allowed_prefixes.erase(
+      std::unique(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end()),
+      snapshot.allowed_prefixes.end());
   snapshot.policy = builder.build();
   return snapshot;
 }
@@ -172,6 +182,92 @@ std::string PolicySnapshot::summary() const {
   out += "allowed prefixes: " + std::to_string(policy->allowedPrefixCount()) + "\n";
   out += std::string("strict-ip: ") + (policy->strictIp() ? "on" : "off") + "\n";
   return out;
+}
+
+namespace {
+
+// "kind text" for every rule a user wrote (special ranges are built in and never change).
+std::set<std::string> ruleKeys(const Policy& policy) {
+  std::set<std::string> keys;
+  for (const Rule& rule : policy.rules()) {
+    switch (rule.kind) {
+      case Rule::Kind::kHostPattern:
+        keys.insert("host " + rule.text);
+        break;
+      case Rule::Kind::kAllowCidr:
+        keys.insert("allow-cidr " + rule.text);
+        break;
+      case Rule::Kind::kDenyCidr:
+        keys.insert("deny-cidr " + rule.text);
+        break;
+      case Rule::Kind::kServiceTag:
+        keys.insert("tag " + rule.text);
+        break;
+      case Rule::Kind::kSpecialRange:
+        break;
+    }
+  }
+  for (const uint16_t port : policy.ports()) {
+    keys.insert("port " + std::to_string(port));
+  }
+  return keys;
+}
+
+// Appends "label: a, b, c (+N more)" for the elements of `items` not in `other`; returns the
+// count. Both are sorted.
+template <class Items>
+size_t appendDifference(std::string& out, const char* label, const Items& items,
+                        const Items& other) {
+  constexpr size_t kShown = 5;
+  std::vector<std::string> only;
+  std::set_difference(items.begin(), items.end(), other.begin(), other.end(),
+                      std::back_inserter(only));
+  if (only.empty()) {
+    return 0;
+  }
+  out += out.empty() ? "" : "; ";
+  out += label;
+  out += ": ";
+  for (size_t i = 0; i < only.size() && i < kShown; ++i) {
+    out += (i == 0 ? "" : ", ") + only[i];
+  }
+  if (only.size() > kShown) {
+    out += " (+" + std::to_string(only.size() - kShown) + " more)";
+  }
+  return only.size();
+}
+
+}  // namespace
+
+std::string describePolicyChange(const PolicySnapshot& before, const PolicySnapshot& after) {
+  std::string out;
+  const std::set<std::string> old_rules = ruleKeys(*before.policy);
+  const std::set<std::string> new_rules = ruleKeys(*after.policy);
+  appendDifference(out, "rules added", new_rules, old_rules);
+  appendDifference(out, "rules removed", old_rules, new_rules);
+  const size_t added =
+      appendDifference(out, "prefixes added", after.allowed_prefixes, before.allowed_prefixes);
+  const size_t removed =
+      appendDifference(out, "prefixes removed", before.allowed_prefixes, after.allowed_prefixes);
+  if (added + removed > 0) {
+    out += "; allowed prefixes " + std::to_string(before.allowed_prefixes.size()) + " -> " +
+           std::to_string(after.allowed_prefixes.size());
+  }
+  if (before.policy->strictIp() != after.policy->strictIp()) {
+    out += out.empty() ? "" : "; ";
+    out += std::string("strict-ip ") + (after.policy->strictIp() ? "on" : "off");
+  }
+  if (before.service_tags_change_number != after.service_tags_change_number ||
+      before.service_tags_path != after.service_tags_path) {
+    auto text = [](const PolicySnapshot& snapshot) {
+      return snapshot.service_tags_change_number
+                 ? std::to_string(*snapshot.service_tags_change_number)
+                 : std::string("none");
+    };
+    out += out.empty() ? "" : "; ";
+    out += "service-tags changeNumber " + text(before) + " -> " + text(after);
+  }
+  return out.empty() ? "no change" : out;
 }
 
 }  // namespace acr

@@ -25,9 +25,17 @@ struct PolicySnapshot {
   std::optional<int64_t> service_tags_change_number;
   std::string service_tags_path;
   std::vector<std::string> service_tag_names;
+  // Every allowed prefix (--allow-cidr and tag prefixes) as text, sorted and unique: what a
+  // reload compares to say which addresses it added or removed.
+  std::vector<std::string> allowed_prefixes;
   // Multi-line, human-readable summary of the effective policy (--check-config, logs).
   std::string summary() const;
 };
+
+// What changed from `before` to `after`, in one line for the reload log: rules, ports and tags
+// added or removed, allowed prefixes added/removed (counts and the first few), strict-ip, and the
+// service-tags changeNumber old -> new. "no change" when the two are equivalent.
+std::string describePolicyChange(const PolicySnapshot& before, const PolicySnapshot& after);
 
 // Validates every value of `config` and builds the policy, loading the service-tags file if one
 // is named. Throws ConfigError naming the origin of the first bad value: an invalid pattern, CIDR,

@@ -370,7 +370,7 @@ ClientHelloError ClientHelloParser::checkMessageHeader(CBS* header) noexcept {
   if (msg_type != kHandshakeClientHello) {
     return ClientHelloError::kBadClientHello;
   }
-  if (length > kMaxHandshakeSize) {
+  if (length > max_handshake_size_) {
     return ClientHelloError::kTooLarge;
   }
   if (length < kMinBodySize) {

@@ -90,6 +90,12 @@ class ClientHelloParser {
   // records costs 6 wire bytes per hello byte, so this bounds the work of such framing too.
   static constexpr size_t kMaxWireBytes = 65536;
 
+  // `max_handshake_size` lowers the hello body cap (--max-client-hello-size); values above
+  // kMaxHandshakeSize are clamped to it, so the buffer stays fixed.
+  explicit ClientHelloParser(size_t max_handshake_size = kMaxHandshakeSize) noexcept
+      : max_handshake_size_(max_handshake_size < kMaxHandshakeSize ? max_handshake_size
+                                                                   : kMaxHandshakeSize) {}
+
   // `input` is every byte received so far on the connection; each call passes a longer (or
   // equal) prefix of the same stream, possibly at a different address. Work is linear in the
   // total bytes: bytes already examined are never examined again.
@@ -132,6 +138,7 @@ class ClientHelloParser {
   // True if two of the ext_count_ types recorded in ext_types_ are equal. Reorders ext_types_.
   bool hasDuplicateExtension() noexcept;
 
+  size_t max_handshake_size_;
   State state_ = State::kStart;
   ClientHelloStatus status_ = ClientHelloStatus::kNeedMore;
   ClientHelloError error_ = ClientHelloError::kNone;

@@ -29,6 +29,8 @@ enum class Reason : uint8_t {
   kAddressSpecial,     // "address_special": special-purpose range, not explicitly allowed
   kAddressNotAllowed,  // "address_not_allowed": an IP literal, or --strict-ip, outside the set
   kAddressDenied,      // "address_denied": inside a --deny-cidr range
+  kSniAddressMismatch,  // "sni_address_mismatch": a transparent destination outside the allowed
+                        // set and not among the SNI's own DNS answers
 };
 std::string_view reasonName(Reason reason) noexcept;
 

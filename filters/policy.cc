@@ -25,6 +25,8 @@ std::string_view reasonName(Reason reason) noexcept {
       return "address_not_allowed";
     case Reason::kAddressDenied:
       return "address_denied";
+    case Reason::kSniAddressMismatch:
+      return "sni_address_mismatch";
   }
   return "unknown";
 }
@@ -89,6 +91,21 @@ Decision Policy::decideAddress(const IpAddress& address) const noexcept {
     return deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailStrict);
   }
   return allow(Reason::kAddressPublic, CidrSet::kNoMatch);
+}
+
+Decision Policy::decideOriginalDestination(const IpAddress& destination,
+                                           std::span<const IpAddress> answers) const noexcept {
+  const Decision decision = decideAddress(destination);
+  if (decision.reason != Reason::kAddressPublic) {
+    return decision;  // allowed by a range or tag, or denied outright: the answers do not matter
+  }
+  const IpAddress judged = destination.embeddedV4().value_or(destination);
+  for (const IpAddress& answer : answers) {
+    if (answer == destination || answer.embeddedV4().value_or(answer) == judged) {
+      return decision;
+    }
+  }
+  return deny(Reason::kSniAddressMismatch, nullptr);
 }
 
 std::vector<uint16_t> Policy::ports() const {
@@ -170,6 +187,9 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
       return "denied: " + addressText(subject) + " is an IP literal in no allowed range";
     case Reason::kAddressDenied:
       return "denied: " + addressText(subject) + " is in denied range " + rule;
+    case Reason::kSniAddressMismatch:
+      return "denied: " + addressText(subject) + " is not among the addresses of " +
+             printable(subject.host) + " and in no allowed range";
   }
   return "denied";
 }

@@ -45,6 +45,13 @@ class Policy {
   Decision decideName(std::string_view host, uint16_t port) const noexcept;
   Decision decideLiteral(const IpAddress& address, uint16_t port) const noexcept;
   Decision decideAddress(const IpAddress& address) const noexcept;
+  // Transparent listener, after the SNI passed decideName: may the connection go to the address
+  // the client really dialled? Yes if decideAddress allows it by a range or tag; no if
+  // decideAddress denies it; a public address outside the allowed set only if it is among
+  // `answers`, the proxy's own DNS answers for the SNI (kSniAddressMismatch otherwise). This is
+  // what stops an allowed name from being sent to an attacker's address.
+  Decision decideOriginalDestination(const IpAddress& destination,
+                                     std::span<const IpAddress> answers) const noexcept;
 
   // One plain sentence, e.g. "allowed: host matches *.blob.core.windows.net" or
   // "denied: 10.0.0.5 is private (RFC 1918) and in no allowed range".

@@ -100,5 +100,42 @@ TEST(PolicyFactoryTest, LoadsServiceTags) {
   EXPECT_GT(snapshot.policy->allowedPrefixCount(), 1000u);
 }
 
+// A reload logs exactly what changed: rules, ports, prefixes and the changeNumber.
+TEST(PolicyFactoryTest, DescribesWhatAReloadChanged) {
+  PolicyConfig before;
+  before.registries = {value("myreg")};
+  before.allow_cidrs = {value("192.0.2.0/24")};
+  PolicyConfig after = before;
+  EXPECT_EQ(describePolicyChange(buildPolicy(before), buildPolicy(after)), "no change");
+
+  after.registries = {value("other")};
+  after.ports = {value("443"), value("8443")};
+  after.allow_cidrs = {value("198.51.100.0/24")};
+  after.strict_ip = true;
+  const std::string change = describePolicyChange(buildPolicy(before), buildPolicy(after));
+  EXPECT_NE(change.find("rules added: allow-cidr 198.51.100.0/24, host other.*.data.azurecr.io, "
+                        "host other.azurecr.io, "
+                        "port 8443"),
+            std::string::npos)
+      << change;
+  EXPECT_NE(change.find("rules removed: allow-cidr 192.0.2.0/24, host myreg."), std::string::npos)
+      << change;
+  EXPECT_NE(change.find("prefixes added: 198.51.100.0/24; prefixes removed: 192.0.2.0/24; "
+                        "allowed prefixes 1 -> 1"),
+            std::string::npos)
+      << change;
+  EXPECT_NE(change.find("strict-ip on"), std::string::npos) << change;
+
+  PolicyConfig tagged = before;
+  tagged.service_tags_file = value(test::serviceTagsPath());
+  tagged.service_tags = {value("AzureContainerRegistry.EastUS")};
+  const PolicySnapshot with_tags = buildPolicy(tagged);
+  const std::string added = describePolicyChange(buildPolicy(before), with_tags);
+  EXPECT_NE(added.find("rules added: tag AzureContainerRegistry.EastUS"), std::string::npos)
+      << added;
+  EXPECT_NE(added.find("service-tags changeNumber none -> 376"), std::string::npos) << added;
+  EXPECT_NE(added.find(" more)"), std::string::npos) << added;
+}
+
 }  // namespace
 }  // namespace acr

@@ -150,6 +150,45 @@ TEST(PolicyTest, AllowDenyAndStrict) {
 }
 
 // IP-literal targets pass only inside the allowed set, on an allowed port.
+// Transparent original destinations (THREATS B1): an allowed SNI sent to an address outside the
+// allowed set must be among the SNI's own DNS answers; ranges, tags and denials decide first.
+TEST(PolicyTest, OriginalDestinationMustBeAnAnswerOfTheSni) {
+  PolicyConfig config;
+  config.allow_cidrs = {value("20.0.0.0/8")};
+  config.deny_cidrs = {value("20.60.0.0/16")};
+  const auto policy = buildPolicy(config).policy;
+  const auto ip = [](const char* text) { return *IpAddress::parse(text); };
+  const std::vector<IpAddress> answers = {ip("52.1.1.1"), ip("2603:1000::1")};
+  struct Case {
+    const char* label;
+    const char* destination;
+    Reason reason;
+  };
+  const Case cases[] = {
+      {"public answer", "52.1.1.1", Reason::kAddressPublic},
+      {"public v6 answer", "2603:1000::1", Reason::kAddressPublic},
+      {"mapped form of an answer", "::ffff:52.1.1.1", Reason::kAddressPublic},
+      {"attacker's public address", "52.1.1.2", Reason::kSniAddressMismatch},
+      {"attacker's v6 address", "2603:1000::2", Reason::kSniAddressMismatch},
+      {"allowed range, not an answer", "20.1.1.1", Reason::kAddressAllowed},
+      {"denied range wins", "20.60.1.1", Reason::kAddressDenied},
+      {"special even if answered", "10.0.0.1", Reason::kAddressSpecial},
+  };
+  for (const Case& c : cases) {
+    const Decision decision = policy->decideOriginalDestination(ip(c.destination), answers);
+    EXPECT_EQ(decision.reason, c.reason) << c.label << ": " << reasonName(decision.reason);
+  }
+  EXPECT_EQ(policy->decideOriginalDestination(ip("10.0.0.1"), std::vector{ip("10.0.0.1")}).reason,
+            Reason::kAddressSpecial);
+  EXPECT_EQ(policy->decideOriginalDestination(ip("52.1.1.1"), {}).reason,
+            Reason::kSniAddressMismatch);
+  const Decision mismatch = policy->decideOriginalDestination(ip("52.1.1.2"), answers);
+  EXPECT_EQ(policy->describe(mismatch, {"myreg.azurecr.io", ip("52.1.1.2"), 443}),
+            "denied: 52.1.1.2 is not among the addresses of myreg.azurecr.io and in no allowed "
+            "range");
+  EXPECT_EQ(reasonName(Reason::kSniAddressMismatch), "sni_address_mismatch");
+}
+
 TEST(PolicyTest, IpLiteralTargets) {
   PolicyConfig config;
   config.allow_cidrs = {value("20.60.0.0/16")};
