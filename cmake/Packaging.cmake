@@ -10,7 +10,7 @@ set(ACR_SYSCONF_DIR "${CMAKE_INSTALL_FULL_SYSCONFDIR}")
 
 # The binary itself is installed by proxy/CMakeLists.txt (bin/acr-egress).
 install(FILES systemd/acr-egress.service systemd/acr-egress-servicetags.service
-              systemd/acr-egress-servicetags.timer
+              systemd/acr-egress-servicetags.timer systemd/acr-egress.socket
         DESTINATION ${ACR_SYSTEMD_UNIT_DIR})
 install(FILES systemd/acr-egress.sysusers DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/sysusers.d
         RENAME acr-egress.conf)

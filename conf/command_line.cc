@@ -1,6 +1,8 @@
 #include "conf/command_line.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <optional>
 
 namespace acr {
@@ -17,7 +19,8 @@ constexpr std::string_view kHelp =
     "  --service-tag NAME     allow the prefixes of a service tag, e.g. Storage.WestEurope\n"
     "  --port N               allowed destination port (default: 443)\n"
     "  --strict-ip            every address must be inside the allowed ranges (once)\n"
-    "  --config FILE          TOML configuration; command-line options add to it (once)\n"
+    "  --config FILE          TOML configuration; command-line options add to it (once);\n"
+    "                         default /etc/acr-egress/acr-egress.toml if it exists\n"
     "With no --registry and no --allow-host, the hosts allowed are *.azurecr.io,\n"
     "*.*.data.azurecr.io and *.blob.core.windows.net.\n";
 
@@ -42,6 +45,9 @@ constexpr std::string_view kProxyHelp =
     "  --max-client-hello-size N  ClientHello cap in bytes (16384)\n"
     "  --dns-min-ttl T, --dns-max-ttl T, --dns-negative-ttl T, --dns-cache-size N\n"
     "  --log-format json|text     access log format (json)\n"
+    "  --admin ADDR:PORT          admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz,\n"
+    "                             /policy (default: off; loopback only unless the next option)\n"
+    "  --admin-allow-remote       let --admin listen on a non-loopback address (no auth!)\n"
     "Durations T take a unit: ms, s, m or h (\"10s\", \"15m\").\n";
 
 // Options that map to a "table.key" setting; valueless ones store "true".
@@ -73,6 +79,8 @@ constexpr SettingOption kSettingOptions[] = {
     {"--dns-negative-ttl", "dns.negative_ttl", true},
     {"--dns-cache-size", "dns.cache_size", true},
     {"--log-format", "log.format", true},
+    {"--admin", "proxy.admin", true},
+    {"--admin-allow-remote", "proxy.admin_allow_remote", false},
 };
 
 }  // namespace
@@ -149,6 +157,18 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       result.flags.push_back(name);
     } else {
       throw ConfigError(arg + ": unknown option");
+    }
+  }
+  if (!config_path) {
+    // Like nginx or haproxy: the packaged configuration applies without naming it. Only when it
+    // exists, so that a bare build still runs on the embedded default; ACR_EGRESS_CONFIG names
+    // another default (it must exist) or, empty, none at all.
+    if (const char* from_env = std::getenv("ACR_EGRESS_CONFIG"); from_env != nullptr) {
+      if (*from_env != '\0') {
+        config_path = from_env;
+      }
+    } else if (std::error_code error; std::filesystem::exists(kDefaultConfigPath, error)) {
+      config_path = kDefaultConfigPath;
     }
   }
   if (config_path) {

@@ -13,6 +13,9 @@ namespace acr {
 //   --deny-cidr CIDR  --service-tags FILE   --service-tag NAME   --port N   --strict-ip
 //   --config FILE     (TOML; options given on the command line add to the file's)
 // Each takes "--opt VALUE" or "--opt=VALUE".
+// Read when --config is not given and the file exists (ACR_EGRESS_CONFIG overrides; empty: none).
+inline constexpr const char* kDefaultConfigPath = "/etc/acr-egress/acr-egress.toml";
+
 struct CommandLine {
   Config config;
   std::vector<std::string> positional;  // arguments that are not options (check's targets)

@@ -14,6 +14,7 @@ constexpr std::string_view kListSettings[] = {"listeners.connect", "listeners.tr
 constexpr std::string_view kScalarSettings[] = {
     "proxy.workers",         "proxy.mark",
     "proxy.allow_non_tls",   "proxy.allow_no_sni",
+    "proxy.admin",           "proxy.admin_allow_remote",
     "limits.head_timeout",   "limits.connect_timeout",
     "limits.idle_timeout",   "limits.drain_timeout",
     "limits.keepalive_idle", "limits.max_connections",

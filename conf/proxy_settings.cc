@@ -269,6 +269,20 @@ ProxySettings buildProxySettings(const Config& config) {
     }
     settings.json_log = value->text == "json";
   }
+  readBool(config, "proxy.admin_allow_remote", settings.admin_allow_remote);
+  if (const ConfigValue* value = scalar(config, "proxy.admin")) {
+    const auto address = SocketAddress::parse(value->text);
+    if (!address || address->port() == 0) {
+      fail(*value, "invalid proxy.admin '" + value->text +
+                       "': expected IPv4:PORT or [IPv6]:PORT with a port from 1 to 65535");
+    }
+    if (!address->isLoopback() && !settings.admin_allow_remote) {
+      fail(*value, "proxy.admin '" + value->text +
+                       "' is not a loopback address: the admin endpoint has no authentication; "
+                       "give --admin-allow-remote (proxy.admin_allow_remote = true) to expose it");
+    }
+    settings.admin = *address;
+  }
   return settings;
 }
 

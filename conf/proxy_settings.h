@@ -60,6 +60,10 @@ struct ProxySettings {
   std::chrono::seconds dns_negative_ttl{30};
   size_t dns_cache_size = 10000;
   bool json_log = true;
+  // The admin HTTP endpoint (proxy/admin_server.h); none by default. Loopback only unless
+  // proxy.admin_allow_remote: it has no authentication and shows the policy.
+  std::optional<SocketAddress> admin;
+  bool admin_allow_remote = false;
 };
 
 // Validates `config.settings`. Throws ConfigError naming the origin of a bad value.

@@ -102,6 +102,7 @@ struct Resolver::Pending {
   std::string name;
   std::map<uint64_t, Callback> waiters;  // by ticket, i.e. in the order resolve() was called
   EventPtr deadline;                     // ends the resolution with kTimeout
+  Clock::time_point started;             // for DnsObserver::onResolution
   Query* query = nullptr;                // the c-ares lookup running for it, if any
   // An answer c-ares gave from inside getAddrInfo; the deadline timer, re-armed to fire at once,
   // delivers it so that callbacks never run from inside resolve().
@@ -164,12 +165,18 @@ uint64_t Resolver::resolve(std::string_view name, Callback callback) {
   const Clock::time_point now = Clock::now();
   if (const DnsAnswer* cached = cache_.find(key, now)) {
     ++stats_.cache_hits;
+    if (options_.observer != nullptr) {
+      options_.observer->onCacheHit();
+    }
     DnsAnswer answer = *cached;
     answer.from_cache = true;
     callback(answer);
     return 0;
   }
   ++stats_.cache_misses;
+  if (options_.observer != nullptr) {
+    options_.observer->onCacheMiss();
+  }
   if (const auto it = pending_.find(key); it != pending_.end()) {
     ++stats_.coalesced;
     return addWaiter(*it->second, std::move(callback));
@@ -185,6 +192,7 @@ uint64_t Resolver::resolve(std::string_view name, Callback callback) {
   Pending& pending = *owned;
   pending.resolver = this;
   pending.name = key;
+  pending.started = now;
   pending.deadline.reset(evtimer_new(base_, &Resolver::onDeadline, &pending));
   const timeval budget = toTimeval(options_.timeout);
   if (!pending.deadline || evtimer_add(pending.deadline.get(), &budget) != 0) {
@@ -298,6 +306,9 @@ void Resolver::finish(Pending& pending, DnsAnswer answer) {
     case DnsStatus::kCancelled:
       ++stats_.failures;
       break;
+  }
+  if (options_.observer != nullptr) {
+    options_.observer->onResolution(answer.status, Clock::now() - owned->started);
   }
   // A callback may cancel waiters still in the list (cancel() finds them through tickets_) or
   // start new resolutions; `owned` keeps the list alive meanwhile.

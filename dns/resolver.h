@@ -16,6 +16,7 @@
 
 #include "dns/dns_answer.h"
 #include "dns/dns_cache.h"
+#include "dns/dns_observer.h"
 #include "dns/dns_server.h"
 
 struct ares_addrinfo;
@@ -34,6 +35,7 @@ struct ResolverOptions {
   std::chrono::seconds negative_ttl{30};  // kNxDomain / kNoAddresses; failures are never cached
   size_t max_cache_entries = 10000;       // least recently used beyond this; 0: no cache
   size_t max_pending = 1024;              // names in flight; beyond: immediate kFailure
+  DnsObserver* observer = nullptr;        // told of cache hits, misses and resolutions; not owned
 };
 
 // Counters of one Resolver. A "resolution" is one name in flight, shared by all its waiters.

@@ -29,6 +29,7 @@ struct AccessRecord {
   double dns_ms = -1;
   double connect_ms = -1;
   double total_ms = 0;
+  double decision_ms = -1;     // accept -> verdict (relay started); -1 before one (metrics only)
   std::string_view closed_by;  // "client", "upstream", "proxy"
   std::string_view phase;      // state when it ended: "head", "hello", "dns", "connect", ...
 };

@@ -6,6 +6,7 @@
 
 #include "conf/command_line.h"
 #include "conf/policy_factory.h"
+#include "conf/proxy_settings.h"
 #include "filters/ip_address.h"
 
 namespace acr {
@@ -116,6 +117,7 @@ int runCheckConfig(const std::vector<std::string>& args, std::ostream& out, std:
           << "'\n";
       return 2;
     }
+    buildProxySettings(command_line.config);  // listeners, limits, --admin: refused here too
     const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
     out << "configuration OK\n" << snapshot.summary();
     return 0;

@@ -70,6 +70,8 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       policy_(std::move(policy)),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
       last_activity_(Clock::now()),
+      looped_(kind == ListenerKind::kTransparent && worker.context().guardsLoops() &&
+              worker.context().ownUpstreams().contains(peer)),
       started_(Clock::now()) {
   record_.listener = listenerKindName(kind);
   record_.client = peer.toString();
@@ -82,9 +84,7 @@ Connection::~Connection() {
   if (client_ != nullptr) {
     bufferevent_free(client_);
   }
-  if (upstream_ != nullptr) {
-    bufferevent_free(upstream_);
-  }
+  closeUpstream(false);
   if (timer_ != nullptr) {
     event_free(timer_);
   }
@@ -100,6 +100,18 @@ void Connection::start() {
   setKeepalive(fd, settings.keepalive_idle);
   if (kind_ == ListenerKind::kTransparent) {
     original_dst_ = originalDestination(fd);
+    if (original_dst_) {
+      // Known before the first byte: every log line, early denials included, names it.
+      record_.original_dst = original_dst_->toString();
+      port_ = original_dst_->port();
+      record_.port = port_;
+    }
+    if (looped_) {
+      deny("proxy_loop",
+           "denied: this is the proxy's own upstream connection redirected back to it; exclude "
+           "the proxy's traffic from the redirect rule (--mark)");
+      return;
+    }
   }
   bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
                     &Connection::onClientEvent, this);
@@ -107,7 +119,7 @@ void Connection::start() {
     connect_parser_ = std::make_unique<ConnectRequestParser>(settings.max_head_size);
     bufferevent_setwatermark(client_, EV_READ, 0, settings.max_head_size + 1);
   } else {
-    hello_parser_ = std::make_unique<ClientHelloParser>();
+    hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
     bufferevent_setwatermark(client_, EV_READ, 0, 2 * settings.max_client_hello_size + 1024);
   }
   bufferevent_enable(client_, EV_READ);
@@ -352,16 +364,14 @@ void Connection::onResolved(const DnsAnswer& answer) {
   }
   if (kind_ == ListenerKind::kTransparent) {
     const IpAddress destination = toIpAddress(*original_dst_);
-    for (const IpAddress& address : answer.addresses) {
-      if (address == destination) {
-        candidates_ = {destination};
-        dialNext();
-        return;
-      }
+    const Decision decision = policy_->decideOriginalDestination(destination, answer.addresses);
+    if (!decision.allowed()) {
+      deny(reasonName(decision.reason), policy_->describe(decision, {host_, destination, port_}),
+           decision.rule != nullptr ? decision.rule->text : std::string());
+      return;
     }
-    deny("sni_address_mismatch", "denied: " + toIpAddress(*original_dst_).toString() +
-                                     " is not among the addresses of " + host_ +
-                                     " and in no allowed range");
+    candidates_ = {destination};
+    dialNext();
     return;
   }
   chooseCandidates(answer.addresses);
@@ -411,10 +421,7 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
 
 void Connection::dialNext() {
   const ProxySettings& settings = worker_.context().settings();
-  if (upstream_ != nullptr) {
-    bufferevent_free(upstream_);
-    upstream_ = nullptr;
-  }
+  closeUpstream(false);
   if (state_ != State::kConnect) {
     state_ = State::kConnect;
     connect_started_ = Clock::now();
@@ -465,6 +472,29 @@ void Connection::dialNext() {
   if (bufferevent_socket_connect(upstream_, endpoint.get(), static_cast<int>(endpoint.length)) !=
       0) {
     onUpstreamFailed(EVUTIL_SOCKET_ERROR());
+    return;
+  }
+  if (worker_.context().guardsLoops()) {
+    // connect() has bound the local port already: register it before the kernel can deliver a
+    // redirected copy of this connection to our own transparent listener.
+    upstream_local_ = localAddress(fd);
+    if (upstream_local_) {
+      worker_.context().ownUpstreams().add(*upstream_local_);
+    }
+  }
+}
+
+void Connection::closeUpstream(bool reset) {
+  if (upstream_local_) {
+    worker_.context().ownUpstreams().remove(*upstream_local_);
+    upstream_local_.reset();
+  }
+  if (upstream_ != nullptr) {
+    if (reset) {
+      setResetOnClose(bufferevent_getfd(upstream_));
+    }
+    bufferevent_free(upstream_);
+    upstream_ = nullptr;
   }
 }
 
@@ -484,7 +514,8 @@ void Connection::onUpstreamConnected() {
   static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
   bufferevent_write(client_, kEstablished, sizeof(kEstablished) - 1);
   state_ = State::kTunnelHello;
-  hello_parser_ = std::make_unique<ClientHelloParser>();
+  hello_parser_ =
+      std::make_unique<ClientHelloParser>(worker_.context().settings().max_client_hello_size);
   bufferevent_setwatermark(client_, EV_READ, 0,
                            2 * worker_.context().settings().max_client_hello_size + 1024);
   bufferevent_enable(client_, EV_READ);
@@ -541,6 +572,7 @@ void Connection::startRelay() {
   evtimer_del(timer_);
   hello_parser_.reset();
   record_.allowed = true;
+  record_.decision_ms = msSince(started_);
   bufferevent_setwatermark(client_, EV_READ, 0, 0);
   relay(client_, upstream_, false);  // the buffered head bytes / ClientHello, byte-exact, once
   bufferevent_enable(client_, EV_READ);
@@ -710,10 +742,7 @@ void Connection::refuse(int status, std::string_view reason, const std::string& 
     worker_.resolver().cancel(dns_ticket_);
     dns_ticket_ = 0;
   }
-  if (upstream_ != nullptr) {
-    bufferevent_free(upstream_);
-    upstream_ = nullptr;
-  }
+  closeUpstream(false);
   const std::string body = "acr-egress: " + sentence + "\n";
   // The reason is in the status line too: Go clients (docker, skopeo) report only that.
   const std::string response =
@@ -775,13 +804,7 @@ void Connection::finish(std::string_view closed_by, bool reset) {
     bufferevent_free(client_);
     client_ = nullptr;
   }
-  if (upstream_ != nullptr) {
-    if (reset) {
-      setResetOnClose(bufferevent_getfd(upstream_));
-    }
-    bufferevent_free(upstream_);
-    upstream_ = nullptr;
-  }
+  closeUpstream(reset);
   evtimer_del(timer_);
   state_ = State::kClosed;
   ProxyStats& stats = worker_.context().stats();
@@ -789,6 +812,7 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   stats.bytes_up.fetch_add(record_.bytes_up, std::memory_order_relaxed);
   stats.bytes_down.fetch_add(record_.bytes_down, std::memory_order_relaxed);
   worker_.context().log().write(record_);
+  worker_.context().metrics().recordConnection(record_);
   worker_.release(this);
 }
 

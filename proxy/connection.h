@@ -73,6 +73,8 @@ class Connection {
   // Keeps the allowed addresses of `addresses`, in order; remembers the first denial.
   void chooseCandidates(const std::vector<IpAddress>& addresses);
   void dialNext();
+  // Frees the upstream socket (RST if `reset`) and forgets its local endpoint.
+  void closeUpstream(bool reset);
   void onUpstreamConnected();
   void onUpstreamFailed(int error);
   void startRelay();
@@ -102,6 +104,7 @@ class Connection {
   bool host_is_literal_ = false;
   uint16_t port_ = 0;
   std::optional<SocketAddress> original_dst_;
+  std::optional<SocketAddress> upstream_local_;  // registered in OwnUpstreams while open
   std::vector<IpAddress> candidates_;
   size_t next_candidate_ = 0;
   std::optional<Decision> first_address_denial_;
@@ -117,6 +120,8 @@ class Connection {
   bool upstream_shut_ = false;  // FIN sent upstream
   std::chrono::steady_clock::time_point last_activity_;
 
+  // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
+  const bool looped_;
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point dns_started_;
   std::chrono::steady_clock::time_point connect_started_;

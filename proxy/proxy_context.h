@@ -4,9 +4,12 @@
 #include <cstdint>
 #include <memory>
 
+#include "conf/policy_factory.h"
 #include "conf/proxy_settings.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/metrics.h"
+#include "proxy/own_upstreams.h"
 
 namespace acr {
 
@@ -37,14 +40,46 @@ class ProxyContext {
   void setPolicy(std::shared_ptr<const Policy> policy) noexcept {
     policy_.store(std::move(policy), std::memory_order_release);
   }
+  // The snapshot the current policy came from (/policy), null before the first. setSnapshot
+  // swaps the policy too and tells the metrics (generation, service tags); main thread.
+  std::shared_ptr<const PolicySnapshot> snapshot() const noexcept {
+    return snapshot_.load(std::memory_order_acquire);
+  }
+  void setSnapshot(PolicySnapshot snapshot) {
+    metrics_.recordPolicy(snapshot);
+    auto shared = std::make_shared<const PolicySnapshot>(std::move(snapshot));
+    setPolicy(shared->policy);
+    snapshot_.store(std::move(shared), std::memory_order_release);
+  }
   const AccessLog& log() const noexcept { return log_; }
   ProxyStats& stats() noexcept { return stats_; }
+  const ProxyStats& stats() const noexcept { return stats_; }
+  Metrics& metrics() noexcept { return metrics_; }
+  const Metrics& metrics() const noexcept { return metrics_; }
+  // Set once a drain (SIGTERM/SIGINT) has begun: /readyz answers 503 from then on.
+  void setDraining() noexcept { draining_.store(true, std::memory_order_relaxed); }
+  bool draining() const noexcept { return draining_.load(std::memory_order_relaxed); }
+  OwnUpstreams& ownUpstreams() noexcept { return own_upstreams_; }
+  // True when a transparent listener exists: only then can the proxy's own upstream traffic be
+  // redirected back to it, so only then are upstream endpoints tracked.
+  bool guardsLoops() const noexcept {
+    for (const ListenerSettings& listener : settings_.listeners) {
+      if (listener.kind == ListenerKind::kTransparent) {
+        return true;
+      }
+    }
+    return false;
+  }
 
  private:
   const ProxySettings settings_;
   std::atomic<std::shared_ptr<const Policy>> policy_;
+  std::atomic<std::shared_ptr<const PolicySnapshot>> snapshot_;
   const AccessLog log_;
   ProxyStats stats_;
+  Metrics metrics_;
+  std::atomic<bool> draining_{false};
+  OwnUpstreams own_upstreams_;
 };
 
 }  // namespace acr

@@ -6,9 +6,11 @@
 #include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <stdexcept>
 #include <thread>
 
@@ -31,6 +33,20 @@ size_t raiseDescriptorLimit() {
     getrlimit(RLIMIT_NOFILE, &limit);
   }
   return static_cast<size_t>(limit.rlim_cur);
+}
+
+// The listening sockets systemd passed (socket activation), or none. The environment is unset so
+// that children do not inherit the claim.
+std::vector<int> inheritedSockets() {
+  const int count = sd_listen_fds(1);
+  if (count < 0) {
+    throw std::runtime_error(std::string("socket activation: ") + std::strerror(-count));
+  }
+  std::vector<int> fds;
+  for (int i = 0; i < count; ++i) {
+    fds.push_back(SD_LISTEN_FDS_START + i);
+  }
+  return fds;
 }
 
 std::string jsonEscaped(std::string_view text) {
@@ -61,7 +77,7 @@ AccessLog makeAccessLog(bool json) {
 }
 
 ProxyServer::ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reloader reload)
-    : reload_(std::move(reload)) {
+    : current_(snapshot), reload_(std::move(reload)) {
   evthread_use_pthreads();
   std::signal(SIGPIPE, SIG_IGN);
   const size_t descriptors = raiseDescriptorLimit();
@@ -76,6 +92,7 @@ ProxyServer::ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reload
   context_ =
       std::make_unique<ProxyContext>(std::move(settings), snapshot.policy, makeAccessLog(json));
   base_ = event_base_new();
+  context_->setSnapshot(snapshot);
 }
 
 ProxyServer::~ProxyServer() {
@@ -85,6 +102,10 @@ ProxyServer::~ProxyServer() {
   if (watchdog_ != nullptr) {
     event_free(watchdog_);
   }
+  if (drain_check_ != nullptr) {
+    event_free(drain_check_);
+  }
+  admin_.reset();
   workers_.clear();
   if (base_ != nullptr) {
     event_base_free(base_);
@@ -97,14 +118,31 @@ int ProxyServer::run() {
   if (count == 0) {
     count = std::max(1u, std::thread::hardware_concurrency());
   }
+  const std::vector<int> inherited = inheritedSockets();
+  std::vector<bool> used(inherited.size(), false);
   for (unsigned i = 0; i < count; ++i) {
     workers_.push_back(std::make_unique<Worker>(*context_));
-    workers_.back()->bindListeners();
+    workers_.back()->bindListeners(inherited, used);
+  }
+  for (size_t i = 0; i < inherited.size(); ++i) {
+    if (!used[i]) {
+      throw std::runtime_error("socket-activated descriptor " + std::to_string(inherited[i]) +
+                               " matches no configured listener; add its address as --connect, "
+                               "--transparent or --sni");
+    }
+  }
+  // Each worker listens on its own duplicate; systemd keeps the original for the next start.
+  for (const int fd : inherited) {
+    close(fd);
   }
   for (const int signal : {SIGTERM, SIGINT, SIGHUP}) {
     event* handler = evsignal_new(base_, signal, &ProxyServer::onSignal, this);
     event_add(handler, nullptr);
     signals_.push_back(handler);
+  }
+  if (settings.admin) {
+    admin_ = std::make_unique<AdminServer>(base_, *context_, *settings.admin);
+    spdlog::info("{}", jsonEscaped("admin endpoint on " + settings.admin->toString()));
   }
   for (auto& worker : workers_) {
     worker->start();
@@ -114,9 +152,25 @@ int ProxyServer::run() {
     listening += (listening.empty() ? "" : ", ") + std::string(listenerKindName(listener.kind)) +
                  " " + listener.text;
   }
-  spdlog::info("{}",
-               jsonEscaped("listening: " + listening + "; workers: " + std::to_string(count)));
+  spdlog::info("{}", jsonEscaped("listening: " + listening + "; workers: " + std::to_string(count) +
+                                 (inherited.empty() ? "" : "; socket activation")));
+  if (context_->guardsLoops() && !settings.mark) {
+    spdlog::warn(
+        "transparent listener without --mark: the firewall rule cannot exclude the proxy's own "
+        "upstream connections; connections looped back are refused (reason proxy_loop)");
+  }
+  uint64_t watchdog_usec = 0;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    watchdog_usec_ = watchdog_usec;
+    watchdog_ = event_new(base_, -1, EV_PERSIST, &ProxyServer::onWatchdog, this);
+    const uint64_t period = watchdog_usec / 4;
+    const timeval tv{static_cast<time_t>(period / 1'000'000),
+                     static_cast<suseconds_t>(period % 1'000'000)};
+    event_add(watchdog_, &tv);
+  }
+  notifyStatus("READY=1");
   event_base_dispatch(base_);
+  admin_.reset();
   for (auto& worker : workers_) {
     worker->join();
   }
@@ -126,23 +180,52 @@ int ProxyServer::run() {
 
 void ProxyServer::onSignal(evutil_socket_t signal, short, void* self) {
   auto* server = static_cast<ProxyServer*>(self);
+  if (server->draining_) {
+    // The handlers stay installed while draining, so a repeated TERM/INT or a HUP cannot fall
+    // back to the default action and kill the tunnels that are finishing.
+    spdlog::info("{}", jsonEscaped("draining already; ignoring signal " + std::to_string(signal)));
+    return;
+  }
   if (signal == SIGHUP) {
     server->reload();
     return;
   }
+  server->startDrain(signal);
+}
+
+void ProxyServer::startDrain(int signal) {
   spdlog::info("{}", jsonEscaped("draining on signal " + std::to_string(signal)));
-  server->draining_ = true;
+  draining_ = true;
+  context_->setDraining();
   sd_notify(0, "STOPPING=1\nSTATUS=draining");
-  if (server->watchdog_ != nullptr) {
-    event_del(server->watchdog_);
+  if (watchdog_ != nullptr) {
+    event_del(watchdog_);
   }
-  for (auto& worker : server->workers_) {
-    worker->drain(server->context_->settings().drain_timeout);
+  for (auto& worker : workers_) {
+    worker->drain(context_->settings().drain_timeout);
   }
-  for (event* handler : server->signals_) {
-    event_del(handler);
+  drain_check_ = event_new(base_, -1, EV_PERSIST, &ProxyServer::onDrainCheck, this);
+  static constexpr timeval kDrainCheck{0, 50'000};
+  event_add(drain_check_, &kDrainCheck);
+}
+
+void ProxyServer::onDrainCheck(evutil_socket_t, short, void* self) {
+  auto* server = static_cast<ProxyServer*>(self);
+  for (const auto& worker : server->workers_) {
+    if (!worker->stopped()) {
+      return;
+    }
   }
-  // The main loop ends once its signal events are gone; run() then joins the workers.
+  // Every loop has ended; run() joins the threads.
+  event_base_loopexit(server->base_, nullptr);
+}
+
+void ProxyServer::notifyStatus(const std::string& state) {
+  std::string status = state + "\nSTATUS=serving; policy generation " + std::to_string(generation_);
+  if (current_.service_tags_change_number) {
+    status += "; service-tags changeNumber " + std::to_string(*current_.service_tags_change_number);
+  }
+  sd_notify(0, status.c_str());
 }
 
 void ProxyServer::onWatchdog(evutil_socket_t, short, void* self) {
@@ -166,13 +249,25 @@ void ProxyServer::reload() {
   if (!reload_) {
     return;
   }
+  sd_notify(0, "RELOADING=1\nSTATUS=reloading");
   try {
     PolicySnapshot snapshot = reload_();
-    context_->setPolicy(snapshot.policy);
-    spdlog::info("reloaded the policy");
-  } catch (const ConfigError& error) {
-    spdlog::error(
-        "{}", jsonEscaped(std::string("reload failed, keeping the old policy: ") + error.what()));
+    const std::string change = describePolicyChange(current_, snapshot);
+    context_->setSnapshot(snapshot);
+    context_->metrics().recordReload(true);
+    current_ = std::move(snapshot);
+    ++generation_;
+    spdlog::info("{}", jsonEscaped("reloaded the policy (generation " +
+                                   std::to_string(generation_) + "): " + change));
+    notifyStatus("READY=1");
+  } catch (const std::exception& error) {
+    // ConfigError for a bad file or value; anything else (e.g. out of memory) is no better a
+    // reason to drop the policy that works.
+    const std::string message =
+        std::string("reload failed, keeping the old policy: ") + error.what();
+    spdlog::error("{}", jsonEscaped(message));
+    context_->metrics().recordReload(false);
+    sd_notify(0, ("READY=1\nSTATUS=" + message).c_str());
   }
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "conf/policy_factory.h"
+#include "proxy/admin_server.h"
 #include "proxy/proxy_context.h"
 #include "proxy/worker.h"
 
@@ -12,10 +13,12 @@ namespace acr {
 
 // The running proxy: N workers (event loops on threads) sharing one ProxyContext, and the main
 // thread's own loop for signals. SIGTERM/SIGINT drain: stop accepting, let tunnels finish until
-// the drain deadline, exit 0. SIGHUP rebuilds the policy with `reload` off the event loops and
-// swaps it in atomically; on failure the old policy stays. Under systemd (Type=notify) it reports
-// READY, RELOADING, STOPPING and STATUS, and feeds the watchdog only while every event loop is
-// alive.
+// the drain deadline, exit 0; a repeated signal during the drain changes nothing. SIGHUP rebuilds
+// the policy with `reload` off the event loops and swaps it in atomically; on failure the old
+// policy stays (during a drain it is ignored). Listening sockets passed by systemd socket
+// activation (sd_listen_fds) are used for the listeners whose address they carry. Under systemd
+// (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and feeds the watchdog only while
+// every event loop is alive.
 class ProxyServer {
  public:
   using Reloader = std::function<PolicySnapshot()>;
@@ -30,14 +33,21 @@ class ProxyServer {
  private:
   static void onSignal(evutil_socket_t signal, short, void* self);
   static void onWatchdog(evutil_socket_t, short, void* self);
+  static void onDrainCheck(evutil_socket_t, short, void* self);
+  void startDrain(int signal);
   void reload();
+  void notifyStatus(const std::string& state);
 
   std::unique_ptr<ProxyContext> context_;
+  PolicySnapshot current_;  // what the running policy was built from (reload logs the change)
+  uint64_t generation_ = 1;
   Reloader reload_;
   std::vector<std::unique_ptr<Worker>> workers_;
   event_base* base_ = nullptr;
   std::vector<event*> signals_;
   event* watchdog_ = nullptr;
+  event* drain_check_ = nullptr;  // after a drain starts: ends the main loop once workers stop
+  std::unique_ptr<AdminServer> admin_;  // --admin, on base_; reset when the main loop ends
   uint64_t watchdog_usec_ = 0;
   bool draining_ = false;
 };

@@ -1,9 +1,11 @@
 #include "proxy/worker.h"
 
 #include <event2/thread.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,6 +34,25 @@ ResolverOptions resolverOptions(const ProxySettings& settings) {
   return options;
 }
 
+// A duplicate of the socket-activated listening socket bound to `settings.address`, or -1.
+int inheritedListener(const ListenerSettings& settings, const std::vector<int>& inherited,
+                      std::vector<bool>& used) {
+  for (size_t i = 0; i < inherited.size(); ++i) {
+    if (sd_is_socket_sockaddr(inherited[i], SOCK_STREAM, settings.address.get(),
+                              settings.address.length, 1) > 0) {
+      const int fd = fcntl(inherited[i], F_DUPFD_CLOEXEC, 3);
+      if (fd < 0) {
+        throw std::runtime_error("cannot use the socket-activated " + settings.text + ": " +
+                                 std::strerror(errno));
+      }
+      evutil_make_socket_nonblocking(fd);
+      used[i] = true;
+      return fd;
+    }
+  }
+  return -1;
+}
+
 }  // namespace
 
 Worker::Worker(ProxyContext& context) : context_(context) {
@@ -39,7 +60,9 @@ Worker::Worker(ProxyContext& context) : context_(context) {
   if (base_ == nullptr) {
     throw std::runtime_error("cannot create an event loop");
   }
-  resolver_ = std::make_unique<Resolver>(base_, resolverOptions(context.settings()));
+  ResolverOptions resolver_options = resolverOptions(context.settings());
+  resolver_options.observer = &context.metrics();
+  resolver_ = std::make_unique<Resolver>(base_, std::move(resolver_options));
   reaper_ = event_new(base_, -1, 0, &Worker::onReap, this);
   drain_tick_ = event_new(base_, -1, EV_PERSIST, &Worker::onDrainTick, this);
   heartbeat_ = event_new(base_, -1, EV_PERSIST, &Worker::onHeartbeat, this);
@@ -67,13 +90,27 @@ Worker::~Worker() {
   event_base_free(base_);
 }
 
-void Worker::bindListeners() {
+void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>& used) {
   for (const ListenerSettings& settings : context_.settings().listeners) {
     auto listener = std::make_unique<Listener>();
     listener->worker = this;
     listener->kind = settings.kind;
     listener->address = settings.address;
-    const int fd = socket(settings.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = inheritedListener(settings, inherited, used);
+    if (fd >= 0) {
+      listener->listener =
+          evconnlistener_new(base_, &Worker::onAccept, listener.get(),
+                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);  // listening
+      if (listener->listener == nullptr) {
+        close(fd);
+        throw std::runtime_error("cannot accept on the socket-activated " + settings.text);
+      }
+      evconnlistener_set_error_cb(listener->listener, &Worker::onAcceptError);
+      listener->resume = evtimer_new(base_, &Worker::onResume, listener.get());
+      listeners_.push_back(std::move(listener));
+      continue;
+    }
+    fd = socket(settings.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       throw std::runtime_error("cannot create a socket for " + settings.text + ": " +
                                std::strerror(errno));
@@ -111,7 +148,10 @@ void Worker::bindListeners() {
 }
 
 void Worker::start() {
-  thread_ = std::thread([this] { event_base_dispatch(base_); });
+  thread_ = std::thread([this] {
+    event_base_dispatch(base_);
+    stopped_.store(true, std::memory_order_release);
+  });
 }
 
 void Worker::join() {
@@ -128,6 +168,9 @@ void Worker::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int l
 void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length) {
   ProxyStats& stats = context_.stats();
   stats.accepted.fetch_add(1, std::memory_order_relaxed);
+  SocketAddress peer_address;
+  std::memcpy(&peer_address.storage, peer, static_cast<size_t>(length));
+  peer_address.length = static_cast<socklen_t>(length);
   if (draining_ ||
       stats.active.load(std::memory_order_relaxed) >= context_.settings().max_connections) {
     // Refuse fast; existing connections keep their resources.
@@ -142,11 +185,19 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
       setResetOnClose(fd);
     }
     close(fd);
+    // A refusal is a connection too: it gets its log line, so operators see the overload.
+    AccessRecord record;
+    record.listener = listenerKindName(listener.kind);
+    record.client = peer_address.toString();
+    record.reason = draining_ ? "draining" : "overloaded";
+    record.sentence = draining_ ? "denied: the proxy is shutting down"
+                                : "denied: the proxy is at its connection limit (" +
+                                      std::to_string(context_.settings().max_connections) + ")";
+    record.closed_by = "proxy";
+    record.phase = "accept";
+    context_.log().write(record);
     return;
   }
-  SocketAddress peer_address;
-  std::memcpy(&peer_address.storage, peer, static_cast<size_t>(length));
-  peer_address.length = static_cast<socklen_t>(length);
   stats.active.fetch_add(1, std::memory_order_relaxed);
   auto connection = std::make_unique<Connection>(*this, listener.kind, listener.address, fd,
                                                  peer_address, context_.policy());

@@ -25,10 +25,14 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Binds every listener; throws std::runtime_error naming the address on failure.
-  void bindListeners();
+  // Binds every listener; throws std::runtime_error naming the address on failure. A listener
+  // whose address matches a listening socket in `inherited` (systemd socket activation) listens
+  // on a duplicate of it instead of a new socket, and marks it in `used`.
+  void bindListeners(const std::vector<int>& inherited, std::vector<bool>& used);
   void start();  // runs the loop on a new thread
   void join();
+  // True once the loop has ended (after a drain); safe from any thread.
+  bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
   // Thread-safe: stop accepting, let tunnels finish until `deadline`, then abort the rest and end
   // the loop.
   void drain(std::chrono::milliseconds deadline);
@@ -76,6 +80,7 @@ class Worker {
   std::chrono::steady_clock::time_point drain_deadline_;
   bool draining_ = false;
   std::chrono::milliseconds drain_timeout_{0};
+  std::atomic<bool> stopped_{false};
   std::thread thread_;
 };
 

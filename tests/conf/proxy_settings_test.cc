@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "conf/command_line.h"
 
 namespace acr {
@@ -148,12 +151,34 @@ TEST(ProxySettingsTest, RefusesBadValues) {
       {{"--log-format", "xml"}, "invalid log.format"},
       {{"--dns-min-ttl", "10m", "--dns-max-ttl", "1m"}, "dns.min_ttl is above dns.max_ttl"},
       {{"--allow-non-tls=yes"}, "unknown option"},
+      {{"--admin", "0.0.0.0:9090"}, "proxy.admin '0.0.0.0:9090' is not a loopback address"},
+      {{"--admin", "[::]:9090"}, "is not a loopback address"},
+      {{"--admin", "127.0.0.1"}, "invalid proxy.admin"},
+      {{"--admin-allow-remote=yes"}, "unknown option"},
   };
   for (const Case& c : cases) {
     const std::string error = errorOf(c.args);
     EXPECT_NE(error.find(c.expected), std::string::npos) << c.args[0] << ": " << error;
   }
   EXPECT_THROW(parseConfigText("[limits]\nidle = \"1m\"\n", "f"), ConfigError);
+}
+
+// The admin endpoint is off by default, takes a loopback address, and a remote one only with
+// admin_allow_remote (command line or TOML).
+TEST(ProxySettingsTest, AdminAddress) {
+  EXPECT_FALSE(buildProxySettings(Config{}).admin.has_value());
+  const ProxySettings local =
+      buildProxySettings(parseCommandLine({"--admin", "[::1]:9090"}).config);
+  ASSERT_TRUE(local.admin.has_value());
+  EXPECT_EQ(local.admin->toString(), "[::1]:9090");
+  const ProxySettings remote = buildProxySettings(
+      parseCommandLine({"--admin", "0.0.0.0:9090", "--admin-allow-remote"}).config);
+  ASSERT_TRUE(remote.admin.has_value());
+  EXPECT_TRUE(remote.admin_allow_remote);
+  const ProxySettings toml = buildProxySettings(
+      parseConfigText("[proxy]\nadmin = \"10.0.0.1:9090\"\nadmin_allow_remote = true\n", "f.toml"));
+  ASSERT_TRUE(toml.admin.has_value());
+  EXPECT_EQ(toml.admin->toString(), "10.0.0.1:9090");
 }
 
 // Durations need a unit.
@@ -165,6 +190,33 @@ TEST(ProxySettingsTest, ParsesDurations) {
   for (const char* bad : {"10", "s", "", "1.5s", "-1s", "01s", "10 s", "1d"}) {
     EXPECT_FALSE(parseDuration(bad).has_value()) << bad;
   }
+}
+
+// Without --config the default file is read: ACR_EGRESS_CONFIG names it (it must exist), empty
+// means none; --config always wins.
+TEST(CommandLineTest, DefaultConfigFileFromTheEnvironment) {
+  const std::string path = ::testing::TempDir() + "acr-egress-default.toml";
+  {
+    FILE* file = std::fopen(path.c_str(), "w");
+    ASSERT_NE(file, nullptr);
+    std::fputs("[proxy]\nworkers = 3\n", file);
+    std::fclose(file);
+  }
+  const char* saved = std::getenv("ACR_EGRESS_CONFIG");
+  const std::string restore = saved != nullptr ? saved : "";
+  setenv("ACR_EGRESS_CONFIG", path.c_str(), 1);
+  EXPECT_EQ(buildProxySettings(parseCommandLine({}).config).workers, 3u);
+  EXPECT_EQ(buildProxySettings(parseCommandLine({"--config", "/dev/null"}).config).workers, 0u);
+  setenv("ACR_EGRESS_CONFIG", "", 1);
+  EXPECT_EQ(buildProxySettings(parseCommandLine({}).config).workers, 0u);
+  setenv("ACR_EGRESS_CONFIG", (path + ".missing").c_str(), 1);
+  EXPECT_NE(errorOf({}).find(".missing"), std::string::npos) << errorOf({});
+  if (saved != nullptr) {
+    setenv("ACR_EGRESS_CONFIG", restore.c_str(), 1);
+  } else {
+    unsetenv("ACR_EGRESS_CONFIG");
+  }
+  std::remove(path.c_str());
 }
 
 }  // namespace

@@ -154,6 +154,40 @@ TEST_F(ResolverTest, NameSpellingsShareOneCacheEntry) {
   EXPECT_EQ(dnsmasq.countQueries("A", "both.test"), 1);
 }
 
+// The observer hears every cache hit and miss and one resolution per name in flight, with its
+// status and a duration within the budget.
+TEST_F(ResolverTest, ObserverHearsHitsMissesAndResolutions) {
+  struct Recorder final : DnsObserver {
+    void onCacheHit() noexcept override { ++hits; }
+    void onCacheMiss() noexcept override { ++misses; }
+    void onResolution(DnsStatus status, std::chrono::nanoseconds elapsed) noexcept override {
+      statuses.push_back(status);
+      durations.push_back(elapsed);
+    }
+    int hits = 0;
+    int misses = 0;
+    std::vector<DnsStatus> statuses;
+    std::vector<std::chrono::nanoseconds> durations;
+  } recorder;
+  Dnsmasq dnsmasq;
+  ASSERT_NO_FATAL_FAILURE(startDnsmasq(dnsmasq));
+  ResolverOptions options = optionsFor(dnsmasq.server());
+  options.observer = &recorder;
+  auto resolver = makeResolver(std::move(options));
+
+  ASSERT_TRUE(resolveNow(*resolver, "v4.test"));
+  ASSERT_TRUE(resolveNow(*resolver, "v4.test"));
+  ASSERT_TRUE(resolveNow(*resolver, "missing.test"));
+  ASSERT_TRUE(resolveNow(*resolver, "192.0.2.7"));  // a literal is no lookup at all
+  EXPECT_EQ(recorder.hits, 1);
+  EXPECT_EQ(recorder.misses, 2);
+  EXPECT_EQ(recorder.statuses, (std::vector<DnsStatus>{DnsStatus::kOk, DnsStatus::kNxDomain}));
+  for (const auto elapsed : recorder.durations) {
+    EXPECT_GE(elapsed.count(), 0);
+    EXPECT_LT(elapsed, 2s);
+  }
+}
+
 // NXDOMAIN is reported as such and cached for negative_ttl: the second ask never reaches dnsmasq.
 TEST_F(ResolverTest, NxDomainIsCachedNegatively) {
   Dnsmasq dnsmasq;

@@ -309,6 +309,8 @@ class Proxy:
         self.env = dict(os.environ)
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        # Hermetic: never pick up an installed /etc/acr-egress/acr-egress.toml.
+        self.env.setdefault("ACR_EGRESS_CONFIG", "")
         if env:
             self.env.update(env)
         self._proc = None

@@ -70,13 +70,15 @@ class TransparentTest(unittest.TestCase):
         cls.listen_port = harness.free_port("127.0.0.1")
         cls.firewall = cls.ns.redirect_443(cls.listen_port, MARK)
 
-    def start_proxy(self, allow_cidrs=(ALLOWED_V4_RANGE, ALLOWED_V6_RANGE)):
+    def start_proxy(self, allow_cidrs=(ALLOWED_V4_RANGE, ALLOWED_V6_RANGE), mark=MARK):
         """acr-egress with transparent listeners on 127.0.0.1:T and [::1]:T (where the REDIRECT
-        sends IPv4 and IPv6), --mark 1, registry myreg and `allow_cidrs`; stopped at test end."""
+        sends IPv4 and IPv6), --mark 1 (none if `mark` is None), registry myreg and
+        `allow_cidrs`; stopped at test end."""
         args = ["--transparent", f"127.0.0.1:{self.listen_port}",
                 "--transparent", f"[::1]:{self.listen_port}",
-                "--mark", str(MARK), "--registry", "myreg", "--dns-server", self.dns.address,
-                "--workers", "2"]
+                "--registry", "myreg", "--dns-server", self.dns.address, "--workers", "2"]
+        if mark is not None:
+            args += ["--mark", str(mark)]
         for cidr in allow_cidrs:
             args += ["--allow-cidr", cidr]
         proxy = harness.Proxy(args)
@@ -137,6 +139,24 @@ class TransparentTest(unittest.TestCase):
             self.assertEqual(line["decision"], "allow", line)
             self.assertTrue(line["client"].startswith(f"{UPSTREAM_V4}:"), line)
         self.assertEqual(self.upstream.accepted, accepted + requests)
+
+    # B17 without the mark: the proxy's own upstream connection is redirected back to it. The
+    # proxy recognises its own source endpoint and refuses the looped copy (proxy_loop), so a
+    # forgotten --mark costs one refused connection, not a loop that eats every descriptor.
+    def test_missing_mark_loop_is_refused_once_not_repeated(self):
+        proxy = self.start_proxy(mark=None)
+        accepted = self.upstream.accepted
+        result = self.curl_https(ALLOWED_HOST, UPSTREAM_V4)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn("without --mark", proxy.stderr_text())
+        lines = self.transparent_lines(proxy)
+        loops = [line for line in lines if line.get("reason") == "proxy_loop"]
+        self.assertEqual(len(loops), 1, lines)
+        self.assertEqual(loops[0]["decision"], "deny", loops[0])
+        self.assertEqual(loops[0]["original_dst"], f"{UPSTREAM_V4}:443", loops[0])
+        # The client's own connection plus the one looped copy: nothing else.
+        self.assertEqual(len(lines), 2, lines)
+        self.assertEqual(self.upstream.accepted, accepted)
 
     # B18: the inet rule redirects IPv6 too, and the [::1] listener relays it.
     def test_ipv6_connection_is_redirected_and_relayed(self):

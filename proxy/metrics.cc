@@ -1,0 +1,305 @@
+#include "proxy/metrics.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <thread>
+
+#include "conf/policy_factory.h"
+#include "proxy/proxy_context.h"
+
+namespace acr {
+namespace {
+
+constexpr auto kRelaxed = std::memory_order_relaxed;
+
+// FNV-1a over the key's parts; only spreads keys over the table.
+size_t hashKey(std::string_view listener, bool allowed, std::string_view reason) noexcept {
+  uint64_t hash = 1469598103934665603ull;
+  auto mix = [&hash](std::string_view text) {
+    for (const char c : text) {
+      hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    }
+    hash = (hash ^ 0xff) * 1099511628211ull;
+  };
+  mix(listener);
+  mix(reason);
+  return static_cast<size_t>(hash ^ (allowed ? 0x9e3779b97f4a7c15ull : 0));
+}
+
+void appendNumber(std::string& out, uint64_t value) {
+  char buffer[24];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  out.append(buffer, result.ptr);
+}
+
+void appendNumber(std::string& out, int64_t value) {
+  char buffer[24];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  out.append(buffer, result.ptr);
+}
+
+// Shortest round-trip text in fixed notation ("0.0005", "2.5", "10"): bucket bounds read as
+// people write them, and Prometheus parses any float.
+void appendNumber(std::string& out, double value) {
+  char buffer[400];
+  const auto result =
+      std::to_chars(buffer, buffer + sizeof(buffer), value, std::chars_format::fixed);
+  out.append(buffer, result.ptr);
+}
+
+// HELP text escaping: backslash and newline.
+void appendHelpText(std::string& out, std::string_view text) {
+  for (const char c : text) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+}
+
+void appendFamily(std::string& out, std::string_view name, std::string_view type,
+                  std::string_view help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  appendHelpText(out, help);
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+template <class T>
+void appendSample(std::string& out, std::string_view name, T value) {
+  out += name;
+  out += ' ';
+  appendNumber(out, value);
+  out += '\n';
+}
+
+template <class T>
+void appendScalar(std::string& out, std::string_view name, std::string_view type,
+                  std::string_view help, T value) {
+  appendFamily(out, name, type, help);
+  appendSample(out, name, value);
+}
+
+void appendHistogram(std::string& out, std::string_view name, std::string_view help,
+                     const LatencyHistogram& histogram) {
+  const LatencyHistogram::Snapshot snapshot = histogram.snapshot();
+  appendFamily(out, name, "histogram", help);
+  const std::string bucket = std::string(name) + "_bucket{le=\"";
+  for (size_t i = 0; i < snapshot.cumulative.size(); ++i) {
+    out += bucket;
+    if (i < LatencyHistogram::kBounds.size()) {
+      appendNumber(out, LatencyHistogram::kBounds[i]);
+    } else {
+      out += "+Inf";
+    }
+    out += "\"} ";
+    appendNumber(out, snapshot.cumulative[i]);
+    out += '\n';
+  }
+  appendSample(out, std::string(name) + "_sum", snapshot.sum_seconds);
+  appendSample(out, std::string(name) + "_count", snapshot.count);
+}
+
+}  // namespace
+
+// ---- LatencyHistogram ----
+
+void LatencyHistogram::observe(std::chrono::nanoseconds elapsed) noexcept {
+  const int64_t ns = std::max<int64_t>(elapsed.count(), 0);
+  const double seconds = static_cast<double>(ns) / 1e9;
+  size_t index = 0;
+  while (index < kBounds.size() && seconds > kBounds[index]) {
+    ++index;
+  }
+  buckets_[index].fetch_add(1, kRelaxed);
+  sum_ns_.fetch_add(static_cast<uint64_t>(ns), kRelaxed);
+}
+
+LatencyHistogram::Snapshot LatencyHistogram::snapshot() const noexcept {
+  Snapshot snapshot;
+  uint64_t total = 0;
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    total += buckets_[i].load(kRelaxed);
+    snapshot.cumulative[i] = total;
+  }
+  snapshot.count = total;
+  snapshot.sum_seconds = static_cast<double>(sum_ns_.load(kRelaxed)) / 1e9;
+  return snapshot;
+}
+
+// ---- ConnectionCounters ----
+
+void ConnectionCounters::add(std::string_view listener, bool allowed,
+                             std::string_view reason) noexcept {
+  listener = listener.substr(0, kMaxLabel);
+  reason = reason.substr(0, kMaxLabel);
+  const size_t start = hashKey(listener, allowed, reason) % kSlots;
+  for (size_t probe = 0; probe < kSlots; ++probe) {
+    Slot& slot = slots_[(start + probe) % kSlots];
+    uint8_t state = slot.state.load(std::memory_order_acquire);
+    if (state == kEmpty) {
+      uint8_t expected = kEmpty;
+      if (slot.state.compare_exchange_strong(expected, kClaimed, std::memory_order_acquire)) {
+        slot.allowed = allowed;
+        slot.listener_length = static_cast<uint8_t>(listener.size());
+        std::memcpy(slot.listener, listener.data(), listener.size());
+        slot.reason_length = static_cast<uint8_t>(reason.size());
+        std::memcpy(slot.reason, reason.data(), reason.size());
+        slot.state.store(kReady, std::memory_order_release);
+        slot.count.fetch_add(1, kRelaxed);
+        return;
+      }
+      state = expected;
+    }
+    // Another thread is writing this slot's key: a few stores away from ready.
+    while (state == kClaimed) {
+      std::this_thread::yield();
+      state = slot.state.load(std::memory_order_acquire);
+    }
+    if (slot.allowed == allowed &&
+        std::string_view(slot.listener, slot.listener_length) == listener &&
+        std::string_view(slot.reason, slot.reason_length) == reason) {
+      slot.count.fetch_add(1, kRelaxed);
+      return;
+    }
+  }
+  overflow_[allowed].fetch_add(1, kRelaxed);
+}
+
+// ---- Metrics ----
+
+void Metrics::recordConnection(const AccessRecord& record) noexcept {
+  connections_.add(record.listener, record.allowed, record.reason);
+  bytes_up_.fetch_add(record.bytes_up, kRelaxed);
+  bytes_down_.fetch_add(record.bytes_down, kRelaxed);
+  double decision_ms = record.decision_ms;
+  if (decision_ms < 0 && !record.allowed) {
+    decision_ms = record.total_ms;
+  }
+  if (decision_ms >= 0) {
+    decision_latency_.observe(std::chrono::nanoseconds(static_cast<int64_t>(decision_ms * 1e6)));
+  }
+}
+
+void Metrics::recordReload(bool ok) noexcept {
+  (ok ? reloads_ok_ : reloads_failed_).fetch_add(1, kRelaxed);
+}
+
+void Metrics::recordPolicy(const PolicySnapshot& snapshot) {
+  change_number_.store(snapshot.service_tags_change_number.value_or(0), kRelaxed);
+  has_change_number_.store(snapshot.service_tags_change_number.has_value(), kRelaxed);
+  {
+    const std::lock_guard lock(path_mutex_);
+    service_tags_path_ = snapshot.service_tags_path;
+  }
+  policy_generation_.fetch_add(1, kRelaxed);
+}
+
+void Metrics::onCacheHit() noexcept { dns_cache_hits_.fetch_add(1, kRelaxed); }
+
+void Metrics::onCacheMiss() noexcept { dns_cache_misses_.fetch_add(1, kRelaxed); }
+
+void Metrics::onResolution(DnsStatus /*status*/, std::chrono::nanoseconds elapsed) noexcept {
+  dns_latency_.observe(elapsed);
+}
+
+void Metrics::appendLabelValue(std::string& out, std::string_view value) {
+  for (const char c : value) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+}
+
+void Metrics::render(std::string& out, const ProxyStats& stats,
+                     std::chrono::system_clock::time_point now) const {
+  appendFamily(out, "acr_egress_connections_total", "counter",
+               "Connections ended, by listener, decision (allow: the tunnel was relayed) and "
+               "reason (the access log's reason).");
+  connections_.forEach(
+      [&out](std::string_view listener, bool allowed, std::string_view reason, uint64_t count) {
+        out += "acr_egress_connections_total{listener=\"";
+        appendLabelValue(out, listener);
+        out += allowed ? "\",decision=\"allow\",reason=\"" : "\",decision=\"deny\",reason=\"";
+        appendLabelValue(out, reason);
+        out += "\"} ";
+        appendNumber(out, count);
+        out += '\n';
+      });
+  appendScalar(out, "acr_egress_active_connections", "gauge",
+               "Connections open now (being judged, dialling or relaying).",
+               stats.active.load(kRelaxed));
+  appendScalar(out, "acr_egress_bytes_up_total", "counter",
+               "Bytes relayed from clients to upstreams, counted when a connection ends.",
+               bytes_up_.load(kRelaxed));
+  appendScalar(out, "acr_egress_bytes_down_total", "counter",
+               "Bytes relayed from upstreams to clients, counted when a connection ends.",
+               bytes_down_.load(kRelaxed));
+  appendScalar(out, "acr_egress_accepted_total", "counter", "Connections accepted.",
+               stats.accepted.load(kRelaxed));
+  appendScalar(out, "acr_egress_rejected_overload_total", "counter",
+               "Connections closed at accept because max_connections were open.",
+               stats.rejected_overload.load(kRelaxed));
+  appendScalar(out, "acr_egress_accept_errors_total", "counter",
+               "accept() failures (descriptor exhaustion and others).",
+               stats.accept_errors.load(kRelaxed));
+  appendScalar(out, "acr_egress_dns_cache_hits_total", "counter",
+               "Name resolutions answered from the DNS cache.", dns_cache_hits_.load(kRelaxed));
+  appendScalar(out, "acr_egress_dns_cache_misses_total", "counter",
+               "Name resolutions not in the DNS cache.", dns_cache_misses_.load(kRelaxed));
+  appendHistogram(out, "acr_egress_dns_lookup_duration_seconds",
+                  "Time of DNS lookups (cache misses), from start to answer, timeout or failure.",
+                  dns_latency_);
+  appendHistogram(out, "acr_egress_decision_duration_seconds",
+                  "Time from accept to the verdict: the tunnel relaying, or the refusal.",
+                  decision_latency_);
+  appendFamily(out, "acr_egress_reloads_total", "counter",
+               "Policy reloads (SIGHUP), by result; a failed reload keeps the old policy.");
+  out += "acr_egress_reloads_total{result=\"ok\"} ";
+  appendNumber(out, reloads_ok_.load(kRelaxed));
+  out += "\nacr_egress_reloads_total{result=\"failed\"} ";
+  appendNumber(out, reloads_failed_.load(kRelaxed));
+  out += '\n';
+  appendScalar(out, "acr_egress_policy_generation", "gauge",
+               "Policies loaded since start: 1 for the first, +1 per successful reload.",
+               policy_generation_.load(kRelaxed));
+  appendFamily(out, "acr_egress_service_tags_change_number", "gauge",
+               "changeNumber of the service-tags file of the policy in force (absent without "
+               "one).");
+  if (has_change_number_.load(kRelaxed)) {
+    appendSample(out, "acr_egress_service_tags_change_number", change_number_.load(kRelaxed));
+  }
+  appendFamily(out, "acr_egress_service_tags_file_age_seconds", "gauge",
+               "Seconds since the service-tags file was last modified (absent without one).");
+  std::string path;
+  {
+    const std::lock_guard lock(path_mutex_);
+    path = service_tags_path_;
+  }
+  struct stat info {};
+  if (!path.empty() && stat(path.c_str(), &info) == 0) {
+    const auto mtime = std::chrono::system_clock::time_point(
+        std::chrono::seconds(info.st_mtim.tv_sec) + std::chrono::nanoseconds(info.st_mtim.tv_nsec));
+    const double age = std::chrono::duration<double>(now - mtime).count();
+    appendSample(out, "acr_egress_service_tags_file_age_seconds", std::max(age, 0.0));
+  }
+}
+
+}  // namespace acr

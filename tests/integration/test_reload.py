@@ -1,0 +1,333 @@
+"""Reloads that drop nothing, and the systemd protocol around them (issue 4: "Reload that drops
+nothing", "systemd": Type=notify, watchdog, socket activation).
+
+The proxy runs a connect listener with --allow-non-tls and a --config file the test rewrites;
+upstreams are echo servers on 127.0.0.3 reached through names a test dnsmasq answers. systemd
+itself is not PID 1 here, so the test plays its part with the real protocol: a unix datagram
+socket named by NOTIFY_SOCKET collects sd_notify messages, WATCHDOG_USEC asks for keepalives, and
+Debian's `systemd-socket-activate` passes a listening socket (LISTEN_FDS).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+import harness
+
+UPSTREAM_IP = "127.0.0.3"
+STABLE = "stable.azurecr.io"  # allowed by every valid config
+ALPHA = "alpha.azurecr.io"  # allowed by the even configs
+BETA = "beta.azurecr.io"  # allowed by the odd configs
+RELOADS = 20
+
+
+def echo_handler(conn, index, record):
+    """Echoes every byte back until the peer closes."""
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            record += data
+            conn.sendall(data)
+    except OSError:
+        return
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's notification socket."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.messages = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(dict(line.split("=", 1)
+                                          for line in data.decode().split("\n") if "=" in line))
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, predicate, timeout=10):
+        return harness.wait_until(
+            lambda: next((m for m in self.snapshot() if predicate(m)), None), timeout, 0.02,
+            "an sd_notify message")
+
+    def close(self):
+        self._stop = True
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class ReloadTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.upstream_port = harness.free_port(UPSTREAM_IP)
+        cls.upstream = harness.RawServer(UPSTREAM_IP, cls.upstream_port, handler=echo_handler)
+        cls.addClassCleanup(cls.upstream.stop)
+        cls.dns = harness.Dnsmasq({STABLE: [UPSTREAM_IP], ALPHA: [UPSTREAM_IP],
+                                   BETA: [UPSTREAM_IP]})
+        cls.dns.start()
+        cls.addClassCleanup(cls.dns.stop)
+
+    def write_config(self, path, variant):
+        """A valid config allowing STABLE plus ALPHA (even `variant`) or BETA (odd), or, for
+        variant 'invalid', one that fails validation (an unknown service tag) or 'garbage' (not
+        TOML at all)."""
+        if variant == "garbage":
+            text = "[policy\nallow_hosts = ['unterminated\n"
+        elif variant == "invalid":
+            text = (f"[policy]\nallow_hosts = [\"{STABLE}\"]\n"
+                    f"service_tags_file = \"{harness.shared_dir()}/data/ServiceTags_Public.json\"\n"
+                    "service_tags = [\"AzureContainerRegistryy\"]\n")
+        else:
+            extra = ALPHA if variant % 2 == 0 else BETA
+            text = (f"[policy]\nallow_hosts = [\"{STABLE}\", \"{extra}\"]\n"
+                    f"ports = [{self.upstream_port}]\n"
+                    f"allow_cidrs = [\"{UPSTREAM_IP}/32\"]\n")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def start_proxy(self, config, env=None, extra=()):
+        listen = f"127.0.0.1:{harness.free_port()}"
+        proxy = harness.Proxy(["--config", config, "--connect", listen, "--allow-non-tls",
+                               "--dns-server", self.dns.address, "--workers", "2", *extra],
+                              env=env)
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        return proxy, listen
+
+    def tunnel(self, listen, host, payload=b"ping"):
+        """CONNECT to host; returns (status, reason header, socket or None)."""
+        status, headers, _, sock = harness.connect_via_proxy(
+            listen, f"{host}:{self.upstream_port}", timeout=10)
+        if status != 200:
+            sock.close()
+            return status, headers.get("x-acr-egress-reason"), None
+        sock.sendall(payload)
+        got = b""
+        deadline = time.monotonic() + 10
+        while len(got) < len(payload) and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(got, payload)
+        return status, None, sock
+
+    def wait_for_service_line(self, proxy, text, count, timeout=10):
+        return harness.wait_until(
+            lambda: proxy.stderr_text().count(text) >= count or None, timeout, 0.02,
+            f"{count} service-log lines containing {text!r}")
+
+    # 20 reloads (every fourth one invalid) under a steady stream of new connections plus long
+    # tunnels: no new connection fails, no tunnel drops, and each valid reload applies from the
+    # very next connection while an invalid one leaves the previous policy in force.
+    def test_twenty_reloads_drop_nothing_and_apply_at_once(self):
+        config = os.path.join(self.tmp.path, "reload.toml")
+        self.write_config(config, 0)
+        notify = NotifySocket(os.path.join(self.tmp.path, "notify.sock"))
+        self.addCleanup(notify.close)
+        proxy, listen = self.start_proxy(config, env={"NOTIFY_SOCKET": notify.path})
+        notify.wait_for(lambda m: m.get("READY") == "1")
+
+        tunnels = []
+        for _ in range(4):
+            status, _, sock = self.tunnel(listen, ALPHA)
+            self.assertEqual(status, 200)
+            tunnels.append(sock)
+
+        failures = []
+        made = [0]
+        stop = threading.Event()
+
+        def stream():
+            # Bounded: stops when the test says so, or after 120 s whatever happens.
+            deadline = time.monotonic() + 120
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    status, reason, sock = self.tunnel(listen, STABLE, b"x" * 64)
+                    if sock is not None:
+                        sock.close()
+                    if status != 200:
+                        failures.append((status, reason))
+                except (OSError, AssertionError) as error:
+                    failures.append(repr(error))
+                made[0] += 1
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        streamer.start()
+        self.addCleanup(stop.set)
+
+        allowed, denied = ALPHA, BETA
+        ok_reloads = failed_reloads = 0
+        for i in range(1, RELOADS + 1):
+            variant = ("garbage" if i % 8 == 4 else "invalid") if i % 4 == 0 else i
+            self.write_config(config, variant)
+            proxy.send_signal(signal.SIGHUP)
+            if isinstance(variant, int):
+                ok_reloads += 1
+                self.wait_for_service_line(proxy, "reloaded the policy", ok_reloads)
+                allowed, denied = (ALPHA, BETA) if variant % 2 == 0 else (BETA, ALPHA)
+            else:
+                failed_reloads += 1
+                self.wait_for_service_line(proxy, "reload failed, keeping the old policy",
+                                           failed_reloads)
+            # The next connection already sees the policy in force.
+            status, _, sock = self.tunnel(listen, allowed)
+            self.assertEqual(status, 200, f"reload {i} ({variant}): {allowed} refused")
+            sock.close()
+            status, reason, _ = self.tunnel(listen, denied)
+            self.assertEqual((status, reason), (403, "host_not_allowed"),
+                             f"reload {i} ({variant}): {denied} not refused")
+            # The long tunnels opened before any reload still carry bytes.
+            for n, sock in enumerate(tunnels):
+                payload = f"reload {i} tunnel {n}".encode()
+                sock.sendall(payload)
+                self.assertEqual(harness_recv_exact(sock, len(payload)), payload)
+
+        stop.set()
+        streamer.join(timeout=30)
+        self.assertFalse(streamer.is_alive())
+        self.assertEqual(failures, [])
+        self.assertGreater(made[0], RELOADS)
+        self.assertEqual((ok_reloads, failed_reloads), (15, 5))
+        for sock in tunnels:
+            sock.close()
+
+        service = proxy.stderr_text()
+        self.assertIn(f"(generation {ok_reloads + 1})", service)
+        self.assertIn("unknown service tag 'AzureContainerRegistryy'", service)
+        self.assertIn(f"rules added: host {BETA}", service)
+        self.assertIn(f"rules removed: host {ALPHA}", service)
+        # systemd saw RELOADING=1 then READY=1 for every reload, and the failures as STATUS.
+        messages = notify.snapshot()
+        self.assertEqual(sum(1 for m in messages if m.get("RELOADING") == "1"), RELOADS)
+        self.assertEqual(sum(1 for m in messages if m.get("READY") == "1"), RELOADS + 1)
+        self.assertEqual(sum(1 for m in messages
+                             if "reload failed" in m.get("STATUS", "")), failed_reloads)
+        serving = [m["STATUS"] for m in messages if "policy generation" in m.get("STATUS", "")]
+        self.assertIn(f"policy generation {ok_reloads + 1}", serving[-1])
+
+        self.assertEqual(proxy.stop(), 0)
+        self.assertTrue(any(m.get("STOPPING") == "1" for m in notify.snapshot()))
+        lines = [e for e in proxy.access_log() if e.get("target") == ALPHA
+                 and e.get("decision") == "allow"]
+        long_lived = [e for e in lines if e.get("bytes_up", 0) > 200]
+        self.assertEqual(len(long_lived), 4, lines)
+        for entry in long_lived:
+            self.assertEqual(entry["closed_by"], "client", entry)
+
+    # A stuck-loop watchdog needs keepalives: with WATCHDOG_USEC set the proxy sends WATCHDOG=1
+    # at a quarter of the period; without it, none.
+    def test_watchdog_keepalives_follow_watchdog_usec(self):
+        config = os.path.join(self.tmp.path, "watchdog.toml")
+        self.write_config(config, 0)
+        notify = NotifySocket(os.path.join(self.tmp.path, "watchdog.sock"))
+        self.addCleanup(notify.close)
+        proxy, _ = self.start_proxy(config, env={"NOTIFY_SOCKET": notify.path,
+                                                 "WATCHDOG_USEC": "800000"})
+        notify.wait_for(lambda m: m.get("READY") == "1")
+        time.sleep(1.5)
+        beats = sum(1 for m in notify.snapshot() if m.get("WATCHDOG") == "1")
+        self.assertGreaterEqual(beats, 4)
+        self.assertLessEqual(beats, 12)
+        proxy.stop()
+
+        quiet = NotifySocket(os.path.join(self.tmp.path, "quiet.sock"))
+        self.addCleanup(quiet.close)
+        proxy, _ = self.start_proxy(config, env={"NOTIFY_SOCKET": quiet.path})
+        quiet.wait_for(lambda m: m.get("READY") == "1")
+        time.sleep(1.0)
+        self.assertEqual([m for m in quiet.snapshot() if "WATCHDOG" in m], [])
+        proxy.stop()
+
+    # Socket activation: systemd-socket-activate binds the listener and passes it (LISTEN_FDS);
+    # the proxy serves on it, including the connection that was waiting when it started.
+    def test_socket_activation_serves_on_the_passed_socket(self):
+        config = os.path.join(self.tmp.path, "activation.toml")
+        self.write_config(config, 0)
+        listen = f"127.0.0.1:{harness.free_port()}"
+        env = dict(os.environ, ACR_EGRESS_CONFIG="", ASAN_OPTIONS="detect_leaks=1")
+        activator = subprocess.Popen(
+            ["systemd-socket-activate", "-l", listen, harness.binary_path(), "--config", config,
+             "--connect", listen, "--allow-non-tls", "--dns-server", self.dns.address,
+             "--workers", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.addCleanup(lambda: activator.poll() is None and activator.kill())
+        # The activator binds first; the proxy starts when the first client arrives.
+        harness.wait_until(lambda: _port_open(listen) or None, 10, 0.05, "the activated socket")
+        status, _, sock = self.tunnel(listen, ALPHA)
+        self.assertEqual(status, 200)
+        sock.close()
+        status, reason, _ = self.tunnel(listen, BETA)
+        self.assertEqual((status, reason), (403, "host_not_allowed"))
+        activator.send_signal(signal.SIGTERM)
+        out, err = activator.communicate(timeout=30)
+        self.assertEqual(activator.returncode, 0, err.decode())
+        self.assertIn("socket activation", err.decode())
+        self.assertEqual(out.decode().count('"decision":"allow"'), 1, out.decode())
+
+    # A passed socket that matches no configured listener is a startup error, not a silently
+    # ignored descriptor.
+    def test_socket_activation_refuses_an_unmatched_socket(self):
+        listen = f"127.0.0.1:{harness.free_port()}"
+        other = f"127.0.0.1:{harness.free_port()}"
+        env = dict(os.environ, ACR_EGRESS_CONFIG="", ASAN_OPTIONS="detect_leaks=1")
+        activator = subprocess.Popen(
+            ["systemd-socket-activate", "-l", listen, harness.binary_path(), "--connect", other],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self.addCleanup(lambda: activator.poll() is None and activator.kill())
+        harness.wait_until(lambda: _port_open(listen) or None, 10, 0.05, "the activated socket")
+        out, err = activator.communicate(timeout=30)
+        self.assertNotEqual(activator.returncode, 0)
+        self.assertIn("matches no configured listener", err.decode())
+
+
+def _port_open(address):
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def harness_recv_exact(sock, count, timeout=10):
+    got = b""
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(count - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+if __name__ == "__main__":
+    unittest.main()
