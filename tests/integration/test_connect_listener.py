@@ -84,17 +84,30 @@ class ConnectListenerTest(unittest.TestCase):
     # ---------------------------------------------------------------- helpers
 
     def connect(self, target, payload=b"", head=None, timeout=10):
+        since = len(self.proxy.access_log())
         status, headers, body, sock = harness.connect_via_proxy(self.proxy_addr, target,
                                                                 payload, head, timeout)
+        sock.acr_log_since = since
         self.addCleanup(sock.close)
         return status, headers, body, sock
 
     def log_for(self, sock, timeout=10):
-        """The access-log line of the connection whose client side is `sock`."""
-        return self.proxy.wait_for_log(lambda e: e.get("client") == sock.acr_client, timeout)
+        """The access-log line of the connection whose client side is `sock`. The proxy is
+        shared by the whole class and the kernel reuses client ports, so only lines written
+        after this connection was opened count (an older connection from the same port once
+        made this test flaky)."""
+        since = getattr(sock, "acr_log_since", 0)
+
+        def find():
+            for entry in self.proxy.access_log()[since:]:
+                if entry.get("client") == sock.acr_client:
+                    return entry
+            return None
+        return harness.wait_until(find, timeout, 0.02, f"the access-log line of {sock.acr_client}")
 
     def log_lines_for(self, sock):
-        return [e for e in self.proxy.access_log() if e.get("client") == sock.acr_client]
+        since = getattr(sock, "acr_log_since", 0)
+        return [e for e in self.proxy.access_log()[since:] if e.get("client") == sock.acr_client]
 
     def assert_refusal(self, status, headers, body, sock, code, reason):
         """The refusal contract: `HTTP/1.1 CODE TEXT (acr-egress: REASON)`, the reason header,
