@@ -275,8 +275,7 @@ void Connection::decideHello(const ClientHello& hello) {
       deny("not_redirected", "denied: no original destination on a transparent connection");
       return;
     }
-    port_ = original_dst_->port();
-    record_.original_dst = original_dst_->toString();
+    // port_ and record_.original_dst were set in start().
     if (original_dst_->port() == listener_address_.port() &&
         (isWildcard(listener_address_) || sameEndpoint(*original_dst_, listener_address_))) {
       deny("not_redirected",

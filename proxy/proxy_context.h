@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -31,7 +32,13 @@ struct ProxyStats {
 class ProxyContext {
  public:
   ProxyContext(ProxySettings settings, std::shared_ptr<const Policy> policy, AccessLog log)
-      : settings_(std::move(settings)), policy_(std::move(policy)), log_(std::move(log)) {}
+      : settings_(std::move(settings)),
+        guards_loops_(std::any_of(settings_.listeners.begin(), settings_.listeners.end(),
+                                  [](const ListenerSettings& listener) {
+                                    return listener.kind == ListenerKind::kTransparent;
+                                  })),
+        policy_(std::move(policy)),
+        log_(std::move(log)) {}
 
   const ProxySettings& settings() const noexcept { return settings_; }
   std::shared_ptr<const Policy> policy() const noexcept {
@@ -62,17 +69,11 @@ class ProxyContext {
   OwnUpstreams& ownUpstreams() noexcept { return own_upstreams_; }
   // True when a transparent listener exists: only then can the proxy's own upstream traffic be
   // redirected back to it, so only then are upstream endpoints tracked.
-  bool guardsLoops() const noexcept {
-    for (const ListenerSettings& listener : settings_.listeners) {
-      if (listener.kind == ListenerKind::kTransparent) {
-        return true;
-      }
-    }
-    return false;
-  }
+  bool guardsLoops() const noexcept { return guards_loops_; }
 
  private:
   const ProxySettings settings_;
+  const bool guards_loops_;
   std::atomic<std::shared_ptr<const Policy>> policy_;
   std::atomic<std::shared_ptr<const PolicySnapshot>> snapshot_;
   const AccessLog log_;

@@ -53,6 +53,35 @@ int inheritedListener(const ListenerSettings& settings, const std::vector<int>& 
   return -1;
 }
 
+// A new non-blocking socket bound to `settings.address`, with the options its listener needs.
+int boundSocket(const ListenerSettings& settings) {
+  const int fd = socket(settings.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw std::runtime_error("cannot create a socket for " + settings.text + ": " +
+                             std::strerror(errno));
+  }
+  const int on = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+  // One listening socket per worker on the same address; the kernel spreads connections.
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on));
+  if (settings.address.family() == AF_INET6) {
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+  }
+  if (settings.kind == ListenerKind::kTransparent) {
+    // TPROXY delivers foreign destinations only to IP_TRANSPARENT sockets. It needs
+    // CAP_NET_ADMIN; without it, REDIRECT still works, so a refusal is not fatal.
+    const int level = settings.address.family() == AF_INET6 ? SOL_IPV6 : SOL_IP;
+    const int option = settings.address.family() == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
+    setsockopt(fd, level, option, &on, sizeof(on));
+  }
+  if (bind(fd, settings.address.get(), settings.address.length) != 0) {
+    const int error = errno;
+    close(fd);
+    throw std::runtime_error("cannot listen on " + settings.text + ": " + std::strerror(error));
+  }
+  return fd;
+}
+
 }  // namespace
 
 Worker::Worker(ProxyContext& context) : context_(context) {
@@ -96,47 +125,15 @@ void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>&
     listener->worker = this;
     listener->kind = settings.kind;
     listener->address = settings.address;
+    // A socket-activated socket is listening already (backlog 0: libevent does not listen()).
     int fd = inheritedListener(settings, inherited, used);
-    if (fd >= 0) {
-      listener->listener =
-          evconnlistener_new(base_, &Worker::onAccept, listener.get(),
-                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);  // listening
-      if (listener->listener == nullptr) {
-        close(fd);
-        throw std::runtime_error("cannot accept on the socket-activated " + settings.text);
-      }
-      evconnlistener_set_error_cb(listener->listener, &Worker::onAcceptError);
-      listener->resume = evtimer_new(base_, &Worker::onResume, listener.get());
-      listeners_.push_back(std::move(listener));
-      continue;
-    }
-    fd = socket(settings.address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const int backlog = fd >= 0 ? 0 : 1024;
     if (fd < 0) {
-      throw std::runtime_error("cannot create a socket for " + settings.text + ": " +
-                               std::strerror(errno));
-    }
-    const int on = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-    // One listening socket per worker on the same address; the kernel spreads connections.
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on));
-    if (settings.address.family() == AF_INET6) {
-      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
-    }
-    if (settings.kind == ListenerKind::kTransparent) {
-      // TPROXY delivers foreign destinations only to IP_TRANSPARENT sockets. It needs
-      // CAP_NET_ADMIN; without it, REDIRECT still works, so a refusal is not fatal.
-      const int level = settings.address.family() == AF_INET6 ? SOL_IPV6 : SOL_IP;
-      const int option = settings.address.family() == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
-      setsockopt(fd, level, option, &on, sizeof(on));
-    }
-    if (bind(fd, settings.address.get(), settings.address.length) != 0) {
-      const int error = errno;
-      close(fd);
-      throw std::runtime_error("cannot listen on " + settings.text + ": " + std::strerror(error));
+      fd = boundSocket(settings);
     }
     listener->listener =
         evconnlistener_new(base_, &Worker::onAccept, listener.get(),
-                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024, fd);
+                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, backlog, fd);
     if (listener->listener == nullptr) {
       close(fd);
       throw std::runtime_error("cannot listen on " + settings.text);
