@@ -64,11 +64,41 @@ void CidrSet::IntervalIndex<Key>::build(std::vector<Prefix> prefixes) {
     }
   }
   root_.assign(size_t{1} << kRootBits, 0);
+  nodes_.clear();
   tables_.clear();
   const Key span = Key{1} << (kBits - kRootBits);
   for (size_t j = 0; j < root_.size(); ++j) {
     const Key first = static_cast<Key>(j) * span;
     root_[j] = makeEntry(first, first + (span - 1));
+  }
+  buildShortcuts();
+}
+
+template <class Key>
+void CidrSet::IntervalIndex<Key>::buildShortcuts() {
+  shortcuts_.assign(1, Shortcut{});
+  if constexpr (kBits > 64) {
+    std::vector<uint64_t> highs;
+    for (const Key start : starts_) {
+      if (static_cast<uint64_t>(start) != 0) {
+        highs.push_back(static_cast<uint64_t>(start >> 64));
+      }
+    }
+    highs.erase(std::unique(highs.begin(), highs.end()), highs.end());  // starts_ is sorted
+    size_t size = 1;
+    while (size < 2 * highs.size() + 1) {
+      size *= 2;
+    }
+    shortcuts_.assign(size, Shortcut{});
+    for (const uint64_t high : highs) {
+      const Key first = static_cast<Key>(high) << 64;
+      const uint32_t entry = makeEntry(first, first | std::numeric_limits<uint64_t>::max());
+      size_t i = shortcutHash(high, size - 1);
+      while (shortcuts_[i].entry != 0) {
+        i = (i + 1) & (size - 1);
+      }
+      shortcuts_[i] = {high, entry};
+    }
   }
 }
 
@@ -99,24 +129,24 @@ uint32_t CidrSet::IntervalIndex<Key>::makeEntry(Key first, Key last) {
   while (((low ^ high) >> top) == 0) {
     --top;
   }
-  const uint32_t shift = static_cast<uint32_t>(top + 1 >= 8 ? top + 1 - 8 : 0);
-  const Key block = low >> (shift + 8);
-  const Key block_first = block << (shift + 8);
-  const size_t node = tables_.size();
-  if (node + kHeaderWords + 256 >= kPayload) {
+  uint32_t shift = static_cast<uint32_t>(top + 1 >= 8 ? top + 1 - 8 : 0);
+  if (kBits > 64 && shift > 56 && shift < 64) {
+    shift = 64;  // keep the window inside the high half (see window()); it still holds `top`
+  }
+  const Key mask = shift + 8 >= kBits ? Key{0} : ~((Key{1} << (shift + 8)) - 1);
+  const Key block_first = low & mask;
+  const size_t node = nodes_.size();
+  if (node >= (kPayload >> 8)) {
     throw std::length_error("CidrSet: radix tables too large");
   }
-  tables_.resize(node + kHeaderWords + 256, 0);
-  std::memcpy(&tables_[node], &block, sizeof(Key));
   // Keys of [first, last] under the block precede every boundary; keys over it follow them all.
-  tables_[node + kBelowWord] = values_[lo];
-  tables_[node + kAboveWord] = values_[hi];
-  tables_[node + kShiftWord] = shift;
+  nodes_.push_back({block_first, mask, values_[lo], values_[hi], shift});
+  tables_.resize((node + 1) << 8, 0);
   const Key span = Key{1} << shift;
   for (uint32_t j = 0; j < 256; ++j) {
     const Key sub_first = block_first + static_cast<Key>(j) * span;
     const uint32_t entry = makeEntry(sub_first, sub_first + (span - 1));
-    tables_[node + kHeaderWords + j] = entry;
+    tables_[(node << 8) | j] = entry;
   }
   return kNodeFlag | static_cast<uint32_t>(node);
 }

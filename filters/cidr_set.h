@@ -15,8 +15,10 @@ namespace acr {
 // Layout: the prefixes are flattened into sorted, disjoint elementary intervals, each labelled with
 // the value of the most specific prefix covering it. A radix index finds the few intervals that can
 // hold an address: a 2^16-entry root on the top 16 bits, then 256-entry tables on each following
-// byte wherever more than kLeafIntervals intervals remain. A lookup is one to a few table reads and
-// a short branch-free scan, instead of a binary search over all intervals (see bench/).
+// byte wherever more than kLeafIntervals intervals remain, each table skipping the bits its keys
+// share (path compression). IPv6 /64 networks that hold longer prefixes are reached through a hash
+// table on the top 64 bits rather than from the root. A lookup is one to a few table reads and a
+// short branch-free scan, instead of a binary search over all intervals (see bench/).
 class CidrSet {
  public:
   static constexpr uint32_t kNoMatch = UINT32_MAX;
@@ -55,18 +57,20 @@ class CidrSet {
     void build(std::vector<Prefix> prefixes);
     uint32_t lookup(Key key) const noexcept {
       uint32_t entry = root_[static_cast<size_t>(key >> (kBits - kRootBits))];
+      if constexpr (kBits > 64) {
+        if ((entry & kNodeFlag) != 0) {
+          entry = shortcutFor(static_cast<uint64_t>(key >> 64), entry);
+        }
+      }
       while ((entry & kNodeFlag) != 0) {
-        const uint32_t* node = &tables_[entry & kPayload];
-        Key block;
-        std::memcpy(&block, node, sizeof(Key));
-        const uint32_t shift = node[kShiftWord];
+        const uint32_t index = entry & kPayload;
+        const Node& node = nodes_[index];
         // Every boundary below this node lies in one aligned block; outside it the answer is
         // fixed (path compression: no chain of one-way tables).
-        const Key high = key >> (shift + 8);
-        if (high != block) {
-          return node[high < block ? kBelowWord : kAboveWord];
+        if ((key & node.mask) != node.first) {
+          return key < node.first ? node.below : node.above;
         }
-        entry = node[kHeaderWords + static_cast<uint32_t>((key >> shift) & 0xff)];
+        entry = tables_[(static_cast<size_t>(index) << 8) | window(key, node.shift)];
       }
       if ((entry & kValueFlag) != 0) {
         const uint32_t value = entry & kPayload;
@@ -86,7 +90,8 @@ class CidrSet {
     const std::vector<Key>& starts() const noexcept { return starts_; }
     size_t memoryBytes() const noexcept {
       return starts_.size() * sizeof(Key) + values_.size() * 4 + root_.size() * 4 +
-             tables_.size() * 4;
+             nodes_.size() * sizeof(Node) + tables_.size() * 4 +
+             shortcuts_.size() * sizeof(Shortcut);
     }
 
    private:
@@ -101,14 +106,53 @@ class CidrSet {
     static constexpr uint32_t kNoMatchPayload = kPayload;
     // A leaf scans at most this many interval starts (one cache line of IPv4 keys).
     static constexpr uint32_t kLeafIntervals = sizeof(Key) == 4 ? 15 : 7;
-    // A node in tables_: the block (key >> (shift + 8) of every key it covers), the values for
-    // keys below and above the block, the shift, then 256 entries indexed by bits
-    // [shift, shift + 8) of the key.
-    static constexpr uint32_t kKeyWords = sizeof(Key) / 4;
-    static constexpr uint32_t kBelowWord = kKeyWords;
-    static constexpr uint32_t kAboveWord = kKeyWords + 1;
-    static constexpr uint32_t kShiftWord = kKeyWords + 2;
-    static constexpr uint32_t kHeaderWords = kKeyWords + 3;
+    // A radix node: the block holding every key it covers (first = the block's first key, mask =
+    // the bits that name the block) and the values for keys below and above the block. Its 256
+    // entries, indexed by bits [shift, shift + 8) of the key, are tables_[index * 256 ...]. The
+    // headers are kept apart from the entries so that they stay small and hot: a step down the
+    // tree then costs one cold cache line, the entry. The block test is a masked compare rather
+    // than a shift, and for IPv6 the 8-bit window never straddles the two 64-bit halves, so a step
+    // needs no 128-bit shift (those cost several dependent instructions each).
+    struct Node {
+      Key first;
+      Key mask;
+      uint32_t below;
+      uint32_t above;
+      uint32_t shift;
+    };
+    static uint32_t window(Key key, uint32_t shift) noexcept {
+      if constexpr (sizeof(Key) <= 8) {
+        return static_cast<uint32_t>((key >> shift) & 0xff);
+      } else {
+        const uint64_t half = static_cast<uint64_t>(shift >= 64 ? key >> 64 : key);
+        return static_cast<uint32_t>((half >> (shift & 63)) & 0xff);
+      }
+    }
+
+    // IPv6 only. Service-tag prefixes longer than /64 (a third of Azure's, mostly /117-/128) sit
+    // in about 1,400 /64 networks, at the bottom of 5-6 radix steps. For each /64 holding such a
+    // boundary an open-addressing table keyed by the top 64 bits gives the entry for that /64
+    // directly, so a lookup there is one probe plus one or two steps.
+    struct Shortcut {
+      uint64_t high = 0;
+      uint32_t entry = 0;  // 0 marks an empty slot (no real entry encodes as 0: see makeEntry)
+    };
+    static size_t shortcutHash(uint64_t high, size_t mask) noexcept {
+      return static_cast<size_t>((high * 0x9e3779b97f4a7c15ull) >> 32) & mask;
+    }
+    uint32_t shortcutFor(uint64_t high, uint32_t fallback) const noexcept {
+      const size_t mask = shortcuts_.size() - 1;
+      for (size_t i = shortcutHash(high, mask);; i = (i + 1) & mask) {
+        const Shortcut& slot = shortcuts_[i];
+        if (slot.entry == 0) {
+          return fallback;
+        }
+        if (slot.high == high) {
+          return slot.entry;
+        }
+      }
+    }
+    void buildShortcuts();
 
     uint32_t intervalOf(Key key) const noexcept;
     // The entry for keys [first, last]: a leaf, or a node over the block holding its boundaries.
@@ -118,7 +162,10 @@ class CidrSet {
     std::vector<Key> starts_{Key{0}};
     std::vector<uint32_t> values_{kNoMatch};
     std::vector<uint32_t> root_;
+    std::vector<Node> nodes_;
     std::vector<uint32_t> tables_;
+    // Power-of-two size, at most half full, so that a probe always ends at an empty slot.
+    std::vector<Shortcut> shortcuts_{1};
   };
 
   size_t memoryBytes() const noexcept { return v4_.memoryBytes() + v6_.memoryBytes(); }

@@ -90,6 +90,35 @@ TEST(CidrSetTest, DenseRangesResolveExactly) {
   }
 }
 
+// Prefixes longer than /64 in many adjacent /64s, each /64 with its own value: every /64 gets a
+// shortcut, and a shortcut filed under or answering for the wrong /64 gives a wrong value.
+TEST(CidrSetTest, LongPrefixesInAdjacent64sResolveExactly) {
+  constexpr uint32_t kNetworks = 600;
+  const Uint128 base = Uint128{0x2001'0db8'0000'0000ull} << 64;
+  std::vector<CidrSet::Entry> entries;
+  for (uint32_t i = 0; i < kNetworks; ++i) {
+    const Uint128 network = base + (Uint128{i} << 64);
+    entries.push_back({Cidr{IpAddress::v6(network), 64}, 3 * i});
+    entries.push_back({Cidr{IpAddress::v6(network + 0x100), 120}, 3 * i + 1});
+    entries.push_back({Cidr{IpAddress::v6(network + 0x1000 + i), 128}, 3 * i + 2});
+  }
+  const CidrSet set(entries);
+  for (uint32_t i = 0; i < kNetworks; ++i) {
+    const Uint128 network = base + (Uint128{i} << 64);
+    auto at = [&](Uint128 offset) { return set.lookup(IpAddress::v6(network + offset)); };
+    EXPECT_EQ(at(0), 3 * i) << i;
+    EXPECT_EQ(at(0xff), 3 * i) << i;
+    EXPECT_EQ(at(0x100), 3 * i + 1) << i;
+    EXPECT_EQ(at(0x1ff), 3 * i + 1) << i;
+    EXPECT_EQ(at(0x200), 3 * i) << i;
+    EXPECT_EQ(at(0x1000 + i), 3 * i + 2) << i;
+    EXPECT_EQ(at(0x1001 + i), 3 * i) << i;
+    EXPECT_EQ(at(~uint64_t{0}), 3 * i) << i;
+  }
+  EXPECT_EQ(set.lookup(IpAddress::v6(base - 1)), CidrSet::kNoMatch);
+  EXPECT_EQ(set.lookup(IpAddress::v6(base + (Uint128{kNetworks} << 64))), CidrSet::kNoMatch);
+}
+
 // Differential: on the real service-tags file with every tag loaded, the radix lookup, the
 // binary-search baseline and a brute-force scan agree on 1,000,000 random IPv4 and IPv6
 // addresses, half of them drawn from inside the prefixes.
@@ -150,6 +179,44 @@ TEST(CidrSetTest, AgreesWithBruteForceOnTheRealFile) {
     }
   }
   EXPECT_GT(matched, 400000u);
+}
+
+// Edges: for every prefix of the real file, the addresses just before, at, and just after both of
+// its ends resolve as the binary search over the same intervals says. This walks every /64
+// shortcut (prefixes longer than /64) and every radix block at its borders, where an off-by-one in
+// a mask or a window would show.
+TEST(CidrSetTest, AgreesWithBinarySearchAtEveryPrefixEdgeOfTheRealFile) {
+  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
+  std::vector<CidrSet::Entry> entries;
+  for (uint32_t t = 0; t < tags.tags().size(); ++t) {
+    for (const Cidr& prefix : tags.tags()[t].prefixes) {
+      entries.push_back({prefix, t});
+    }
+  }
+  const CidrSet set(entries);
+  size_t checked = 0;
+  for (const auto& entry : entries) {
+    const Cidr& cidr = entry.cidr;
+    const bool v4 = cidr.address.isV4();
+    const int bits = v4 ? 32 : 128;
+    const Uint128 all = v4 ? Uint128{0xffffffffu} : ~Uint128{0};
+    const Uint128 host = cidr.length == 0 ? all : (Uint128{1} << (bits - cidr.length)) - 1;
+    const Uint128 first = (v4 ? Uint128{cidr.address.v4Value()} : cidr.address.v6Value()) & ~host;
+    const Uint128 last = first | host;
+    // For IPv6 also the same low bits in the neighbouring /64s, which a shortcut filed under the
+    // wrong /64 would answer.
+    const Uint128 next64 = v4 ? 0 : Uint128{1} << 64;
+    for (const Uint128 edge : {first - 1, first, first + 1, last - 1, last, last + 1}) {
+      for (const Uint128 key : {edge, edge + next64, edge - next64, edge ^ next64}) {
+        const Uint128 wrapped = key & all;
+        const IpAddress address =
+            v4 ? IpAddress::v4(static_cast<uint32_t>(wrapped)) : IpAddress::v6(wrapped);
+        ASSERT_EQ(set.lookup(address), set.lookupByBinarySearch(address)) << address.toString();
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, entries.size() * 24);
 }
 
 }  // namespace
