@@ -144,8 +144,8 @@ int ProxyServer::run() {
     admin_ = std::make_unique<AdminServer>(base_, *context_, *settings.admin);
     spdlog::info("{}", jsonEscaped("admin endpoint on " + settings.admin->toString()));
   }
-  for (auto& worker : workers_) {
-    worker->start();
+  for (unsigned i = 0; i < workers_.size(); ++i) {
+    workers_[i]->start(i);
   }
   std::string listening;
   for (const ListenerSettings& listener : settings.listeners) {

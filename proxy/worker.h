@@ -29,7 +29,7 @@ class Worker {
   // whose address matches a listening socket in `inherited` (systemd socket activation) listens
   // on a duplicate of it instead of a new socket, and marks it in `used`.
   void bindListeners(const std::vector<int>& inherited, std::vector<bool>& used);
-  void start();  // runs the loop on a new thread
+  void start(unsigned index);  // runs the loop on a new thread named acr-worker-<index>
   void join();
   // True once the loop has ended (after a drain); safe from any thread.
   bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }

@@ -8,6 +8,7 @@ socket named by NOTIFY_SOCKET collects sd_notify messages, WATCHDOG_USEC asks fo
 Debian's `systemd-socket-activate` passes a listening socket (LISTEN_FDS).
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -38,6 +39,48 @@ def echo_handler(conn, index, record):
         return
 
 
+def worker_thread(pid, name):
+    """The thread id of the proxy thread called `name` (see Worker::start)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == name:
+                return int(tid)
+    raise AssertionError(f"no thread named {name} in process {pid}")
+
+
+class FrozenThread:
+    """Stops one thread of another process with ptrace while the others run on (a context
+    manager; the thread is released on exit). PTRACE_SEIZE sends no signal, and PTRACE_INTERRUPT
+    stops only the seized thread, unlike SIGSTOP which stops the whole process."""
+
+    PTRACE_DETACH = 17
+    PTRACE_SEIZE = 0x4206
+    PTRACE_INTERRUPT = 0x4207
+    WALL = 0x40000000
+
+    def __init__(self, tid):
+        self.tid = tid
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.restype = ctypes.c_long
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+
+    def _ptrace(self, request):
+        if self.libc.ptrace(request, self.tid, None, None) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"ptrace({request}, {self.tid}): {os.strerror(error)}")
+
+    def __enter__(self):
+        self._ptrace(self.PTRACE_SEIZE)
+        self._ptrace(self.PTRACE_INTERRUPT)
+        os.waitpid(self.tid, self.WALL)  # returns once the thread is in its ptrace stop
+        return self
+
+    def __exit__(self, *exc):
+        self._ptrace(self.PTRACE_DETACH)
+        return False
+
+
 class NotifySocket:
     """A unix datagram socket standing in for systemd's notification socket."""
 
@@ -60,9 +103,10 @@ class NotifySocket:
                 continue
             except OSError:
                 return
+            message = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
+            message["_received"] = time.monotonic()  # not a systemd field: when it arrived
             with self._lock:
-                self.messages.append(dict(line.split("=", 1)
-                                          for line in data.decode().split("\n") if "=" in line))
+                self.messages.append(message)
 
     def snapshot(self):
         with self._lock:
@@ -264,6 +308,49 @@ class ReloadTest(unittest.TestCase):
         quiet.wait_for(lambda m: m.get("READY") == "1")
         time.sleep(1.0)
         self.assertEqual([m for m in quiet.snapshot() if "WATCHDOG" in m], [])
+        proxy.stop()
+
+    # The watchdog's point: a loop that hangs while the process lives on must get the service
+    # restarted. One worker thread (acr-worker-1) is frozen from outside with ptrace
+    # (PTRACE_SEIZE + PTRACE_INTERRUPT stop that one thread; the others keep running), exactly
+    # what a loop stuck in a blocking call looks like to the rest of the process. The keepalives
+    # must stop within the limit (half the period + one heartbeat) and the log must say why; once
+    # the thread runs again they resume.
+    def test_watchdog_stops_while_a_loop_hangs_and_resumes_after(self):
+        config = os.path.join(self.tmp.path, "hang.toml")
+        self.write_config(config, 0)
+        notify = NotifySocket(os.path.join(self.tmp.path, "hang.sock"))
+        self.addCleanup(notify.close)
+        proxy, listen = self.start_proxy(config, env={"NOTIFY_SOCKET": notify.path,
+                                                      "WATCHDOG_USEC": "800000"})
+        notify.wait_for(lambda m: m.get("READY") == "1")
+        notify.wait_for(lambda m: m.get("WATCHDOG") == "1")
+        status, _, sock = self.tunnel(listen, STABLE)
+        self.assertEqual(status, 200)
+        sock.close()
+        tid = worker_thread(proxy.pid, "acr-worker-1")
+
+        def beats_since(start):
+            return [m for m in notify.snapshot()
+                    if m.get("WATCHDOG") == "1" and m["_received"] >= start]
+
+        with FrozenThread(tid):
+            frozen_at = time.monotonic()
+            # Limit 0.4 s + 1 s heartbeat period, checked every 0.2 s: silence by 1.6 s at most.
+            harness.wait_until(lambda: "an event loop is stuck" in proxy.stderr_text(), 5, 0.05,
+                               "the stuck-loop error")
+            silent_from = time.monotonic()
+            time.sleep(2.0)
+            self.assertEqual(beats_since(silent_from), [])
+            self.assertLess(silent_from - frozen_at, 2.5)
+            # The process itself lives on, so only the watchdog can get it restarted.
+            self.assertTrue(proxy.running())
+        thawed_at = time.monotonic()
+        harness.wait_until(lambda: beats_since(thawed_at), 5, 0.05, "keepalives after the thaw")
+        for _ in range(4):  # both loops serve again (connections spread over them by the kernel)
+            status, _, sock = self.tunnel(listen, STABLE)
+            self.assertEqual(status, 200)
+            sock.close()
         proxy.stop()
 
     # Socket activation: systemd-socket-activate binds the listener and passes it (LISTEN_FDS);
