@@ -515,6 +515,7 @@ class _Server:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.accepted = 0
+        self.peers = []  # the client address of each accepted connection, in order
         self.errors = []
         self._conns = []
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -527,7 +528,7 @@ class _Server:
     def _accept_loop(self):
         while not self._stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, peer = self.sock.accept()
             except socket.timeout:
                 continue
             except OSError:
@@ -535,6 +536,7 @@ class _Server:
             with self._lock:
                 index = self.accepted
                 self.accepted += 1
+                self.peers.append(peer[0])
                 self._conns.append(conn)
             conn.settimeout(self.CONN_TIMEOUT)
             threading.Thread(target=self._run_one, args=(conn, index), daemon=True).start()

@@ -64,6 +64,19 @@ def sweep_stale():
             shutil.rmtree(os.path.join(NETNS_ETC, name), ignore_errors=True)
 
 
+def veth(a, a_name, a_addresses, b, b_name, b_addresses):
+    """A veth pair between namespaces `a` and `b` (interfaces `a_name`, `b_name`, up), with the
+    given addresses in CIDR form ("198.51.100.1/24", "2001:db8:1::1/64"). The pair goes away with
+    either namespace."""
+    _run(["ip", "link", "add", a_name, "netns", a.name, "type", "veth", "peer", "name", b_name,
+          "netns", b.name])
+    for ns, name, addresses in ((a, a_name, a_addresses), (b, b_name, b_addresses)):
+        for address in addresses:
+            extra = ["nodad"] if ":" in address else []
+            ns.run(["ip", "addr", "add", address, "dev", name] + extra)
+        ns.run(["ip", "link", "set", name, "up"])
+
+
 class NetNs:
     def __init__(self, addresses=()):
         self.name = f"{NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"

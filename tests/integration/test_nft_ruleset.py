@@ -7,6 +7,10 @@ listens on port 443. The test loads the shipped file as an operator would: its t
 (port, mark) edited textually (nft 1.0.6 refuses `-D` for a name the file defines), and the uid
 selector filled at run time with `nft add element`. curl runs as `nobody` (setpriv) to be
 redirected, and as root to show that a uid outside the set is not.
+
+NftGatewayTest covers the interface selector (chain prerouting) on a real forwarding path: a
+client namespace routes through a gateway namespace (ip_forward on, the ruleset and the proxy
+there) to an upstream namespace, all joined by veth pairs.
 """
 
 import os
@@ -15,7 +19,7 @@ import subprocess
 import unittest
 
 import harness
-from netns_fixtures import NetNs
+from netns_fixtures import NetNs, veth
 
 ALLOWED_HOST = "myreg.azurecr.io"
 DENIED_HOST = "other.azurecr.io"
@@ -187,13 +191,150 @@ class NftRulesetTest(unittest.TestCase):
         self.assertEqual(lines[0]["decision"], "allow", lines[0])
         self.assertEqual(self.upstream.accepted, accepted + 1)
 
-    # The interface selector's set accepts names at run time (the prerouting path itself needs
-    # forwarded traffic, which this single-namespace test does not create).
-    def test_interface_set_accepts_elements(self):
-        self.nft(["add", "element", "inet", "acr_egress", "redirect_ifaces", '{ "lo" }'])
-        self.addCleanup(self.nft, ["flush", "set", "inet", "acr_egress", "redirect_ifaces"])
-        listing = self.nft(["list", "set", "inet", "acr_egress", "redirect_ifaces"]).stdout
-        self.assertIn('"lo"', listing)
+
+
+# A gateway box: three namespaces joined by veth pairs, with only documentation addresses.
+#   client  198.51.100.2, 2001:db8:c::2  --lan--  gateway (forwards)  --wan--  upstream
+#                                                 198.51.100.1 / 203.0.113.1    203.0.113.10
+#                                                 2001:db8:c::1 / 2001:db8:f::1 2001:db8:f::10
+# The gateway loads the shipped ruleset with its LAN interface in redirect_ifaces and runs the
+# proxy; the client's connections to the upstream are forwarded through it.
+CLIENT_V4, GATEWAY_LAN_V4, GATEWAY_WAN_V4, WAN_V4 = ("198.51.100.2", "198.51.100.1",
+                                                     "203.0.113.1", "203.0.113.10")
+CLIENT_V6, GATEWAY_LAN_V6, GATEWAY_WAN_V6, WAN_V6 = ("2001:db8:c::2", "2001:db8:c::1",
+                                                     "2001:db8:f::1", "2001:db8:f::10")
+LAN_IF = "acr-lan"
+
+
+class NftGatewayTest(unittest.TestCase):
+    """The prerouting (interface) selector of the shipped ruleset on a forwarding gateway."""
+
+    @classmethod
+    def setUpClass(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root for network namespaces and nftables")
+        cls.tmp = harness.TempDir()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"),
+                                             [ALLOWED_HOST, DENIED_HOST], [WAN_V4, WAN_V6])
+        cls.client, cls.gateway, cls.wan = NetNs(), NetNs(), NetNs()
+        for ns in (cls.client, cls.gateway, cls.wan):
+            cls.addClassCleanup(ns.destroy)
+            ns.create()
+        veth(cls.client, "eth0", [f"{CLIENT_V4}/24", f"{CLIENT_V6}/64"],
+             cls.gateway, LAN_IF, [f"{GATEWAY_LAN_V4}/24", f"{GATEWAY_LAN_V6}/64"])
+        veth(cls.wan, "eth0", [f"{WAN_V4}/24", f"{WAN_V6}/64"],
+             cls.gateway, "acr-wan", [f"{GATEWAY_WAN_V4}/24", f"{GATEWAY_WAN_V6}/64"])
+        for ns, v4, v6 in ((cls.client, GATEWAY_LAN_V4, GATEWAY_LAN_V6),
+                           (cls.wan, GATEWAY_WAN_V4, GATEWAY_WAN_V6)):
+            ns.run(["ip", "route", "add", "default", "via", v4])
+            ns.run(["ip", "-6", "route", "add", "default", "via", v6])
+        cls.gateway.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        cls.gateway.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+
+        with cls.wan.entered():  # the upstream's listening sockets belong to the WAN namespace
+            cert, key = cls.certs["cert"], cls.certs["key"]
+            cls.upstream = harness.TlsServer(WAN_V4, 443, cert, key, handler="http")
+            cls.addClassCleanup(cls.upstream.stop)
+            cls.upstream6 = harness.TlsServer(WAN_V6, 443, cert, key, handler="http")
+            cls.addClassCleanup(cls.upstream6.stop)
+
+        cls.gateway.enter()  # dnsmasq, the proxy and nft run on the gateway
+        cls.addClassCleanup(cls.gateway.leave)
+        cls.dns = harness.Dnsmasq({ALLOWED_HOST: [WAN_V4, WAN_V6], DENIED_HOST: [WAN_V4]})
+        cls.dns.start()
+        cls.addClassCleanup(cls.dns.stop)
+        cls.listen_port = harness.free_port("127.0.0.1")
+        cls.gateway.run(["nft", "-f", "-"], input_text=edited_ruleset(cls.listen_port, MARK))
+
+    def select_lan(self, selected):
+        """Makes redirect_ifaces hold the LAN interface, or nothing (flushed at test end)."""
+        command = ["nft", "flush", "set", "inet", "acr_egress", "redirect_ifaces"]
+        self.gateway.run(command)
+        self.addCleanup(self.gateway.run, command)
+        if selected:
+            self.gateway.run(["nft", "add", "element", "inet", "acr_egress", "redirect_ifaces",
+                              f'{{ "{LAN_IF}" }}'])
+
+    def start_proxy(self):
+        # As the ruleset's header says: REDIRECT in prerouting sends a forwarded connection to
+        # the address of the interface it came in on, so the proxy listens on the wildcard.
+        args = ["--transparent", f"0.0.0.0:{self.listen_port}",
+                "--transparent", f"[::]:{self.listen_port}",
+                "--mark", str(MARK), "--registry", "myreg", "--dns-server", self.dns.address,
+                "--allow-cidr", "203.0.113.0/24", "--allow-cidr", "2001:db8::/32",
+                "--workers", "1"]
+        proxy = harness.Proxy(args)
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    def curl_from_client(self, host, address):
+        pinned = f"[{address}]" if ":" in address else address
+        return self.client.run(["curl", "-q", "--noproxy", "", "-sS", "--max-time", "10",
+                                "--cacert", self.certs["ca"], "--resolve",
+                                f"{host}:443:{pinned}", f"https://{host}/"],
+                               timeout=30, check=False)
+
+    def transparent_lines(self, proxy):
+        proxy.stop()
+        return [line for line in proxy.access_log() if line.get("listener") == "transparent"]
+
+    # A LAN client's forwarded connection to an allowed name is redirected, judged and relayed:
+    # the upstream sees the gateway's WAN address (the proxy's own connection), not the client.
+    def test_forwarded_allowed_name_is_proxied(self):
+        self.select_lan(True)
+        proxy = self.start_proxy()
+        accepted = self.upstream.accepted
+        result = self.curl_from_client(ALLOWED_HOST, WAN_V4)
+        self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
+        self.assertEqual(result.stdout, f"sni={ALLOWED_HOST}\n")
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["decision"], "allow", lines[0])
+        self.assertEqual(lines[0]["original_dst"], f"{WAN_V4}:443", lines[0])
+        self.assertEqual(lines[0]["client"].rsplit(":", 1)[0], CLIENT_V4, lines[0])
+        self.assertEqual(self.upstream.accepted, accepted + 1)
+        self.assertEqual(self.upstream.peers[-1], GATEWAY_WAN_V4)
+
+    # The same over IPv6 (family inet).
+    def test_forwarded_ipv6_is_proxied(self):
+        self.select_lan(True)
+        proxy = self.start_proxy()
+        result = self.curl_from_client(ALLOWED_HOST, WAN_V6)
+        self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
+        self.assertEqual(result.stdout, f"sni={ALLOWED_HOST}\n")
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["decision"], "allow", lines[0])
+        self.assertEqual(lines[0]["original_dst"], f"[{WAN_V6}]:443", lines[0])
+        self.assertEqual(self.upstream6.peers[-1], GATEWAY_WAN_V6)
+
+    # A forwarded connection to a denied name is reset at the gateway; the upstream sees nothing.
+    def test_forwarded_denied_name_is_refused(self):
+        self.select_lan(True)
+        proxy = self.start_proxy()
+        accepted = self.upstream.accepted
+        result = self.curl_from_client(DENIED_HOST, WAN_V4)
+        self.assertEqual(result.returncode, 35, result.stderr)  # SSL connect error (reset)
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["decision"], "deny", lines[0])
+        self.assertEqual(lines[0]["reason"], "host_not_allowed", lines[0])
+        self.assertEqual(self.upstream.accepted, accepted)
+
+    # With the set empty the gateway just forwards: even a denied name connects, straight from
+    # the client's address, and the proxy sees nothing.
+    def test_unselected_interface_is_only_forwarded(self):
+        self.select_lan(False)
+        proxy = self.start_proxy()
+        accepted = self.upstream.accepted
+        result = self.curl_from_client(DENIED_HOST, WAN_V4)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"sni={DENIED_HOST}\n")
+        self.assertEqual(self.transparent_lines(proxy), [])
+        self.assertEqual(self.upstream.accepted, accepted + 1)
+        self.assertEqual(self.upstream.peers[-1], CLIENT_V4)
 
 
 if __name__ == "__main__":
