@@ -110,14 +110,17 @@ class NftRulesetTest(unittest.TestCase):
         self.addCleanup(proxy.stop)
         return proxy
 
-    def curl(self, host, address, as_nobody):
-        """curl https://HOST/ pinned to ADDRESS, as nobody (setpriv) or as root."""
+    def curl(self, host, address, as_nobody, cgroup_procs=None):
+        """curl https://HOST/ pinned to ADDRESS, as nobody (setpriv) or as root; started inside
+        the cgroup whose cgroup.procs file is `cgroup_procs`, if given."""
         pinned = f"[{address}]" if ":" in address else address
         argv = ["curl", "-q", "--noproxy", "", "-sS", "--max-time", "10",
                 "--cacert", self.certs["ca"], "--resolve", f"{host}:443:{pinned}",
                 f"https://{host}/"]
         if as_nobody:
             argv = ["setpriv", f"--reuid={NOBODY_UID}", "--regid=65534", "--clear-groups"] + argv
+        if cgroup_procs:
+            argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', cgroup_procs] + argv
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env,
                               stdin=subprocess.DEVNULL)
@@ -191,6 +194,62 @@ class NftRulesetTest(unittest.TestCase):
         self.assertEqual(lines[0]["decision"], "allow", lines[0])
         self.assertEqual(self.upstream.accepted, accepted + 1)
 
+
+    # The cgroup selector (the shipped commented rule, enabled with this test's cgroup): a
+    # process in the cgroup is redirected, one outside it is not. nft resolves the path against
+    # the cgroup2 mount under /sys/fs/cgroup, so it runs here without `ip netns exec` (which
+    # mounts a fresh /sys); this thread is already inside the namespace.
+    def test_cgroup_selector_redirects_only_that_cgroup(self):
+        mount, relative = cgroup2_under_sys_fs_cgroup()
+        name = f"acr-egress-test-{os.getpid()}"
+        directory = os.path.join(mount, name)
+        os.mkdir(directory)
+        self.addCleanup(remove_cgroup, directory)
+        text, count = re.subn(
+            r'(?m)^\s*# (meta l4proto tcp tcp dport 443 socket cgroupv2) level 2 '
+            r'"system.slice/docker.service"',
+            f'\\1 level 1 "{os.path.join(relative, name)}"',
+            edited_ruleset(self.listen_port, MARK))
+        self.assertEqual(count, 1, "the shipped ruleset must carry the commented cgroup rule")
+        subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True, timeout=30,
+                       capture_output=True)
+        self.addCleanup(subprocess.run, ["nft", "-f", "-"], text=True, check=True, timeout=30,
+                        input=edited_ruleset(self.listen_port, MARK), capture_output=True)
+        proxy = self.start_proxy()
+        accepted = self.upstream.accepted
+        procs = os.path.join(directory, "cgroup.procs")
+        inside = self.curl(DENIED_HOST, UPSTREAM_V4, as_nobody=False, cgroup_procs=procs)
+        self.assertEqual(inside.returncode, 35, inside.stderr)  # redirected, judged, reset
+        allowed = self.curl(ALLOWED_HOST, UPSTREAM_V4, as_nobody=False, cgroup_procs=procs)
+        self.assertEqual(allowed.returncode, 0, allowed.stderr + proxy.stderr_text())
+        outside = self.curl(DENIED_HOST, UPSTREAM_V4, as_nobody=False)
+        self.assertEqual(outside.returncode, 0, outside.stderr)  # not redirected
+        lines = self.transparent_lines(proxy)
+        self.assertEqual([(e["decision"], e.get("reason")) for e in lines],
+                         [("deny", "host_not_allowed"), ("allow", "host_allowed")], lines)
+        self.assertEqual(self.upstream.accepted, accepted + 2)
+
+
+def cgroup2_under_sys_fs_cgroup():
+    """(mount point, path relative to /sys/fs/cgroup) of the cgroup2 hierarchy: /sys/fs/cgroup
+    itself on a unified host, /sys/fs/cgroup/unified on a hybrid one (this machine)."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == "cgroup2" and (fields[1] + "/").startswith("/sys/fs/cgroup/"):
+                return fields[1], os.path.relpath(fields[1], "/sys/fs/cgroup")
+    raise AssertionError("no cgroup2 hierarchy mounted under /sys/fs/cgroup")
+
+
+def remove_cgroup(directory):
+    """Moves any process left in the cgroup to the root and removes it."""
+    root = os.path.join(os.path.dirname(directory), "cgroup.procs")
+    with open(os.path.join(directory, "cgroup.procs")) as f:
+        pids = f.read().split()
+    for pid in pids[:1000]:
+        with open(root, "w") as f:
+            f.write(pid)
+    os.rmdir(directory)
 
 
 # A gateway box: three namespaces joined by veth pairs, with only documentation addresses.
