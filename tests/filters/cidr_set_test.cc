@@ -27,6 +27,18 @@ uint32_t bruteForce(const std::vector<CidrSet::Entry>& entries, const IpAddress&
   return best;
 }
 
+// Every prefix of every tag of the real service-tags file, the value being the tag's index.
+std::vector<CidrSet::Entry> realFileEntries() {
+  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
+  std::vector<CidrSet::Entry> entries;
+  for (uint32_t t = 0; t < tags.tags().size(); ++t) {
+    for (const Cidr& prefix : tags.tags()[t].prefixes) {
+      entries.push_back({prefix, t});
+    }
+  }
+  return entries;
+}
+
 // The most specific prefix decides, nested or not, and gaps match nothing.
 TEST(CidrSetTest, LongestPrefixWins) {
   const std::vector<CidrSet::Entry> entries = {
@@ -123,13 +135,7 @@ TEST(CidrSetTest, LongPrefixesInAdjacent64sResolveExactly) {
 // binary-search baseline and a brute-force scan agree on 1,000,000 random IPv4 and IPv6
 // addresses, half of them drawn from inside the prefixes.
 TEST(CidrSetTest, AgreesWithBruteForceOnTheRealFile) {
-  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
-  std::vector<CidrSet::Entry> entries;
-  for (uint32_t t = 0; t < tags.tags().size(); ++t) {
-    for (const Cidr& prefix : tags.tags()[t].prefixes) {
-      entries.push_back({prefix, t});
-    }
-  }
+  const std::vector<CidrSet::Entry> entries = realFileEntries();
   ASSERT_GT(entries.size(), 90000u);
   const CidrSet set(entries);
   // Brute force over 95k prefixes is slow; compare it on a subset, and the binary-search baseline
@@ -186,13 +192,7 @@ TEST(CidrSetTest, AgreesWithBruteForceOnTheRealFile) {
 // shortcut (prefixes longer than /64) and every radix block at its borders, where an off-by-one in
 // a mask or a window would show.
 TEST(CidrSetTest, AgreesWithBinarySearchAtEveryPrefixEdgeOfTheRealFile) {
-  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
-  std::vector<CidrSet::Entry> entries;
-  for (uint32_t t = 0; t < tags.tags().size(); ++t) {
-    for (const Cidr& prefix : tags.tags()[t].prefixes) {
-      entries.push_back({prefix, t});
-    }
-  }
+  const std::vector<CidrSet::Entry> entries = realFileEntries();
   const CidrSet set(entries);
   size_t checked = 0;
   for (const auto& entry : entries) {

@@ -48,7 +48,50 @@ def edited_ruleset(port, mark):
     return text
 
 
-class NftRulesetTest(unittest.TestCase):
+def curl_argv(host, address, ca):
+    """curl https://HOST/ with HOST pinned to ADDRESS (no DNS, no proxy from the environment)."""
+    pinned = f"[{address}]" if ":" in address else address
+    return ["curl", "-q", "--noproxy", "", "-sS", "--max-time", "10", "--cacert", ca,
+            "--resolve", f"{host}:443:{pinned}", f"https://{host}/"]
+
+
+class RedirectedTrafficCase(unittest.TestCase):
+    """What both test classes share: a transparent proxy with the ruleset's port and mark, and
+    its access log. Subclasses set LISTEN_HOSTS, ALLOW_CIDRS, cls.listen_port and cls.dns."""
+
+    LISTEN_HOSTS = ()
+    ALLOW_CIDRS = ()
+
+    def start_proxy(self):
+        args = ["--mark", str(MARK), "--registry", "myreg", "--dns-server", self.dns.address,
+                "--workers", "1"]
+        for host in self.LISTEN_HOSTS:
+            args += ["--transparent", f"{host}:{self.listen_port}"]
+        for cidr in self.ALLOW_CIDRS:
+            args += ["--allow-cidr", cidr]
+        proxy = harness.Proxy(args)
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    def transparent_lines(self, proxy):
+        proxy.stop()
+        return [line for line in proxy.access_log() if line.get("listener") == "transparent"]
+
+    def only_transparent_line(self, proxy, **expected):
+        """Stops the proxy; asserts it logged exactly one transparent line with the `expected`
+        fields, and returns it."""
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        for key, value in expected.items():
+            self.assertEqual(lines[0].get(key), value, lines[0])
+        return lines[0]
+
+
+class NftRulesetTest(RedirectedTrafficCase):
+    LISTEN_HOSTS = ("127.0.0.1", "[::1]")
+    ALLOW_CIDRS = ("192.0.2.0/24", "2001:db8::/32")
+
     @classmethod
     def setUpClass(cls):
         if os.geteuid() != 0:
@@ -99,24 +142,10 @@ class NftRulesetTest(unittest.TestCase):
             self.nft(["add", "element", "inet", "acr_egress", "redirect_uids",
                       "{ " + elements + " }"])
 
-    def start_proxy(self):
-        args = ["--transparent", f"127.0.0.1:{self.listen_port}",
-                "--transparent", f"[::1]:{self.listen_port}",
-                "--mark", str(MARK), "--registry", "myreg", "--dns-server", self.dns.address,
-                "--allow-cidr", "192.0.2.0/24", "--allow-cidr", "2001:db8::/32",
-                "--workers", "1"]
-        proxy = harness.Proxy(args)
-        proxy.start()
-        self.addCleanup(proxy.stop)
-        return proxy
-
     def curl(self, host, address, as_nobody, cgroup_procs=None):
-        """curl https://HOST/ pinned to ADDRESS, as nobody (setpriv) or as root; started inside
-        the cgroup whose cgroup.procs file is `cgroup_procs`, if given."""
-        pinned = f"[{address}]" if ":" in address else address
-        argv = ["curl", "-q", "--noproxy", "", "-sS", "--max-time", "10",
-                "--cacert", self.certs["ca"], "--resolve", f"{host}:443:{pinned}",
-                f"https://{host}/"]
+        """curl_argv() run as nobody (setpriv) or as root; started inside the cgroup whose
+        cgroup.procs file is `cgroup_procs`, if given."""
+        argv = curl_argv(host, address, self.certs["ca"])
         if as_nobody:
             argv = ["setpriv", f"--reuid={NOBODY_UID}", "--regid=65534", "--clear-groups"] + argv
         if cgroup_procs:
@@ -124,10 +153,6 @@ class NftRulesetTest(unittest.TestCase):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env,
                               stdin=subprocess.DEVNULL)
-
-    def transparent_lines(self, proxy):
-        proxy.stop()
-        return [line for line in proxy.access_log() if line.get("listener") == "transparent"]
 
     # A selected uid's connection to an allowed name is redirected, judged and relayed to its
     # original destination.
@@ -138,10 +163,7 @@ class NftRulesetTest(unittest.TestCase):
         result = self.curl(ALLOWED_HOST, UPSTREAM_V4, as_nobody=True)
         self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
         self.assertEqual(result.stdout, f"sni={ALLOWED_HOST}\n")
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "allow", lines[0])
-        self.assertEqual(lines[0]["original_dst"], f"{UPSTREAM_V4}:443", lines[0])
+        self.only_transparent_line(proxy, decision="allow", original_dst=f"{UPSTREAM_V4}:443")
         self.assertEqual(self.upstream.accepted, accepted + 1)
 
     # The inet family redirects IPv6 as well.
@@ -150,10 +172,7 @@ class NftRulesetTest(unittest.TestCase):
         proxy = self.start_proxy()
         result = self.curl(ALLOWED_HOST, UPSTREAM_V6, as_nobody=True)
         self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "allow", lines[0])
-        self.assertEqual(lines[0]["original_dst"], f"[{UPSTREAM_V6}]:443", lines[0])
+        self.only_transparent_line(proxy, decision="allow", original_dst=f"[{UPSTREAM_V6}]:443")
 
     # A selected uid's connection to a name the policy denies is reset, nothing is dialled.
     def test_selected_uid_denied_name_is_refused(self):
@@ -162,10 +181,7 @@ class NftRulesetTest(unittest.TestCase):
         accepted = self.upstream.accepted
         result = self.curl(DENIED_HOST, UPSTREAM_V4, as_nobody=True)
         self.assertEqual(result.returncode, 35, result.stderr)  # SSL connect error (reset)
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "deny", lines[0])
-        self.assertEqual(lines[0]["reason"], "host_not_allowed", lines[0])
+        self.only_transparent_line(proxy, decision="deny", reason="host_not_allowed")
         self.assertEqual(self.upstream.accepted, accepted)
 
     # A uid outside the set goes straight to its destination: even a name the policy denies
@@ -189,9 +205,7 @@ class NftRulesetTest(unittest.TestCase):
         result = self.curl(ALLOWED_HOST, UPSTREAM_V4, as_nobody=False)
         self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
         self.assertEqual(result.stdout, f"sni={ALLOWED_HOST}\n")
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "allow", lines[0])
+        self.only_transparent_line(proxy, decision="allow")
         self.assertEqual(self.upstream.accepted, accepted + 1)
 
 
@@ -265,8 +279,13 @@ CLIENT_V6, GATEWAY_LAN_V6, GATEWAY_WAN_V6, WAN_V6 = ("2001:db8:c::2", "2001:db8:
 LAN_IF = "acr-lan"
 
 
-class NftGatewayTest(unittest.TestCase):
+class NftGatewayTest(RedirectedTrafficCase):
     """The prerouting (interface) selector of the shipped ruleset on a forwarding gateway."""
+
+    # As the ruleset's header says: REDIRECT in prerouting sends a forwarded connection to the
+    # address of the interface it came in on, so the proxy listens on the wildcard.
+    LISTEN_HOSTS = ("0.0.0.0", "[::]")
+    ALLOW_CIDRS = ("203.0.113.0/24", "2001:db8::/32")
 
     @classmethod
     def setUpClass(cls):
@@ -315,29 +334,9 @@ class NftGatewayTest(unittest.TestCase):
             self.gateway.run(["nft", "add", "element", "inet", "acr_egress", "redirect_ifaces",
                               f'{{ "{LAN_IF}" }}'])
 
-    def start_proxy(self):
-        # As the ruleset's header says: REDIRECT in prerouting sends a forwarded connection to
-        # the address of the interface it came in on, so the proxy listens on the wildcard.
-        args = ["--transparent", f"0.0.0.0:{self.listen_port}",
-                "--transparent", f"[::]:{self.listen_port}",
-                "--mark", str(MARK), "--registry", "myreg", "--dns-server", self.dns.address,
-                "--allow-cidr", "203.0.113.0/24", "--allow-cidr", "2001:db8::/32",
-                "--workers", "1"]
-        proxy = harness.Proxy(args)
-        proxy.start()
-        self.addCleanup(proxy.stop)
-        return proxy
-
     def curl_from_client(self, host, address):
-        pinned = f"[{address}]" if ":" in address else address
-        return self.client.run(["curl", "-q", "--noproxy", "", "-sS", "--max-time", "10",
-                                "--cacert", self.certs["ca"], "--resolve",
-                                f"{host}:443:{pinned}", f"https://{host}/"],
-                               timeout=30, check=False)
-
-    def transparent_lines(self, proxy):
-        proxy.stop()
-        return [line for line in proxy.access_log() if line.get("listener") == "transparent"]
+        return self.client.run(curl_argv(host, address, self.certs["ca"]), timeout=30,
+                               check=False)
 
     # A LAN client's forwarded connection to an allowed name is redirected, judged and relayed:
     # the upstream sees the gateway's WAN address (the proxy's own connection), not the client.
@@ -348,11 +347,8 @@ class NftGatewayTest(unittest.TestCase):
         result = self.curl_from_client(ALLOWED_HOST, WAN_V4)
         self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
         self.assertEqual(result.stdout, f"sni={ALLOWED_HOST}\n")
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "allow", lines[0])
-        self.assertEqual(lines[0]["original_dst"], f"{WAN_V4}:443", lines[0])
-        self.assertEqual(lines[0]["client"].rsplit(":", 1)[0], CLIENT_V4, lines[0])
+        line = self.only_transparent_line(proxy, decision="allow", original_dst=f"{WAN_V4}:443")
+        self.assertEqual(line["client"].rsplit(":", 1)[0], CLIENT_V4, line)
         self.assertEqual(self.upstream.accepted, accepted + 1)
         self.assertEqual(self.upstream.peers[-1], GATEWAY_WAN_V4)
 
@@ -363,10 +359,7 @@ class NftGatewayTest(unittest.TestCase):
         result = self.curl_from_client(ALLOWED_HOST, WAN_V6)
         self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
         self.assertEqual(result.stdout, f"sni={ALLOWED_HOST}\n")
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "allow", lines[0])
-        self.assertEqual(lines[0]["original_dst"], f"[{WAN_V6}]:443", lines[0])
+        self.only_transparent_line(proxy, decision="allow", original_dst=f"[{WAN_V6}]:443")
         self.assertEqual(self.upstream6.peers[-1], GATEWAY_WAN_V6)
 
     # A forwarded connection to a denied name is reset at the gateway; the upstream sees nothing.
@@ -376,10 +369,7 @@ class NftGatewayTest(unittest.TestCase):
         accepted = self.upstream.accepted
         result = self.curl_from_client(DENIED_HOST, WAN_V4)
         self.assertEqual(result.returncode, 35, result.stderr)  # SSL connect error (reset)
-        lines = self.transparent_lines(proxy)
-        self.assertEqual(len(lines), 1, lines)
-        self.assertEqual(lines[0]["decision"], "deny", lines[0])
-        self.assertEqual(lines[0]["reason"], "host_not_allowed", lines[0])
+        self.only_transparent_line(proxy, decision="deny", reason="host_not_allowed")
         self.assertEqual(self.upstream.accepted, accepted)
 
     # With the set empty the gateway just forwards: even a denied name connects, straight from

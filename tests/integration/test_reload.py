@@ -165,6 +165,20 @@ class ReloadTest(unittest.TestCase):
         self.addCleanup(proxy.stop)
         return proxy, listen
 
+    def start_notified_proxy(self, name, watchdog_usec=None):
+        """A proxy on the first valid config with NOTIFY_SOCKET (and WATCHDOG_USEC if given) set,
+        started and READY; returns (proxy, listen address, NotifySocket)."""
+        config = os.path.join(self.tmp.path, f"{name}.toml")
+        self.write_config(config, 0)
+        notify = NotifySocket(os.path.join(self.tmp.path, f"{name}.sock"))
+        self.addCleanup(notify.close)
+        env = {"NOTIFY_SOCKET": notify.path}
+        if watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        proxy, listen = self.start_proxy(config, env=env)
+        notify.wait_for(lambda m: m.get("READY") == "1")
+        return proxy, listen, notify
+
     def tunnel(self, listen, host, payload=b"ping"):
         """CONNECT to host; returns (status, reason header, socket or None)."""
         status, headers, _, sock = harness.connect_via_proxy(
@@ -289,23 +303,14 @@ class ReloadTest(unittest.TestCase):
     # A stuck-loop watchdog needs keepalives: with WATCHDOG_USEC set the proxy sends WATCHDOG=1
     # at a quarter of the period; without it, none.
     def test_watchdog_keepalives_follow_watchdog_usec(self):
-        config = os.path.join(self.tmp.path, "watchdog.toml")
-        self.write_config(config, 0)
-        notify = NotifySocket(os.path.join(self.tmp.path, "watchdog.sock"))
-        self.addCleanup(notify.close)
-        proxy, _ = self.start_proxy(config, env={"NOTIFY_SOCKET": notify.path,
-                                                 "WATCHDOG_USEC": "800000"})
-        notify.wait_for(lambda m: m.get("READY") == "1")
+        proxy, _, notify = self.start_notified_proxy("watchdog", watchdog_usec=800000)
         time.sleep(1.5)
         beats = sum(1 for m in notify.snapshot() if m.get("WATCHDOG") == "1")
         self.assertGreaterEqual(beats, 4)
         self.assertLessEqual(beats, 12)
         proxy.stop()
 
-        quiet = NotifySocket(os.path.join(self.tmp.path, "quiet.sock"))
-        self.addCleanup(quiet.close)
-        proxy, _ = self.start_proxy(config, env={"NOTIFY_SOCKET": quiet.path})
-        quiet.wait_for(lambda m: m.get("READY") == "1")
+        proxy, _, quiet = self.start_notified_proxy("quiet")
         time.sleep(1.0)
         self.assertEqual([m for m in quiet.snapshot() if "WATCHDOG" in m], [])
         proxy.stop()
@@ -317,13 +322,7 @@ class ReloadTest(unittest.TestCase):
     # must stop within the limit (half the period + one heartbeat) and the log must say why; once
     # the thread runs again they resume.
     def test_watchdog_stops_while_a_loop_hangs_and_resumes_after(self):
-        config = os.path.join(self.tmp.path, "hang.toml")
-        self.write_config(config, 0)
-        notify = NotifySocket(os.path.join(self.tmp.path, "hang.sock"))
-        self.addCleanup(notify.close)
-        proxy, listen = self.start_proxy(config, env={"NOTIFY_SOCKET": notify.path,
-                                                      "WATCHDOG_USEC": "800000"})
-        notify.wait_for(lambda m: m.get("READY") == "1")
+        proxy, listen, notify = self.start_notified_proxy("hang", watchdog_usec=800000)
         notify.wait_for(lambda m: m.get("WATCHDOG") == "1")
         status, _, sock = self.tunnel(listen, STABLE)
         self.assertEqual(status, 200)
