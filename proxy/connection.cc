@@ -18,6 +18,7 @@ using Clock = std::chrono::steady_clock;
 // Relay flow control: stop reading a side once this much waits for the other side, resume at
 // half (Envoy's watermark buffers). Bounds memory per tunnel at about 2 x kHighWater.
 constexpr size_t kHighWater = 256 * 1024;
+constexpr auto kRelaxed = std::memory_order_relaxed;
 // How long a refused CONNECT client may keep sending before we close anyway.
 constexpr std::chrono::milliseconds kRefuseLinger{2000};
 
@@ -568,6 +569,7 @@ void Connection::readTunnelHello() {
 
 void Connection::startRelay() {
   state_ = State::kRelay;
+  worker_.context().stats().active_tunnels.fetch_add(1, kRelaxed);
   evtimer_del(timer_);
   hello_parser_.reset();
   record_.allowed = true;
@@ -589,6 +591,8 @@ void Connection::relay(bufferevent* from, bufferevent* to, bool upstream_to_clie
     return;
   }
   (upstream_to_client ? record_.bytes_down : record_.bytes_up) += length;
+  ProxyStats& stats = worker_.context().stats();
+  (upstream_to_client ? stats.bytes_down : stats.bytes_up).fetch_add(length, kRelaxed);
   evbuffer_add_buffer(sink, source);
   last_activity_ = Clock::now();
   if (evbuffer_get_length(sink) >= kHighWater) {
@@ -805,11 +809,12 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   }
   closeUpstream(reset);
   evtimer_del(timer_);
-  state_ = State::kClosed;
   ProxyStats& stats = worker_.context().stats();
-  (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, std::memory_order_relaxed);
-  stats.bytes_up.fetch_add(record_.bytes_up, std::memory_order_relaxed);
-  stats.bytes_down.fetch_add(record_.bytes_down, std::memory_order_relaxed);
+  if (state_ == State::kRelay) {
+    stats.active_tunnels.fetch_sub(1, kRelaxed);
+  }
+  state_ = State::kClosed;
+  (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, kRelaxed);
   worker_.context().log().write(record_);
   worker_.context().metrics().recordConnection(record_);
   worker_.release(this);

@@ -181,8 +181,6 @@ void ConnectionCounters::add(std::string_view listener, bool allowed,
 
 void Metrics::recordConnection(const AccessRecord& record) noexcept {
   connections_.add(record.listener, record.allowed, record.reason);
-  bytes_up_.fetch_add(record.bytes_up, kRelaxed);
-  bytes_down_.fetch_add(record.bytes_down, kRelaxed);
   double decision_ms = record.decision_ms;
   if (decision_ms < 0 && !record.allowed) {
     decision_ms = record.total_ms;
@@ -246,12 +244,15 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
   appendScalar(out, "acr_egress_active_connections", "gauge",
                "Connections open now (being judged, dialling or relaying).",
                stats.active.load(kRelaxed));
+  appendScalar(out, "acr_egress_active_tunnels", "gauge",
+               "Tunnels relaying now (allowed, upstream connected).",
+               stats.active_tunnels.load(kRelaxed));
   appendScalar(out, "acr_egress_bytes_up_total", "counter",
-               "Bytes relayed from clients to upstreams, counted when a connection ends.",
-               bytes_up_.load(kRelaxed));
+               "Bytes relayed from clients to upstreams, counted as they are relayed.",
+               stats.bytes_up.load(kRelaxed));
   appendScalar(out, "acr_egress_bytes_down_total", "counter",
-               "Bytes relayed from upstreams to clients, counted when a connection ends.",
-               bytes_down_.load(kRelaxed));
+               "Bytes relayed from upstreams to clients, counted as they are relayed.",
+               stats.bytes_down.load(kRelaxed));
   appendScalar(out, "acr_egress_accepted_total", "counter", "Connections accepted.",
                stats.accepted.load(kRelaxed));
   appendScalar(out, "acr_egress_rejected_overload_total", "counter",

@@ -75,8 +75,8 @@ class ConnectionCounters {
 // which runs the admin endpoint.
 class Metrics final : public DnsObserver {
  public:
-  // Counts one finished connection from its access-log record: its (listener, decision, reason),
-  // its bytes, and its decision latency (AccessRecord::decision_ms; for a refusal without one,
+  // Counts one finished connection from its access-log record: its (listener, decision, reason)
+  // and its decision latency (AccessRecord::decision_ms; for a refusal without one,
   // the connection's total time).
   void recordConnection(const AccessRecord& record) noexcept;
   void recordReload(bool ok) noexcept;
@@ -103,8 +103,6 @@ class Metrics final : public DnsObserver {
 
  private:
   ConnectionCounters connections_;
-  std::atomic<uint64_t> bytes_up_{0};
-  std::atomic<uint64_t> bytes_down_{0};
   std::atomic<uint64_t> dns_cache_hits_{0};
   std::atomic<uint64_t> dns_cache_misses_{0};
   LatencyHistogram dns_latency_;

@@ -18,9 +18,12 @@ namespace acr {
 struct ProxyStats {
   std::atomic<uint64_t> accepted{0};
   std::atomic<uint64_t> active{0};
+  std::atomic<uint64_t> active_tunnels{0};  // connections in the relay state
   std::atomic<uint64_t> rejected_overload{0};
   std::atomic<uint64_t> allowed{0};
   std::atomic<uint64_t> denied{0};
+  // Added as bytes are relayed, not when a connection ends, so that a long image pull shows
+  // its progress.
   std::atomic<uint64_t> bytes_up{0};
   std::atomic<uint64_t> bytes_down{0};
   std::atomic<uint64_t> accept_errors{0};

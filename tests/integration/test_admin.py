@@ -229,6 +229,38 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(value_of(samples, "acr_egress_dns_lookup_duration_seconds_count"), 1)
         self.assertEqual(value_of(samples, "acr_egress_decision_duration_seconds_count"), 2)
 
+    def test_bytes_and_active_tunnels_are_live(self):
+        """An open tunnel is an active tunnel, and its bytes are counted while it relays (a
+        long image pull shows progress), not only when it ends; closing it ends the tunnel."""
+        proxy, addr = self.start_proxy()
+        tunnel = self.echo_tunnel(addr)
+        payload = b"x" * 200_000
+        tunnel.sendall(payload)
+        received = 0
+        deadline = time.monotonic() + 10
+        while received < len(payload) and time.monotonic() < deadline:
+            tunnel.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = tunnel.recv(65536)
+            if not chunk:
+                break
+            received += len(chunk)
+        self.assertEqual(received, len(payload))
+        _, samples = self.scrape()
+        self.assertEqual(value_of(samples, "acr_egress_active_tunnels"), 1)
+        self.assertEqual(value_of(samples, "acr_egress_active_connections"), 1)
+        self.assertGreaterEqual(value_of(samples, "acr_egress_bytes_up_total"), len(payload) + 4)
+        self.assertGreaterEqual(value_of(samples, "acr_egress_bytes_down_total"), len(payload) + 4)
+        self.assertEqual(value_of(samples, "acr_egress_connections_total"), None)  # still open
+        tunnel.close()
+        proxy.wait_for_log(lambda e: e.get("decision") == "allow")
+
+        def ended():
+            _, samples = self.scrape()
+            return samples if value_of(samples, "acr_egress_active_tunnels") == 0 else None
+        samples = harness.wait_until(ended, 10, 0.1, "the tunnel to end")
+        self.assertEqual(value_of(samples, "acr_egress_active_connections"), 0)
+        self.assertGreaterEqual(value_of(samples, "acr_egress_bytes_up_total"), len(payload) + 4)
+
     def test_health_ready_policy_and_errors(self):
         """/healthz and /readyz answer 200, /policy is JSON naming the configured patterns and
         ports, an unknown path is 404 and a method other than GET/HEAD is 405."""

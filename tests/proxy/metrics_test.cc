@@ -191,6 +191,7 @@ TEST(MetricsTest, RendersStrictExpositionFormat) {
   const Exposition exposition = parseStrict(render(metrics));
   EXPECT_EQ(exposition.types.at("acr_egress_connections_total"), "counter");
   EXPECT_EQ(exposition.types.at("acr_egress_active_connections"), "gauge");
+  EXPECT_EQ(exposition.types.at("acr_egress_active_tunnels"), "gauge");
   EXPECT_EQ(exposition.types.at("acr_egress_dns_lookup_duration_seconds"), "histogram");
   EXPECT_EQ(exposition.types.at("acr_egress_decision_duration_seconds"), "histogram");
   EXPECT_EQ(exposition.types.at("acr_egress_policy_generation"), "gauge");
