@@ -1,7 +1,9 @@
 """Real registry peers for the integration tests: an OCI image built from random bytes, Debian's
 docker-registry (distribution 2.8) with TLS and filesystem storage, nginx in front of it answering
-blob GETs with a 307 to a data endpoint (as ACR does), and skopeo run with a hermetic
-configuration (no system registries.conf, no auth files, no proxy variables unless given).
+blob GETs with a 307 to a data endpoint (as ACR does), skopeo run with a hermetic configuration
+(no system registries.conf, no auth files, no proxy variables unless given), and rootful podman
+isolated from the machine (private storage and state, a private mount namespace, and a resolver
+trap that records any name podman tried to resolve itself).
 
 Every wait is bounded in count and time; every process is stopped by its own pid.
 """
@@ -18,10 +20,13 @@ import socket
 import ssl
 import subprocess
 import tarfile
+import threading
 import time
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 SKOPEO_BINARY = "/usr/bin/skopeo"
+PODMAN_BINARY = "/usr/bin/podman"
+UNSHARE_BINARY = "/usr/bin/unshare"
 NGINX_BINARY = "/usr/sbin/nginx"
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -57,14 +62,17 @@ def _layer_tar(files):
 class OciImage:
     """A minimal OCI image layout in `directory` (oci-layout, index.json, blobs/sha256/...) with
     `layer_sizes` gzip layers of random file content, tagged `tag`. Attributes after build():
-    layer_digests (["sha256:..."]), config_digest, manifest_digest, blob_digests (all three kinds
-    of blob), total_bytes."""
+    layer_digests (["sha256:..."]), diff_ids (the uncompressed layers' digests, in order),
+    file_digests ({path in the image's root file system: "sha256:..." of its content}),
+    config_digest, manifest_digest, blob_digests (all three kinds of blob), total_bytes."""
 
     def __init__(self, directory, tag="test", layer_sizes=(64 * 1024, 1536 * 1024)):
         self.directory = directory
         self.tag = tag
         self.layer_sizes = layer_sizes
         self.layer_digests = []
+        self.diff_ids = []
+        self.file_digests = {}
         self.config_digest = None
         self.manifest_digest = None
 
@@ -77,13 +85,14 @@ class OciImage:
 
     def build(self):
         os.makedirs(os.path.join(self.directory, "blobs", "sha256"), exist_ok=True)
-        layers, diff_ids = [], []
+        layers, diff_ids, file_digests = [], [], {}
         for index, size in enumerate(self.layer_sizes):
             # Random bytes do not compress, so the blob is about as big as the file.
             files = {
                 f"acr-egress-test/layer{index}/random.bin": os.urandom(size),
                 f"acr-egress-test/layer{index}/note.txt": os.urandom(16).hex().encode() + b"\n",
             }
+            file_digests.update({path: "sha256:" + _sha256(data) for path, data in files.items()})
             tar = _layer_tar(files)
             diff_ids.append("sha256:" + _sha256(tar))
             blob = gzip.compress(tar, mtime=0)
@@ -107,6 +116,8 @@ class OciImage:
         with open(os.path.join(self.directory, "index.json"), "w") as f:
             json.dump({"schemaVersion": 2, "manifests": [manifest_ref]}, f)
         self.layer_digests = [layer["digest"] for layer in layers]
+        self.diff_ids = diff_ids
+        self.file_digests = file_digests
         self.config_digest = config_ref["digest"]
         self.manifest_digest = manifest_ref["digest"]
         self.total_bytes = sum(layer["size"] for layer in layers) + config_ref["size"]
@@ -380,6 +391,220 @@ class Skopeo:
         if result.returncode != 0:
             raise RuntimeError(f"skopeo push to {dest} failed:\n{result.stdout}{result.stderr}")
         return result
+
+
+def _dns_question(query):
+    """(QNAME as a dotted string, offset just past the question) of a DNS query (bytes), or
+    (None, None) when it does not parse."""
+    labels, i = [], 12
+    while i < len(query) and len(labels) < 128:
+        length = query[i]
+        if length == 0:
+            end = i + 1 + 4  # the root label, then QTYPE and QCLASS
+            return (".".join(labels), end) if end <= len(query) else (None, None)
+        if length > 63:
+            return None, None
+        labels.append(query[i + 1:i + 1 + length].decode("ascii", errors="replace"))
+        i += 1 + length
+    return None, None
+
+
+class DnsTrap:
+    """A resolver that resolves nothing: UDP on `address`, port 53 (the only port resolv.conf can
+    name), answering REFUSED to every query and recording the names asked (`queries()`). A
+    client whose /etc/resolv.conf names only this address (see Podman) sends no DNS query off the
+    machine, and every name it tried to resolve itself shows up here. The address is random in
+    127.53.0.0/16, so that two runs on one machine do not collide (bounded tries). UDP only: a
+    REFUSED answer gives a stub resolver no reason to retry over TCP."""
+
+    def __init__(self, attempts=20):
+        self._names = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(attempts):
+            raw = os.urandom(2)
+            address = f"127.53.{raw[0]}.{1 + raw[1] % 254}"
+            try:
+                self.sock.bind((address, 53))
+                break
+            except PermissionError:
+                self.sock.close()
+                raise RuntimeError("DnsTrap binds port 53: run as root (podman runs rootful)")
+            except OSError:
+                continue
+        else:
+            self.sock.close()
+            raise RuntimeError(f"no free loopback address for port 53 after {attempts} tries")
+        self.address = address
+        self.sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            name, end = _dns_question(query)
+            with self._lock:
+                self._names.append(name)
+            if end is not None:
+                # Same id and question; QR=1, RD copied, RCODE=5 (REFUSED); nothing else.
+                flags = 0x8000 | (query[2] << 8 & 0x0100) | 5
+                reply = (query[:2] + flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6)
+                         + query[12:end])
+                try:
+                    self.sock.sendto(reply, peer)
+                except OSError:
+                    pass
+
+    def queries(self):
+        """Every query name received so far, in order (None for one that did not parse)."""
+        with self._lock:
+            return list(self._names)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+# Runs in podman's private mount namespace (unshare --mount --propagation private), then execs
+# podman: $0 is the resolv.conf to use, "$@" the podman command line. Rootful podman 4.3 writes
+# its blob-info cache to /var/lib/containers/cache/blob-info-cache-v1.boltdb whatever --root
+# says, so /var/lib is an empty tmpfs there; both mounts vanish with the namespace when podman
+# exits, and the machine's mounts never see them (private propagation).
+_PODMAN_NAMESPACE_SCRIPT = ('mount -t tmpfs -o mode=0755 acr-egress-test /var/lib && '
+                            'mount --bind "$0" /etc/resolv.conf && exec "$@"')
+
+
+class Podman:
+    """Rootful podman isolated from the machine, for pulls only (no container ever runs):
+      - storage (vfs driver), runroot, libpod state and tmp, file locks (no /dev/shm segment),
+        network configuration, HOME, TMPDIR and XDG_RUNTIME_DIR all live under `directory`;
+      - its own containers.conf (CONTAINERS_CONF: no system file is read; no events are logged),
+        storage.conf, registries.conf (no search registries, short names disabled), signature
+        policy and empty auth file, and no proxy variables except the ones given to run();
+      - every command runs in a private mount namespace where /var/lib is an empty tmpfs and
+        /etc/resolv.conf names only `nameserver` (a DnsTrap address): podman cannot reach the
+        machine's resolver, and a name it tried to resolve itself is recorded by the trap.
+    stop() is not needed: every podman command is one bounded subprocess, killed (by its pid, and
+    by PR_SET_PDEATHSIG if the test dies) when it overruns its timeout."""
+
+    def __init__(self, directory, nameserver):
+        self.directory = directory
+        d = {name: os.path.join(directory, name) for name in
+             ("root", "runroot", "libpod-tmp", "tmp", "home", "xdg-runtime", "networks")}
+        for path in d.values():
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        self.root, self.runroot = d["root"], d["runroot"]
+        self.tmp, self.home, self.xdg_runtime = d["tmp"], d["home"], d["xdg-runtime"]
+        q = json.dumps  # TOML basic strings accept JSON string escapes for plain paths
+        self.containers_conf = os.path.join(directory, "containers.conf")
+        with open(self.containers_conf, "w") as f:
+            f.write("[engine]\n"
+                    'cgroup_manager = "cgroupfs"\n'
+                    'events_logger = "none"\n'
+                    'lock_type = "file"\n'
+                    f"tmp_dir = {q(d['libpod-tmp'])}\n"
+                    f"static_dir = {q(os.path.join(self.root, 'libpod'))}\n"
+                    f"volume_path = {q(os.path.join(self.root, 'volumes'))}\n"
+                    f"image_copy_tmp_dir = {q(self.tmp)}\n"
+                    "[network]\n"
+                    f"network_config_dir = {q(d['networks'])}\n")
+        self.storage_conf = os.path.join(directory, "storage.conf")
+        with open(self.storage_conf, "w") as f:
+            f.write(f'[storage]\ndriver = "vfs"\nrunroot = {q(self.runroot)}\n'
+                    f"graphroot = {q(self.root)}\n")
+        self.registries_conf = os.path.join(directory, "registries.conf")
+        with open(self.registries_conf, "w") as f:
+            f.write('unqualified-search-registries = []\nshort-name-mode = "disabled"\n')
+        self.policy = os.path.join(directory, "policy.json")
+        with open(self.policy, "w") as f:
+            json.dump({"default": [{"type": "insecureAcceptAnything"}]}, f)
+        self.auth_file = os.path.join(directory, "auth.json")  # podman insists that it exists
+        with open(self.auth_file, "w") as f:
+            json.dump({"auths": {}}, f)
+        self.resolv_conf = os.path.join(directory, "resolv.conf")
+        with open(self.resolv_conf, "w") as f:
+            f.write(f"nameserver {nameserver}\noptions attempts:1 timeout:1\n")
+
+    def env(self, extra=None):
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": self.home,
+            "TMPDIR": self.tmp,
+            "XDG_RUNTIME_DIR": self.xdg_runtime,
+            "CONTAINERS_CONF": self.containers_conf,
+            "CONTAINERS_STORAGE_CONF": self.storage_conf,
+            "CONTAINERS_REGISTRIES_CONF": self.registries_conf,
+            "REGISTRY_AUTH_FILE": self.auth_file,
+        }
+        env.update(extra or {})
+        return env
+
+    def run(self, args, env=None, timeout=120):
+        """Runs `podman --root R --runroot RR --storage-driver vfs ARGS...` in its private mount
+        namespace; returns CompletedProcess (text), never raises on a non-zero exit."""
+        argv = [UNSHARE_BINARY, "--mount", "--propagation", "private", "--",
+                "sh", "-ec", _PODMAN_NAMESPACE_SCRIPT, self.resolv_conf,
+                PODMAN_BINARY, "--root", self.root, "--runroot", self.runroot,
+                "--storage-driver", "vfs"] + list(args)
+        return subprocess.run(argv, env=self.env(env), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL,
+                              preexec_fn=_die_with_parent)
+
+    def pull(self, reference, cert_dir, env=None, timeout=120):
+        """`podman pull REFERENCE` with `env` (e.g. HTTPS_PROXY), verifying TLS with the CA in
+        cert_dir and this instance's signature policy; returns CompletedProcess."""
+        return self.run(["pull", "--signature-policy", self.policy, "--cert-dir", cert_dir,
+                         reference], env=env, timeout=timeout)
+
+    def _checked(self, args, timeout=60):
+        result = self.run(args, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"podman {' '.join(args)} failed ({result.returncode}):\n"
+                               f"{result.stdout}{result.stderr}")
+        return result
+
+    def image_exists(self, reference):
+        """True if local storage holds `reference` (podman image exists: 0 yes, 1 no)."""
+        result = self.run(["image", "exists", reference], timeout=60)
+        if result.returncode not in (0, 1):
+            raise RuntimeError(f"podman image exists {reference} failed ({result.returncode}):"
+                               f"\n{result.stdout}{result.stderr}")
+        return result.returncode == 0
+
+    def inspect(self, reference):
+        """`podman image inspect REFERENCE`, parsed (one dict)."""
+        return json.loads(self._checked(["image", "inspect", reference]).stdout)[0]
+
+    def image_file_digests(self, reference):
+        """{path: "sha256:..."} of every regular file in the image's root file system, read
+        through `podman image mount` (with vfs a plain directory in storage, so it outlives the
+        namespace) and unmounted afterwards."""
+        mountpoint = self._checked(["image", "mount", reference]).stdout.strip()
+        try:
+            found = {}
+            for top, _, names in os.walk(mountpoint):
+                for name in names:
+                    path = os.path.join(top, name)
+                    if os.path.isfile(path) and not os.path.islink(path):
+                        found[os.path.relpath(path, mountpoint)] = "sha256:" + file_sha256(path)
+            return found
+        finally:
+            self._checked(["image", "unmount", reference])
 
 
 def cert_dir_with_ca(directory, ca_path):

@@ -3,16 +3,19 @@
 Real peers only: Debian's docker-registry (distribution 2.8) with TLS and filesystem storage, an
 OCI image built here from random bytes and pushed with skopeo, nginx playing ACR's login server
 (307 for every blob GET to a data endpoint, as ACR does), dnsmasq as the proxy's resolver, and
-skopeo pulling through acr-egress with HTTPS_PROXY. Every name resolves to a loopback address
-(127.0.0.2-4) through the proxy's own DNS server; skopeo never resolves a name itself.
+skopeo and rootful podman pulling through acr-egress with HTTPS_PROXY, as README.md's "Client
+setup" documents. Every name resolves to a loopback address (127.0.0.2-4) through the proxy's own
+DNS server; skopeo and podman never resolve a name themselves (podman's resolv.conf names only a
+trap that records any query, see registry_fixtures.Podman).
 """
 
 import os
 import unittest
 
 import harness
-from registry_fixtures import (Nginx, OciImage, Registry, Skopeo, acr_front_http_body,
-                               cert_dir_with_ca, common_free_port, dir_blob_digests)
+from registry_fixtures import (DnsTrap, Nginx, OciImage, Podman, Registry, Skopeo,
+                               acr_front_http_body, cert_dir_with_ca, common_free_port,
+                               dir_blob_digests)
 
 LOGIN_HOST = "myreg.azurecr.io"
 DATA_HOST = "myreg.eastus.data.azurecr.io"
@@ -82,6 +85,21 @@ class RegistryPullTest(unittest.TestCase):
              f"docker://{host}:{self.port}/{REPOSITORY}:{TAG}", f"dir:{out}"],
             env={"HTTPS_PROXY": proxy_url, "https_proxy": proxy_url}, timeout=120)
         return result, out
+
+    def podman_pull(self, host, name):
+        """README's step, literally: `HTTPS_PROXY=http://127.0.0.1:PROXYPORT podman pull
+        HOST:PORT/library/test:1` (HTTPS_PROXY is the only proxy variable set), plus only the
+        test's isolation: a Podman whose storage and state live in a fresh directory `name`, the
+        test CA as --cert-dir, and a DnsTrap as its only resolver (stopped when the test ends).
+        Returns (CompletedProcess, Podman, DnsTrap, reference)."""
+        trap = DnsTrap()
+        self.addCleanup(trap.stop)
+        podman = Podman(os.path.join(self.tmp.path, name), trap.address)
+        reference = f"{host}:{self.port}/{REPOSITORY}:{TAG}"
+        result = podman.pull(reference, self.cert_dir,
+                             env={"HTTPS_PROXY": f"http://127.0.0.1:{self.proxy_port}"},
+                             timeout=120)
+        return result, podman, trap, reference
 
     def assert_blobs_identical(self, out):
         pulled = dir_blob_digests(out)
@@ -166,6 +184,77 @@ class RegistryPullTest(unittest.TestCase):
         self.assertEqual(self.registry_requests(), requests_before)
         # A denied name is never resolved (B19: no DNS exfiltration through the proxy).
         self.assertNotIn(OTHER_HOST, dns.queries())
+
+    # podman as README's "Client setup" documents it (HTTPS_PROXY, nothing else) through the ACR
+    # flow: the stored image is the one pushed (image ID = config digest, manifest digest, every
+    # layer's diff ID and every file's content), every blob came from the data endpoint after a
+    # 307, every byte came through allowed CONNECTs, and podman resolved no name itself: the
+    # proxy's dnsmasq resolved both names.
+    def test_podman_pull_as_documented_gets_identical_image(self):
+        dns, proxy = self.start_proxy({LOGIN_HOST: [LOGIN_IP], DATA_HOST: [DATA_IP]},
+                                      [f"{LOGIN_IP}/32", f"{DATA_IP}/32"])
+        served_before = len(self.nginx.access_lines())
+        result, podman, trap, reference = self.podman_pull(LOGIN_HOST, "podman-allowed")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr +
+                         proxy.stderr_text())
+
+        image = podman.inspect(reference)
+        self.assertEqual("sha256:" + image["Id"], self.image.config_digest, image)
+        self.assertEqual(image["Digest"], self.image.manifest_digest, image)
+        self.assertIn(f"{LOGIN_HOST}:{self.port}/{REPOSITORY}@{self.image.manifest_digest}",
+                      image["RepoDigests"])
+        self.assertEqual(image["RootFS"]["Layers"], self.image.diff_ids, image)
+        self.assertEqual(podman.image_file_digests(reference), self.image.file_digests)
+
+        # Every blob (layers and config) this pull fetched: a 307 from the login server, then
+        # the data endpoint's 200.
+        served = self.nginx.access_lines()[served_before:]
+        for digest in self.image.blob_digests:
+            self.assertIn([LOGIN_HOST, "GET", f"/v2/{REPOSITORY}/blobs/{digest}", "307"],
+                          [line[:4] for line in served])
+            self.assertTrue(any(line[0] == DATA_HOST and line[1] == "GET" and line[3] == "200"
+                                and line[2].startswith(f"/v2/{REPOSITORY}/blobs/{digest}?se=")
+                                for line in served), served)
+
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        self.assertFalse([line for line in lines if line["decision"] != "allow"], lines)
+        dialled = {LOGIN_HOST: f"{LOGIN_IP}:{self.port}", DATA_HOST: f"{DATA_IP}:{self.port}"}
+        for line in lines:
+            self.assertIn(line["target"], dialled, line)
+            self.assertEqual(line["port"], self.port, line)
+            self.assertEqual(line["dialled"], dialled[line["target"]], line)
+            self.assertTrue(line["client"].startswith("127.0.0.1:"), line)
+        self.assertTrue([line for line in lines if line["target"] == LOGIN_HOST], lines)
+        data_lines = [line for line in lines if line["target"] == DATA_HOST]
+        self.assertGreaterEqual(sum(line["bytes_down"] for line in data_lines),
+                                self.image.total_bytes)
+        self.assertEqual(trap.queries(), [])
+        self.assertEqual(set(dns.queries()), {LOGIN_HOST, DATA_HOST})
+
+    # The same documented podman pull of a registry the policy does not name fails with the
+    # proxy's reason in podman's error; the proxy refuses every CONNECT before any DNS or dial,
+    # nothing reaches the registry, and no image is stored.
+    def test_podman_pull_from_registry_not_allowed_fails_with_reason(self):
+        dns, proxy = self.start_proxy({OTHER_HOST: [REGISTRY_IP], LOGIN_HOST: [REGISTRY_IP]},
+                                      [f"{REGISTRY_IP}/32"])
+        requests_before = self.registry_requests()
+        result, podman, trap, reference = self.podman_pull(OTHER_HOST, "podman-denied")
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn("Forbidden (acr-egress: host_not_allowed)", result.stderr)
+        self.assertFalse(podman.image_exists(reference))
+
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertEqual(line["target"], OTHER_HOST, line)
+            self.assertEqual(line["decision"], "deny", line)
+            self.assertEqual(line["reason"], "host_not_allowed", line)
+            self.assertFalse(line.get("dialled"), line)
+        self.assertEqual(self.registry_requests(), requests_before)
+        self.assertEqual(dns.queries(), [])
+        self.assertEqual(trap.queries(), [])
 
 
 if __name__ == "__main__":
