@@ -26,6 +26,9 @@ import time
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 SKOPEO_BINARY = "/usr/bin/skopeo"
 PODMAN_BINARY = "/usr/bin/podman"
+# Debian's docker.io, by full path: a machine may have another docker CLI earlier in PATH.
+DOCKERD_BINARY = "/usr/sbin/dockerd"
+DOCKER_BINARY = "/usr/bin/docker"
 UNSHARE_BINARY = "/usr/bin/unshare"
 NGINX_BINARY = "/usr/sbin/nginx"
 
@@ -605,6 +608,81 @@ class Podman:
             return found
         finally:
             self._checked(["image", "unmount", reference])
+
+
+# Runs in dockerd's private mount namespace, then execs dockerd: $0 is the resolv.conf to use, $1
+# a directory of "HOST:PORT" folders each holding ca.crt, "$@" after shift the dockerd command
+# line. dockerd 20.10 keeps its trust key and certs.d under /etc/docker whatever its flags say, so
+# /etc/docker is an empty tmpfs there, given the test CA in docker's own certs.d layout.
+_DOCKERD_NAMESPACE_SCRIPT = ('mount -t tmpfs -o mode=0755 acr-egress-test /etc/docker && '
+                             'cp -r "$1" /etc/docker/certs.d && '
+                             'mount --bind "$0" /etc/resolv.conf && shift && exec "$@"')
+
+
+class Dockerd(_Process):
+    """Debian's dockerd (docker.io 20.10) isolated from the machine, for pulls only: data root,
+    exec root, pid file and API socket under `directory`; no bridge and no iptables rules; vfs
+    storage; a private mount namespace where /etc/docker is a tmpfs holding certs.d with
+    `ca_path` for each of `registries` ("host:port"), and /etc/resolv.conf names only
+    `nameserver` (a DnsTrap). `env` is the daemon's environment: what a systemd drop-in's
+    Environment= lines give it. The containerd it starts lives in its exec root and ends with it.
+    """
+
+    def __init__(self, directory, nameserver, ca_path, registries, env):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.socket = os.path.join(directory, "docker.sock")
+        self.resolv_conf = os.path.join(directory, "resolv.conf")
+        with open(self.resolv_conf, "w") as f:
+            f.write(f"nameserver {nameserver}\noptions attempts:1 timeout:1\n")
+        self.certs_d = os.path.join(directory, "certs.d")
+        for registry in registries:
+            os.makedirs(os.path.join(self.certs_d, registry), exist_ok=True)
+            shutil.copy(ca_path, os.path.join(self.certs_d, registry, "ca.crt"))
+        self.env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                    "HOME": directory, **env}
+
+    def start(self, timeout=60.0):
+        argv = [UNSHARE_BINARY, "--mount", "--propagation", "private", "--",
+                "sh", "-ec", _DOCKERD_NAMESPACE_SCRIPT, self.resolv_conf, self.certs_d,
+                DOCKERD_BINARY, "--host", f"unix://{self.socket}",
+                "--data-root", os.path.join(self.directory, "data"),
+                "--exec-root", os.path.join(self.directory, "exec"),
+                "--pidfile", os.path.join(self.directory, "docker.pid"),
+                "--config-file", os.path.join(self.directory, "daemon.json"),
+                "--bridge", "none", "--iptables=false", "--ip6tables=false",
+                "--storage-driver", "vfs"]
+        with open(os.path.join(self.directory, "daemon.json"), "w") as f:
+            f.write("{}\n")
+        self._spawn(argv, os.path.join(self.directory, "dockerd.log"), env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dockerd exited ({self.proc.returncode}):\n" +
+                                   self.log_text())
+            if self.cli(["version", "--format", "{{.Server.Version}}"], timeout=10).returncode == 0:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"dockerd not ready within {timeout}s:\n" + self.log_text())
+
+    def cli(self, args, timeout=120):
+        """`docker -H unix://SOCKET ARGS...` (the client carries no proxy setting: the daemon
+        pulls); returns CompletedProcess (text), never raises on a non-zero exit."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "HOME": self.directory, "DOCKER_CONFIG": os.path.join(self.directory, "cli")}
+        return subprocess.run([DOCKER_BINARY, "--host", f"unix://{self.socket}"] + list(args),
+                              env=env, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def inspect(self, reference):
+        result = self.cli(["image", "inspect", reference], timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"docker image inspect failed:\n{result.stdout}{result.stderr}")
+        return json.loads(result.stdout)[0]
+
+    def image_exists(self, reference):
+        return self.cli(["image", "inspect", reference], timeout=60).returncode == 0
 
 
 def cert_dir_with_ca(directory, ca_path):

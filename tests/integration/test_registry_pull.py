@@ -13,7 +13,7 @@ import os
 import unittest
 
 import harness
-from registry_fixtures import (DnsTrap, Nginx, OciImage, Podman, Registry, Skopeo,
+from registry_fixtures import (DnsTrap, Dockerd, Nginx, OciImage, Podman, Registry, Skopeo,
                                acr_front_http_body, cert_dir_with_ca, common_free_port,
                                dir_blob_digests)
 
@@ -100,6 +100,23 @@ class RegistryPullTest(unittest.TestCase):
                              env={"HTTPS_PROXY": f"http://127.0.0.1:{self.proxy_port}"},
                              timeout=120)
         return result, podman, trap, reference
+
+    def start_dockerd(self, name):
+        """Debian's dockerd 20.10 with README's systemd drop-in environment, literally
+        (`Environment="HTTPS_PROXY=http://127.0.0.1:PROXYPORT" "NO_PROXY=localhost,127.0.0.0/8"`:
+        Engine 23's daemon.json `proxies` is not in Debian 12), trusting the test CA for the
+        registry names through certs.d, and a DnsTrap as its only resolver. Stopped when the
+        test ends. Returns (Dockerd, DnsTrap)."""
+        trap = DnsTrap()
+        self.addCleanup(trap.stop)
+        env = {"HTTPS_PROXY": f"http://127.0.0.1:{self.proxy_port}",
+               "NO_PROXY": "localhost,127.0.0.0/8"}
+        registries = [f"{host}:{self.port}" for host in (LOGIN_HOST, DATA_HOST, OTHER_HOST)]
+        dockerd = Dockerd(os.path.join(self.tmp.path, name), trap.address, self.certs["ca"],
+                          registries, env)
+        self.addCleanup(dockerd.stop)
+        dockerd.start()
+        return dockerd, trap
 
     def assert_blobs_identical(self, out):
         pulled = dir_blob_digests(out)
@@ -255,6 +272,58 @@ class RegistryPullTest(unittest.TestCase):
         self.assertEqual(self.registry_requests(), requests_before)
         self.assertEqual(dns.queries(), [])
         self.assertEqual(trap.queries(), [])
+
+    # docker, the client this product exists for, configured as README's drop-in says: the
+    # daemon pulls through acr-egress (including the 307 to the data endpoint) and stores the
+    # image pushed (ID = config digest, manifest digest, diff IDs), resolving no name itself.
+    def test_docker_pull_with_documented_drop_in_gets_identical_image(self):
+        dns, proxy = self.start_proxy({LOGIN_HOST: [LOGIN_IP], DATA_HOST: [DATA_IP]},
+                                      [f"{LOGIN_IP}/32", f"{DATA_IP}/32"])
+        dockerd, trap = self.start_dockerd("docker-allowed")
+        reference = f"{LOGIN_HOST}:{self.port}/{REPOSITORY}:{TAG}"
+        result = dockerd.cli(["pull", reference])
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr +
+                         dockerd.log_text()[-4000:] + proxy.stderr_text())
+        image = dockerd.inspect(reference)
+        self.assertEqual(image["Id"], self.image.config_digest, image)
+        self.assertIn(f"{LOGIN_HOST}:{self.port}/{REPOSITORY}@{self.image.manifest_digest}",
+                      image["RepoDigests"])
+        self.assertEqual(image["RootFS"]["Layers"], self.image.diff_ids, image)
+
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        self.assertFalse([line for line in lines if line["decision"] != "allow"], lines)
+        targets = {line["target"] for line in lines}
+        self.assertEqual(targets, {LOGIN_HOST, DATA_HOST}, lines)
+        data_bytes = sum(line["bytes_down"] for line in lines if line["target"] == DATA_HOST)
+        self.assertGreaterEqual(data_bytes, sum(self.image.layer_sizes))
+        # dockerd looks the registry's name up itself (to test it against its insecure-registry
+        # CIDRs) even with a proxy; the host's resolver refusing it does not stop the pull. It
+        # never asks for the data endpoint.
+        self.assertEqual(set(trap.queries()), {LOGIN_HOST})
+        self.assertEqual(set(dns.queries()), {LOGIN_HOST, DATA_HOST})
+
+    # A registry the policy does not name: docker's error carries the proxy's reason, as the
+    # README's troubleshooting quotes it; nothing is resolved, dialled or stored.
+    def test_docker_pull_from_registry_not_allowed_fails_with_reason(self):
+        dns, proxy = self.start_proxy({OTHER_HOST: [REGISTRY_IP]}, [f"{REGISTRY_IP}/32"])
+        dockerd, trap = self.start_dockerd("docker-denied")
+        reference = f"{OTHER_HOST}:{self.port}/{REPOSITORY}:{TAG}"
+        requests_before = self.registry_requests()
+        result = dockerd.cli(["pull", reference])
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn(f'Error response from daemon: Get "https://{OTHER_HOST}:{self.port}/v2/": '
+                      "Forbidden (acr-egress: host_not_allowed)", result.stderr)
+        self.assertFalse(dockerd.image_exists(reference))
+        proxy.stop()
+        lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertEqual((line["target"], line["decision"], line["reason"]),
+                             (OTHER_HOST, "deny", "host_not_allowed"), line)
+        self.assertEqual(self.registry_requests(), requests_before)
+        self.assertEqual(dns.queries(), [])
+        self.assertLessEqual(set(trap.queries()), {OTHER_HOST})  # dockerd's own lookup, as above
 
 
 if __name__ == "__main__":
