@@ -348,6 +348,11 @@ http {{
             return f.read()
 
 
+# Runs in a private mount namespace (unshare --mount --propagation private), then execs "$@" with
+# /var/lib an empty tmpfs that vanishes with the namespace.
+_PRIVATE_VAR_LIB_SCRIPT = 'mount -t tmpfs -o mode=0755 acr-egress-test /var/lib && exec "$@"'
+
+
 class Skopeo:
     """skopeo with a hermetic configuration: an accept-anything signature policy, an empty
     registries.conf, HOME and TMPDIR in `directory`, and no proxy variables except the ones
@@ -380,7 +385,11 @@ class Skopeo:
     def run(self, args, env=None, timeout=120):
         """Runs `skopeo --policy P ARGS...`; returns CompletedProcess (text), never raises on a
         non-zero exit."""
-        argv = self.argv_prefix + [SKOPEO_BINARY, "--policy", self.policy,
+        # Like podman (see _PODMAN_NAMESPACE_SCRIPT), rootful skopeo writes its blob-info cache
+        # under /var/lib/containers whatever its flags say: give it a private, empty /var/lib.
+        argv = self.argv_prefix + [UNSHARE_BINARY, "--mount", "--propagation", "private", "--",
+                                   "sh", "-ec", _PRIVATE_VAR_LIB_SCRIPT, "sh",
+                                   SKOPEO_BINARY, "--policy", self.policy,
                                    "--command-timeout", f"{int(timeout) - 5}s"] + list(args)
         return subprocess.run(argv, env=self.env(env), capture_output=True, text=True,
                               timeout=timeout)
