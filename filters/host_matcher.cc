@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <stdexcept>
 
 namespace acr {
 namespace {
@@ -104,7 +105,7 @@ std::string HostMatcher::add(std::string_view pattern, uint32_t id) {
     fresh.wildcard_mask = mask;
     fresh.label_count = name.labelCount();
     fresh.wildcards = wildcards;
-    fresh.slots.resize(8);
+    fresh.probes.resize(8);
     shapes_.push_back(std::move(fresh));
     std::stable_sort(shapes_.begin(), shapes_.end(), [](const Shape& a, const Shape& b) {
       return a.wildcards != b.wildcards ? a.wildcards < b.wildcards : a.label_count < b.label_count;
@@ -115,12 +116,14 @@ std::string HostMatcher::add(std::string_view pattern, uint32_t id) {
   }
   const uint64_t hash = shapeHash(hashes, name.labelCount(), mask);
   // Duplicate pattern: keep the first id.
-  for (size_t i = hash & (shape->slots.size() - 1);; i = (i + 1) & (shape->slots.size() - 1)) {
-    const Slot& slot = shape->slots[i];
-    if (slot.hash == 0) {
+  const size_t probe_mask = shape->probes.size() - 1;
+  for (size_t i = hash & probe_mask;; i = (i + 1) & probe_mask) {
+    const Probe& probe = shape->probes[i];
+    if (probe.tag == 0) {
       break;
     }
-    if (slot.hash == hash && slotText(slot) == name.view()) {
+    const Slot& existing = shape->slots[probe.slot];
+    if (existing.hash == hash && slotText(existing) == name.view()) {
       return {};
     }
   }
@@ -153,24 +156,29 @@ uint32_t HostMatcher::slotId(const Slot& slot) const noexcept {
 }
 
 void HostMatcher::insert(Shape& shape, const Slot& slot) {
-  // Keep the load factor at or under 1/2 so probe sequences stay short.
-  if ((shape.used + 1) * 2 > shape.slots.size()) {
-    std::vector<Slot> old = std::move(shape.slots);
-    shape.slots.assign(old.size() * 2, Slot{});
-    shape.used = 0;
-    for (const Slot& existing : old) {
-      if (existing.hash != 0) {
-        insert(shape, existing);
-      }
-    }
+  if (shape.slots.size() >= UINT32_MAX) {
+    throw std::length_error("HostMatcher: too many patterns of one shape");
   }
-  const size_t mask = shape.slots.size() - 1;
-  size_t i = slot.hash & mask;
-  while (shape.slots[i].hash != 0) {
+  shape.slots.push_back(slot);
+  // Keep the probe array at most half full so probe sequences stay short.
+  if (shape.slots.size() * 2 > shape.probes.size()) {
+    shape.probes.assign(shape.probes.size() * 2, Probe{});
+    for (uint32_t i = 0; i < shape.slots.size(); ++i) {
+      placeProbe(shape, i);
+    }
+  } else {
+    placeProbe(shape, static_cast<uint32_t>(shape.slots.size() - 1));
+  }
+}
+
+void HostMatcher::placeProbe(Shape& shape, uint32_t index) {
+  const uint64_t hash = shape.slots[index].hash;
+  const size_t mask = shape.probes.size() - 1;
+  size_t i = hash & mask;
+  while (shape.probes[i].tag != 0) {
     i = (i + 1) & mask;
   }
-  shape.slots[i] = slot;
-  ++shape.used;
+  shape.probes[i] = {probeTag(hash), index};
 }
 
 uint32_t HostMatcher::match(const HostName& name) const noexcept {
@@ -191,12 +199,17 @@ uint32_t HostMatcher::match(const HostName& name) const noexcept {
       hashed = true;
     }
     const uint64_t hash = shapeHash(hashes, count, shape.wildcard_mask);
-    const size_t mask = shape.slots.size() - 1;
+    const uint32_t tag = probeTag(hash);
+    const size_t mask = shape.probes.size() - 1;
     for (size_t i = hash & mask;; i = (i + 1) & mask) {
-      const Slot& slot = shape.slots[i];
-      if (slot.hash == 0) {
+      const Probe probe = shape.probes[i];
+      if (probe.tag == 0) {
         break;
       }
+      if (probe.tag != tag) {
+        continue;
+      }
+      const Slot& slot = shape.slots[probe.slot];
       if (slot.hash == hash && sameLabels(slotText(slot), name, shape.wildcard_mask)) {
         return slotId(slot);
       }
