@@ -96,6 +96,34 @@ def free_port(host="127.0.0.1"):
     raise RuntimeError(f"no free port found on {host} in 50 attempts")
 
 
+def common_free_port(hosts, attempts=50):
+    """A port free (as free_port() means it) on hosts[0] and free for TCP on every other address
+    of `hosts`, so that several servers can share one port number (bounded number of tries)."""
+    for _ in range(attempts):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+                    s.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no common free port on {hosts} after {attempts} tries")
+
+
+def echo_handler(conn, index, record):
+    """A RawServer handler that echoes every byte back (and records it) until the peer closes."""
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            record += data
+            conn.sendall(data)
+    except OSError:
+        return
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
     """Polls `predicate` until it returns a true value (returned) or `timeout` seconds pass
     (AssertionError naming `message`)."""

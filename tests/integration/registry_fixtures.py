@@ -160,29 +160,6 @@ def wait_for_tcp(host, port, timeout=20.0, proc=None):
     raise RuntimeError(f"{host}:{port} did not open within {timeout} s")
 
 
-def port_free_on(hosts, port):
-    """True if `port` can be bound on every address in `hosts`."""
-    for host in hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                return False
-    return True
-
-
-def common_free_port(hosts, attempts=50):
-    """A TCP port that is free on every address of `hosts` (bounded number of tries)."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        if port_free_on(hosts, port):
-            return port
-    raise RuntimeError(f"no common free port on {hosts} after {attempts} tries")
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 

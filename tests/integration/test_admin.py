@@ -24,18 +24,6 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"')
 VALUE = re.compile(r"[-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|Inf)\Z|NaN\Z")
 
 
-def echo_handler(conn, index, record):
-    while True:
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        record += data
-        conn.sendall(data)
-
-
 def unescape(value):
     return value.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
 
@@ -127,7 +115,7 @@ class AdminTest(unittest.TestCase):
         cls.tmp = harness.TempDir()
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.echo_port = harness.free_port(UPSTREAM_IP)
-        cls.echo = harness.RawServer(UPSTREAM_IP, cls.echo_port, handler=echo_handler)
+        cls.echo = harness.RawServer(UPSTREAM_IP, cls.echo_port, handler=harness.echo_handler)
         cls.addClassCleanup(cls.echo.stop)
         cls.dns = harness.Dnsmasq({ECHO_NAME: [UPSTREAM_IP]})
         cls.dns.start()

@@ -32,20 +32,6 @@ REFUSAL_TEXT = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
                 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def common_port(hosts):
-    """A port free on every address in `hosts` (bounded attempts)."""
-    for _ in range(50):
-        port = harness.free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no common free port")
-
-
 class ConnectListenerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -56,7 +42,7 @@ class ConnectListenerTest(unittest.TestCase):
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"),
                                              [ALLOWED, RAW, FALLBACK, MIXED], [TLS_IP])
-        cls.port = common_port([TLS_IP, REFUSED_IP, RAW_IP, BLACKHOLE_IP])
+        cls.port = harness.common_free_port([TLS_IP, REFUSED_IP, RAW_IP, BLACKHOLE_IP])
         cls.tls = harness.TlsServer(TLS_IP, cls.port, cls.certs["cert"], cls.certs["key"],
                                     handler="http")
         cls.addClassCleanup(cls.tls.stop)

@@ -22,18 +22,6 @@ UPSTREAM_IP = "127.0.0.2"
 SPOOF_V4 = "203.0.113.10"  # only inside the transparent tests' private namespace
 
 
-def echo_handler(conn, index, record):
-    while True:
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        record += data
-        conn.sendall(data)
-
-
 class LimitsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -46,29 +34,16 @@ class LimitsTest(unittest.TestCase):
                                              [UPSTREAM_IP])
         # The sni listener (127.0.0.1) dials its own port: the TLS upstream needs a port that
         # is free on both addresses.
-        cls.tls_port = cls.common_port(["127.0.0.1", UPSTREAM_IP])
+        cls.tls_port = harness.common_free_port(["127.0.0.1", UPSTREAM_IP])
         cls.tls = harness.TlsServer(UPSTREAM_IP, cls.tls_port, cls.certs["cert"],
                                     cls.certs["key"], handler="http")
         cls.addClassCleanup(cls.tls.stop)
         cls.echo_port = harness.free_port(UPSTREAM_IP)
-        cls.echo = harness.RawServer(UPSTREAM_IP, cls.echo_port, handler=echo_handler)
+        cls.echo = harness.RawServer(UPSTREAM_IP, cls.echo_port, handler=harness.echo_handler)
         cls.addClassCleanup(cls.echo.stop)
         cls.dns = harness.Dnsmasq({TLS_NAME: [UPSTREAM_IP], ECHO_NAME: [UPSTREAM_IP]})
         cls.dns.start()
         cls.addClassCleanup(cls.dns.stop)
-
-    @staticmethod
-    def common_port(hosts):
-        for _ in range(50):
-            port = harness.free_port(hosts[0])
-            try:
-                for h in hosts[1:]:
-                    with socket.socket() as s:
-                        s.bind((h, port))
-                return port
-            except OSError:
-                continue
-        raise RuntimeError("no common free port")
 
     def start_proxy(self, *extra, listener="connect", address="127.0.0.1", port=None):
         port = port or harness.free_port(address)

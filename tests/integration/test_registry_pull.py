@@ -14,8 +14,7 @@ import unittest
 
 import harness
 from registry_fixtures import (DnsTrap, Dockerd, Nginx, OciImage, Podman, Registry, Skopeo,
-                               acr_front_http_body, cert_dir_with_ca, common_free_port,
-                               dir_blob_digests)
+                               acr_front_http_body, cert_dir_with_ca, dir_blob_digests)
 
 LOGIN_HOST = "myreg.azurecr.io"
 DATA_HOST = "myreg.eastus.data.azurecr.io"
@@ -39,7 +38,7 @@ class RegistryPullTest(unittest.TestCase):
         cls.cert_dir = cert_dir_with_ca(os.path.join(root, "ca-dir"), cls.certs["ca"])
         # One port on all three addresses: the registry, login and data endpoints all use it,
         # so the proxy policy allows exactly that one port.
-        cls.port = common_free_port([REGISTRY_IP, LOGIN_IP, DATA_IP])
+        cls.port = harness.common_free_port([REGISTRY_IP, LOGIN_IP, DATA_IP])
 
         cls.registry = Registry(os.path.join(root, "registry"), REGISTRY_IP, cls.port,
                                 cls.certs["cert"], cls.certs["key"])

@@ -26,19 +26,6 @@ BETA = "beta.azurecr.io"  # allowed by the odd configs
 RELOADS = 20
 
 
-def echo_handler(conn, index, record):
-    """Echoes every byte back until the peer closes."""
-    try:
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                return
-            record += data
-            conn.sendall(data)
-    except OSError:
-        return
-
-
 def worker_thread(pid, name):
     """The thread id of the proxy thread called `name` (see Worker::start)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -129,7 +116,7 @@ class ReloadTest(unittest.TestCase):
         cls.tmp = harness.TempDir()
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.upstream_port = harness.free_port(UPSTREAM_IP)
-        cls.upstream = harness.RawServer(UPSTREAM_IP, cls.upstream_port, handler=echo_handler)
+        cls.upstream = harness.RawServer(UPSTREAM_IP, cls.upstream_port, handler=harness.echo_handler)
         cls.addClassCleanup(cls.upstream.stop)
         cls.dns = harness.Dnsmasq({STABLE: [UPSTREAM_IP], ALPHA: [UPSTREAM_IP],
                                    BETA: [UPSTREAM_IP]})

@@ -26,20 +26,6 @@ PROXY_IP, TLS_IP, RAW_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 PROXY2_IP = "127.0.0.4"  # a second proxy with a narrower policy
 
 
-def common_port(hosts):
-    """A port free on every address in `hosts` (bounded attempts)."""
-    for _ in range(50):
-        port = harness.free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no common free port")
-
-
 class SniListenerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -50,7 +36,7 @@ class SniListenerTest(unittest.TestCase):
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"), [TLS_NAME],
                                              [TLS_IP])
-        cls.port = common_port([PROXY_IP, TLS_IP, RAW_IP, PROXY2_IP])
+        cls.port = harness.common_free_port([PROXY_IP, TLS_IP, RAW_IP, PROXY2_IP])
         cls.tls = harness.TlsServer(TLS_IP, cls.port, cls.certs["cert"], cls.certs["key"],
                                     handler="http")
         cls.addClassCleanup(cls.tls.stop)
