@@ -214,7 +214,7 @@ class NftRulesetTest(RedirectedTrafficCase):
     # the cgroup2 mount under /sys/fs/cgroup, so it runs here without `ip netns exec` (which
     # mounts a fresh /sys); this thread is already inside the namespace.
     def test_cgroup_selector_redirects_only_that_cgroup(self):
-        mount, relative = cgroup2_under_sys_fs_cgroup()
+        mount, relative = cgroup2_under_sys_fs_cgroup(self)
         name = f"acr-egress-test-{os.getpid()}"
         directory = os.path.join(mount, name)
         os.mkdir(directory)
@@ -244,15 +244,33 @@ class NftRulesetTest(RedirectedTrafficCase):
         self.assertEqual(self.upstream.accepted, accepted + 2)
 
 
-def cgroup2_under_sys_fs_cgroup():
+def cgroup2_under_sys_fs_cgroup(test):
     """(mount point, path relative to /sys/fs/cgroup) of the cgroup2 hierarchy: /sys/fs/cgroup
-    itself on a unified host, /sys/fs/cgroup/unified on a hybrid one (this machine)."""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if fields[2] == "cgroup2" and (fields[1] + "/").startswith("/sys/fs/cgroup/"):
-                return fields[1], os.path.relpath(fields[1], "/sys/fs/cgroup")
-    raise AssertionError("no cgroup2 hierarchy mounted under /sys/fs/cgroup")
+    itself on a unified host, /sys/fs/cgroup/unified on a hybrid one (this machine). A host with
+    only cgroup v1 gets one mounted at /sys/fs/cgroup/unified for the test, as systemd's hybrid
+    mode would, and unmounted at its end."""
+    def find():
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if fields[2] == "cgroup2" and (fields[1] + "/").startswith("/sys/fs/cgroup/"):
+                    return fields[1], os.path.relpath(fields[1], "/sys/fs/cgroup")
+        return None
+
+    found = find()
+    if found is None:
+        mountpoint = "/sys/fs/cgroup/unified"
+        created = not os.path.isdir(mountpoint)
+        if created:
+            os.mkdir(mountpoint)  # /sys/fs/cgroup is a tmpfs on a v1 host
+            test.addCleanup(os.rmdir, mountpoint)
+        subprocess.run(["mount", "-t", "cgroup2", "cgroup2", mountpoint], check=True,
+                       timeout=30, capture_output=True)
+        test.addCleanup(subprocess.run, ["umount", mountpoint], check=True, timeout=30)
+        found = find()
+    if found is None:
+        raise AssertionError("no cgroup2 hierarchy under /sys/fs/cgroup, and none could be mounted")
+    return found
 
 
 def remove_cgroup(directory):
