@@ -80,6 +80,9 @@ ProxyServer::ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reload
     : current_(snapshot), reload_(std::move(reload)) {
   evthread_use_pthreads();
   std::signal(SIGPIPE, SIG_IGN);
+  // First, so that every later message goes to the service log (stderr), never into the access
+  // log on stdout.
+  AccessLog access_log = makeAccessLog(settings.json_log);
   const size_t descriptors = raiseDescriptorLimit();
   const size_t affordable =
       descriptors > kSpareDescriptors * 2 ? (descriptors - kSpareDescriptors) / 2 : 1;
@@ -88,9 +91,8 @@ ProxyServer::ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reload
                  settings.max_connections, descriptors, affordable);
     settings.max_connections = affordable;
   }
-  const bool json = settings.json_log;
   context_ =
-      std::make_unique<ProxyContext>(std::move(settings), snapshot.policy, makeAccessLog(json));
+      std::make_unique<ProxyContext>(std::move(settings), snapshot.policy, std::move(access_log));
   base_ = event_base_new();
   context_->setSnapshot(snapshot);
 }

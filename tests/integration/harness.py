@@ -36,6 +36,7 @@ set_rst_on_close(sock).
 import json
 import os
 import random
+import resource
 import shutil
 import signal as signal_module
 import socket
@@ -328,12 +329,14 @@ class Proxy:
     for the service log's "listening:" line; stdout (the access log, one JSON object per line)
     and stderr (the service log) are collected by threads. `stop()` signals the process, waits
     for it, and fails the test (AssertionError) if a sanitizer reported anything; `__exit__`
-    calls it when the test has not. `env` adds to (not replaces) the environment."""
+    calls it when the test has not. `env` adds to (not replaces) the environment; `nofile`, if
+    given, is the process's RLIMIT_NOFILE (soft and hard)."""
 
     START_TIMEOUT = 20.0
 
-    def __init__(self, args, env=None):
+    def __init__(self, args, env=None, nofile=None):
         self.args = [str(a) for a in args]
+        self.nofile = nofile
         self.env = dict(os.environ)
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
@@ -365,9 +368,15 @@ class Proxy:
         """Starts the proxy (once: later calls return self) and waits for "listening:"."""
         if self._proc is not None:
             return self
+        limit = self.nofile
+
+        def set_limits():
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self._proc = subprocess.Popen([binary_path()] + self.args, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env=self.env)
+                                      env=self.env, preexec_fn=set_limits)
         for stream, sink in ((self._proc.stdout, self._stdout),
                              (self._proc.stderr, self._stderr)):
             t = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)

@@ -7,6 +7,7 @@ REDIRECT, and is skipped where namespaces cannot be created.
 """
 
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -20,6 +21,13 @@ TLS_NAME = "myreg.azurecr.io"
 ECHO_NAME = "echo.azurecr.io"
 UPSTREAM_IP = "127.0.0.2"
 SPOOF_V4 = "203.0.113.10"  # only inside the transparent tests' private namespace
+
+
+def process_cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class LimitsTest(unittest.TestCase):
@@ -45,12 +53,13 @@ class LimitsTest(unittest.TestCase):
         cls.dns.start()
         cls.addClassCleanup(cls.dns.stop)
 
-    def start_proxy(self, *extra, listener="connect", address="127.0.0.1", port=None):
+    def start_proxy(self, *extra, listener="connect", address="127.0.0.1", port=None,
+                    nofile=None):
         port = port or harness.free_port(address)
         proxy = harness.Proxy([f"--{listener}", f"{address}:{port}", "--allow-host", "*.azurecr.io",
                                "--allow-cidr", f"{UPSTREAM_IP}/32", "--port", str(self.tls_port),
                                "--port", str(self.echo_port), "--dns-server", self.dns.address,
-                               "--workers", "2"] + list(extra))
+                               "--workers", "2"] + list(extra), nofile=nofile)
         proxy.start()
         self.addCleanup(proxy.stop)
         return proxy, f"{address}:{port}"
@@ -163,6 +172,80 @@ class LimitsTest(unittest.TestCase):
             time.sleep(0.1)
         self.assertEqual(status, 200, "the freed slot was not reused")
         self.assert_echoes(sock)
+
+    # ---------------------------------------------------------------- R6, R5
+
+    def test_descriptor_limit_clamps_max_connections_with_a_warning(self):
+        """R6: started with RLIMIT_NOFILE 256 and --max-connections 10000, the proxy says at
+        startup that the limit affords (256 - 64 spare) / 2 = 96 connections, and enforces
+        that: with 96 tunnels open the next connection gets 503 overloaded."""
+        proxy, addr = self.start_proxy("--max-connections", "10000", "--allow-non-tls",
+                                       nofile=256)
+        self.assertIn("max_connections 10000 needs more descriptors than the limit 256 allows; "
+                      "using 96", proxy.stderr_text())
+        # The warning is in the service log, not a plain-text line in the JSON access log.
+        self.assertFalse([line for line in proxy.stdout_lines() if not line.startswith("{")])
+        tunnels = [self.echo_tunnel(addr) for _ in range(96)]
+        self.assert_echoes(tunnels[-1])
+        status, headers, body, sock = harness.connect_via_proxy(
+            addr, f"{ECHO_NAME}:{self.echo_port}", timeout=5)
+        sock.close()
+        self.assertEqual((status, headers.get("x-acr-egress-reason")), (503, "overloaded"),
+                         (headers, body))
+
+    def test_descriptor_exhaustion_does_not_spin_and_recovers(self):
+        """R5: the startup clamp (above) keeps the proxy's own connections inside its
+        descriptor limit, so to reach EMFILE the limit is lowered under the running process
+        (prlimit) to what it holds plus 6. 300 silent clients then connect at once: accept()
+        fails with EMFILE while they wait in the backlog. The proxy must not busy-loop on it (a
+        listener that kept polling would burn a core: here under 0.5 s of CPU in 2 s), must
+        count the errors, and must serve again once the clients are gone."""
+        admin_port = harness.free_port()
+        proxy, addr = self.start_proxy("--allow-non-tls", "--admin", f"127.0.0.1:{admin_port}")
+        # One tunnel first, as a proxy that has been serving would have done. It also matters for
+        # this ASan/UBSan build: UBSan checks a virtual call's type the first time it sees it by
+        # probing memory through a pipe(2); out of descriptors that probe fails and is reported
+        # as an invalid vptr. After one tunnel those checks are cached.
+        warm = self.echo_tunnel(addr)
+        self.assert_echoes(warm)
+        warm.close()
+        proxy.wait_for_log(lambda e: e.get("decision") == "allow")
+        held = len(os.listdir(f"/proc/{proxy.pid}/fd"))
+        resource.prlimit(proxy.pid, resource.RLIMIT_NOFILE, (held + 6, held + 6))
+        host, port = addr.rsplit(":", 1)
+        clients = []
+        try:
+            for _ in range(300):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex((host, int(port)))  # completes in the kernel's backlog
+                clients.append(sock)
+            time.sleep(0.5)
+            before = process_cpu_seconds(proxy.pid)
+            time.sleep(2.0)
+            spent = process_cpu_seconds(proxy.pid) - before
+            self.assertLess(spent, 0.5, f"{spent:.2f} s of CPU in 2 s while out of descriptors")
+            self.assertTrue(proxy.running())
+        finally:
+            for sock in clients:
+                sock.close()
+
+        def served():
+            status, _, _, sock = harness.connect_via_proxy(addr, f"{ECHO_NAME}:{self.echo_port}",
+                                                           timeout=5)
+            if status == 200:
+                return sock
+            sock.close()
+            return None
+        tunnel = harness.wait_until(served, 15, 0.2, "a tunnel after the clients left")
+        self.addCleanup(tunnel.close)
+        self.assert_echoes(tunnel)
+        metrics = harness.curl("-s", "--max-time", "5",
+                               f"http://127.0.0.1:{admin_port}/metrics").stdout
+        errors = [line for line in metrics.splitlines()
+                  if line.startswith("acr_egress_accept_errors_total ")]
+        self.assertEqual(len(errors), 1, metrics)
+        self.assertGreater(float(errors[0].split()[1]), 0, "accept() never ran out of descriptors")
 
     def test_overload_refusal_writes_an_access_log_line(self):
         """R4 / README "every connection writes one access-log line": a connection refused 503
