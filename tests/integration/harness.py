@@ -33,6 +33,7 @@ wait_until(predicate, timeout), recv_until_closed(sock, timeout), is_reset(sock,
 set_rst_on_close(sock).
 """
 
+import contextlib
 import json
 import os
 import random
@@ -221,6 +222,79 @@ def _dns_query(name, qtype=1, qid=None):
     labels = b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".") if l)
     return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + \
         struct.pack("!HH", qtype, 1)
+
+
+def dns_question(query):
+    """(QNAME as a dotted string, offset just past the question) of a DNS query (bytes), or
+    (None, None) when it does not parse."""
+    labels, i = [], 12
+    while i < len(query) and len(labels) < 128:
+        length = query[i]
+        if length == 0:
+            end = i + 1 + 4  # the root label, then QTYPE and QCLASS
+            return (".".join(labels), end) if end <= len(query) else (None, None)
+        if length > 63:
+            return None, None
+        labels.append(query[i + 1:i + 1 + length].decode("ascii", errors="replace"))
+        i += 1 + length
+    return None, None
+
+
+class ScriptedDns:
+    """A misbehaving authoritative server, for what dnsmasq will not do: UDP on 127.0.0.1, every
+    A query for a name in `script` ({name: [[IPv4, ...], [IPv4, ...], ...]}) answered with the
+    next address list in turn (cycling), TTL 0; AAAA queries get no data; other names REFUSED.
+    `.address` is for --dns-server; `.a_queries` counts the A queries answered."""
+
+    def __init__(self, script):
+        self.script = {name.lower(): lists for name, lists in script.items()}
+        self.a_queries = 0
+        self._turn = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _answer(self, query):
+        name, end = dns_question(query)
+        if end is None:
+            return None
+        qtype = struct.unpack("!H", query[end - 4:end - 2])[0]
+        lists = self.script.get((name or "").lower())
+        rcode = 0 if lists else 5
+        records = []
+        if lists and qtype == 1:
+            turn = self._turn.get(name.lower(), 0)
+            self._turn[name.lower()] = turn + 1
+            self.a_queries += 1
+            for address in lists[turn % len(lists)]:
+                # A pointer to the question's name, type A, class IN, TTL 0, 4 bytes of address.
+                records.append(struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) +
+                               socket.inet_aton(address))
+        flags = 0x8000 | 0x0400 | (query[2] << 8 & 0x0100) | rcode  # QR, AA, RD copied
+        head = query[:2] + struct.pack("!HHHHH", flags, 1, len(records), 0, 0)
+        return head + query[12:end] + b"".join(records)
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            reply = self._answer(query)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(reply, peer)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
 
 
 class Dnsmasq:

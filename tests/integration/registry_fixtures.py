@@ -23,6 +23,8 @@ import tarfile
 import threading
 import time
 
+import harness
+
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 SKOPEO_BINARY = "/usr/bin/skopeo"
 PODMAN_BINARY = "/usr/bin/podman"
@@ -382,22 +384,6 @@ class Skopeo:
         return result
 
 
-def _dns_question(query):
-    """(QNAME as a dotted string, offset just past the question) of a DNS query (bytes), or
-    (None, None) when it does not parse."""
-    labels, i = [], 12
-    while i < len(query) and len(labels) < 128:
-        length = query[i]
-        if length == 0:
-            end = i + 1 + 4  # the root label, then QTYPE and QCLASS
-            return (".".join(labels), end) if end <= len(query) else (None, None)
-        if length > 63:
-            return None, None
-        labels.append(query[i + 1:i + 1 + length].decode("ascii", errors="replace"))
-        i += 1 + length
-    return None, None
-
-
 class DnsTrap:
     """A resolver that resolves nothing: UDP on `address`, port 53 (the only port resolv.conf can
     name), answering REFUSED to every query and recording the names asked (`queries()`). A
@@ -438,7 +424,7 @@ class DnsTrap:
                 continue
             except OSError:
                 return
-            name, end = _dns_question(query)
+            name, end = harness.dns_question(query)
             with self._lock:
                 self._names.append(name)
             if end is not None:

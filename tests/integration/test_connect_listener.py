@@ -233,6 +233,50 @@ class ConnectListenerTest(unittest.TestCase):
                 self.assertIn(ip, entry["message"])
                 self.assertFalse(entry.get("dialled"), entry)
 
+    def test_rebinding_resolver_cannot_steer_the_dial(self):
+        """B10: a resolver answers one name alternately with an allowed address (RAW_IP) and
+        with loopback, TTL 0. Each decision resolves once and dials exactly what it checked:
+        allowed answers are tunnelled to RAW_IP, loopback answers are refused 403
+        address_special, and a server on 127.0.0.1 at the same port is never reached."""
+        name = "rebind.azurecr.io"
+        port = harness.common_free_port([RAW_IP, "127.0.0.1"])
+        upstream = harness.RawServer(RAW_IP, port, handler=harness.echo_handler)
+        self.addCleanup(upstream.stop)
+        victim = harness.RawServer("127.0.0.1", port)
+        self.addCleanup(victim.stop)
+        dns = harness.ScriptedDns({name: [[RAW_IP], ["127.0.0.1"]]})
+        self.addCleanup(dns.stop)
+        proxy_addr = f"127.0.0.1:{harness.free_port()}"
+        proxy = harness.Proxy(["--connect", proxy_addr, "--allow-host", "*.azurecr.io",
+                               "--allow-cidr", f"{RAW_IP}/32", "--port", str(port),
+                               "--dns-server", dns.address, "--dns-min-ttl", "0s",
+                               "--allow-non-tls", "--workers", "2"])
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        statuses = []
+        for _ in range(8):
+            status, headers, _, sock = harness.connect_via_proxy(proxy_addr, f"{name}:{port}",
+                                                                 timeout=10)
+            if status == 200:
+                sock.sendall(b"ping")
+                sock.settimeout(5)
+                self.assertEqual(sock.recv(4), b"ping")
+            else:
+                self.assertEqual((status, headers.get("x-acr-egress-reason")),
+                                 (403, "address_special"))
+            sock.close()
+            statuses.append(status)
+        self.assertEqual(sorted(set(statuses)), [200, 403], statuses)  # both answers were used
+        self.assertGreaterEqual(dns.a_queries, 8)  # TTL 0: nothing was cached
+        self.assertEqual(victim.accepted, 0)
+        self.assertEqual(upstream.accepted, statuses.count(200))
+        proxy.stop()
+        for entry in proxy.access_log():
+            if entry.get("decision") == "allow":
+                self.assertEqual(entry["dialled"], f"{RAW_IP}:{port}", entry)
+            else:
+                self.assertFalse(entry.get("dialled"), entry)
+
     def test_self_connection_is_refused(self):
         """B16: with loopback and the proxy's own port allowed, CONNECT to the proxy's listener
         (as a literal and through a name) is refused 403 self_connection and never loops."""
