@@ -45,6 +45,8 @@ constexpr std::string_view kProxyHelp =
     "  --max-client-hello-size N  ClientHello cap in bytes (16384)\n"
     "  --dns-min-ttl T, --dns-max-ttl T, --dns-negative-ttl T, --dns-cache-size N\n"
     "  --log-format json|text     access log format (json)\n"
+    "  --deny-log-rate N          access-log lines for refused connections per second; the rest\n"
+    "                             are counted and summarised (1000; 0: no cap)\n"
     "  --admin ADDR:PORT          admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz,\n"
     "                             /policy (default: off; loopback only unless the next option)\n"
     "  --admin-allow-remote       let --admin listen on a non-loopback address (no auth!)\n"
@@ -79,6 +81,7 @@ constexpr SettingOption kSettingOptions[] = {
     {"--dns-negative-ttl", "dns.negative_ttl", true},
     {"--dns-cache-size", "dns.cache_size", true},
     {"--log-format", "log.format", true},
+    {"--deny-log-rate", "log.deny_rate", true},
     {"--admin", "proxy.admin", true},
     {"--admin-allow-remote", "proxy.admin_allow_remote", false},
 };

@@ -263,6 +263,7 @@ ProxySettings buildProxySettings(const Config& config) {
     throw ConfigError("dns.min_ttl is above dns.max_ttl");
   }
   readNumber<size_t>(config, "dns.cache_size", 1, 10'000'000, settings.dns_cache_size);
+  readNumber<uint32_t>(config, "log.deny_rate", 0, 1'000'000, settings.deny_log_rate);
   if (const ConfigValue* value = scalar(config, "log.format")) {
     if (value->text != "json" && value->text != "text") {
       fail(*value, "invalid log.format '" + value->text + "': expected json or text");

@@ -60,6 +60,9 @@ struct ProxySettings {
   std::chrono::seconds dns_negative_ttl{30};
   size_t dns_cache_size = 10000;
   bool json_log = true;
+  // Access-log lines for refused connections per second; past it they are counted, not written
+  // (proxy/deny_log_limiter.h). 0: every line.
+  uint32_t deny_log_rate = 1000;
   // The admin HTTP endpoint (proxy/admin_server.h); none by default. Loopback only unless
   // proxy.admin_allow_remote: it has no authentication and shows the policy.
   std::optional<SocketAddress> admin;

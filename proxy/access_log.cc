@@ -117,4 +117,21 @@ void AccessLog::write(const AccessRecord& r) const {
   logger_->info(line);
 }
 
+void AccessLog::writeSuppressed(uint64_t suppressed, uint32_t rate) const {
+  const std::string sentence = std::to_string(suppressed) +
+                               " refused connections were not logged (deny_log_rate " +
+                               std::to_string(rate) + "/s); /metrics counts every one";
+  if (!json_) {
+    logger_->info(timestamp() + " log_suppressed " + std::to_string(suppressed) + " " + sentence);
+    return;
+  }
+  std::string line = "{\"time\":";
+  appendJsonString(line, timestamp());
+  line += ",\"decision\":\"deny\",\"reason\":\"log_suppressed\",\"suppressed\":" +
+          std::to_string(suppressed) + ",\"message\":";
+  appendJsonString(line, sentence);
+  line += "}";
+  logger_->info(line);
+}
+
 }  // namespace acr

@@ -39,6 +39,8 @@ class AccessLog {
  public:
   AccessLog(std::shared_ptr<spdlog::logger> logger, bool json);
   void write(const AccessRecord& record) const;
+  // The summary of refusals DenyLogLimiter left out: reason "log_suppressed" and their count.
+  void writeSuppressed(uint64_t suppressed, uint32_t rate) const;
 
   // JSON string escaping (RFC 8259), also used for untrusted names: never emits raw control bytes.
   static void appendJsonString(std::string& out, std::string_view text);

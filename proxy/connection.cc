@@ -815,7 +815,7 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   }
   state_ = State::kClosed;
   (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, kRelaxed);
-  worker_.context().log().write(record_);
+  worker_.context().logConnection(record_);
   worker_.context().metrics().recordConnection(record_);
   worker_.release(this);
 }

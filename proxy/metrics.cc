@@ -258,6 +258,10 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
   appendScalar(out, "acr_egress_rejected_overload_total", "counter",
                "Connections closed at accept because max_connections were open.",
                stats.rejected_overload.load(kRelaxed));
+  appendScalar(out, "acr_egress_access_log_suppressed_total", "counter",
+               "Refused connections not written to the access log (past deny_log_rate per second; "
+               "still counted in acr_egress_connections_total).",
+               stats.log_suppressed.load(kRelaxed));
   appendScalar(out, "acr_egress_accept_errors_total", "counter",
                "accept() failures (descriptor exhaustion and others).",
                stats.accept_errors.load(kRelaxed));

@@ -9,6 +9,7 @@
 #include "conf/proxy_settings.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/deny_log_limiter.h"
 #include "proxy/metrics.h"
 #include "proxy/own_upstreams.h"
 
@@ -27,6 +28,7 @@ struct ProxyStats {
   std::atomic<uint64_t> bytes_up{0};
   std::atomic<uint64_t> bytes_down{0};
   std::atomic<uint64_t> accept_errors{0};
+  std::atomic<uint64_t> log_suppressed{0};  // refusals not written to the access log
 };
 
 // What every worker shares: settings (immutable after start), the current policy snapshot
@@ -41,7 +43,8 @@ class ProxyContext {
                                     return listener.kind == ListenerKind::kTransparent;
                                   })),
         policy_(std::move(policy)),
-        log_(std::move(log)) {}
+        log_(std::move(log)),
+        deny_log_limiter_(settings_.deny_log_rate) {}
 
   const ProxySettings& settings() const noexcept { return settings_; }
   std::shared_ptr<const Policy> policy() const noexcept {
@@ -62,6 +65,22 @@ class ProxyContext {
     snapshot_.store(std::move(shared), std::memory_order_release);
   }
   const AccessLog& log() const noexcept { return log_; }
+  // Writes a finished connection's access-log line, unless it is a refusal past
+  // settings().deny_log_rate in this second (then it is only counted; see flushSuppressedLog).
+  void logConnection(const AccessRecord& record) {
+    if (record.allowed || deny_log_limiter_.admit(DenyLogLimiter::Clock::now())) {
+      log_.write(record);
+    }
+  }
+  // Called every second from each loop's heartbeat: one summary line for the refusals left out
+  // since the last call, if any (only one loop finds them).
+  void flushSuppressedLog() {
+    const uint64_t suppressed = deny_log_limiter_.takeSuppressed();
+    if (suppressed != 0) {
+      stats_.log_suppressed.fetch_add(suppressed, std::memory_order_relaxed);
+      log_.writeSuppressed(suppressed, deny_log_limiter_.rate());
+    }
+  }
   ProxyStats& stats() noexcept { return stats_; }
   const ProxyStats& stats() const noexcept { return stats_; }
   Metrics& metrics() noexcept { return metrics_; }
@@ -80,6 +99,7 @@ class ProxyContext {
   std::atomic<std::shared_ptr<const Policy>> policy_;
   std::atomic<std::shared_ptr<const PolicySnapshot>> snapshot_;
   const AccessLog log_;
+  DenyLogLimiter deny_log_limiter_;
   ProxyStats stats_;
   Metrics metrics_;
   std::atomic<bool> draining_{false};

@@ -108,6 +108,7 @@ void Worker::onHeartbeat(evutil_socket_t, short, void* arg) {
                                   std::chrono::steady_clock::now().time_since_epoch())
                                   .count(),
                               std::memory_order_relaxed);
+  worker->context_.flushSuppressedLog();
 }
 
 Worker::~Worker() {
@@ -198,7 +199,7 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
                                       std::to_string(context_.settings().max_connections) + ")";
     record.closed_by = "proxy";
     record.phase = "accept";
-    context_.log().write(record);
+    context_.logConnection(record);
     return;
   }
   stats.active.fetch_add(1, std::memory_order_relaxed);

@@ -117,6 +117,7 @@ allow_non_tls = true
 servers = ["127.0.0.1:5353"]
 [log]
 format = "text"
+deny_rate = 20
 )",
                                   "acr.toml");
   mergeConfig(config,
@@ -127,6 +128,7 @@ format = "text"
   EXPECT_EQ(s.max_connections, 7u);
   EXPECT_TRUE(s.allow_non_tls);
   EXPECT_FALSE(s.json_log);
+  EXPECT_EQ(s.deny_log_rate, 20u);
 }
 
 // Bad values are refused with their origin and what is expected.
@@ -149,6 +151,7 @@ TEST(ProxySettingsTest, RefusesBadValues) {
       {{"--max-connections", "0"}, "invalid limits.max_connections"},
       {{"--max-client-hello-size", "20000"}, "invalid limits.max_client_hello_size"},
       {{"--log-format", "xml"}, "invalid log.format"},
+      {{"--deny-log-rate", "-5"}, "invalid log.deny_rate"},
       {{"--dns-min-ttl", "10m", "--dns-max-ttl", "1m"}, "dns.min_ttl is above dns.max_ttl"},
       {{"--allow-non-tls=yes"}, "unknown option"},
       {{"--admin", "0.0.0.0:9090"}, "proxy.admin '0.0.0.0:9090' is not a loopback address"},

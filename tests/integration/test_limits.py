@@ -12,6 +12,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -246,6 +247,53 @@ class LimitsTest(unittest.TestCase):
                   if line.startswith("acr_egress_accept_errors_total ")]
         self.assertEqual(len(errors), 1, metrics)
         self.assertGreater(float(errors[0].split()[1]), 0, "accept() never ran out of descriptors")
+
+    # ---------------------------------------------------------------- R10
+
+    def test_deny_flood_is_capped_in_the_log_and_counted_exactly(self):
+        """R10: 1,200 refused CONNECTs as fast as 4 clients can send them, with
+        --deny-log-rate 50: the access log gets at most 50 refusal lines per second of flood (one
+        window more for the edges), one log_suppressed line per second accounts for the rest,
+        every refusal is counted exactly in /metrics, and an allowed tunnel is still logged."""
+        admin_port = harness.free_port()
+        proxy, addr = self.start_proxy("--deny-log-rate", "50", "--allow-non-tls",
+                                       "--admin", f"127.0.0.1:{admin_port}")
+        per_client, clients = 300, 4
+        statuses = []
+
+        def flood():
+            for _ in range(per_client):
+                status, _, _, sock = harness.connect_via_proxy(
+                    addr, f"evil.example.com:{self.echo_port}", timeout=10)
+                sock.close()
+                statuses.append(status)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=flood) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        elapsed = time.monotonic() - started
+        self.assertEqual(statuses, [403] * per_client * clients)
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        tunnel.close()
+        proxy.wait_for_log(lambda e: e.get("decision") == "allow")
+
+        def accounted():
+            log = proxy.access_log()
+            denied = [e for e in log if e.get("reason") == "host_not_allowed"]
+            suppressed = sum(e["suppressed"] for e in log if e.get("reason") == "log_suppressed")
+            return (denied, suppressed) if len(denied) + suppressed == len(statuses) else None
+        denied, suppressed = harness.wait_until(accounted, 10, 0.2, "every refusal accounted for")
+        self.assertLessEqual(len(denied), 50 * (int(elapsed) + 2), f"flood lasted {elapsed:.1f} s")
+        self.assertGreater(suppressed, 0)
+        metrics = harness.curl("-s", "--max-time", "5",
+                               f"http://127.0.0.1:{admin_port}/metrics").stdout
+        self.assertIn('acr_egress_connections_total{listener="connect",decision="deny",'
+                      f'reason="host_not_allowed"}} {len(statuses)}\n', metrics)
+        self.assertIn(f"acr_egress_access_log_suppressed_total {suppressed}\n", metrics)
 
     def test_overload_refusal_writes_an_access_log_line(self):
         """R4 / README "every connection writes one access-log line": a connection refused 503
