@@ -299,7 +299,7 @@ class RegistryPullTest(unittest.TestCase):
         # dockerd looks the registry's name up itself (to test it against its insecure-registry
         # CIDRs) even with a proxy; the host's resolver refusing it does not stop the pull. It
         # never asks for the data endpoint.
-        self.assertEqual(set(trap.queries()), {LOGIN_HOST})
+        self.assertLessEqual(set(trap.queries()), {LOGIN_HOST})
         self.assertEqual(set(dns.queries()), {LOGIN_HOST, DATA_HOST})
 
     # A registry the policy does not name: docker's error carries the proxy's reason, as the
