@@ -240,43 +240,28 @@ def dns_question(query):
     return None, None
 
 
-class ScriptedDns:
-    """A misbehaving authoritative server, for what dnsmasq will not do: UDP on 127.0.0.1, every
-    A query for a name in `script` ({name: [[IPv4, ...], [IPv4, ...], ...]}) answered with the
-    next address list in turn (cycling), TTL 0; AAAA queries get no data; other names REFUSED.
-    `.address` is for --dns-server; `.a_queries` counts the A queries answered."""
+def dns_reply(query, end, rcode, records=(), authoritative=False):
+    """A reply to `query` (its question ending at `end`): same id and question, QR set, RD
+    copied, `rcode`, and `records` (packed answer RRs) as the answer section."""
+    flags = 0x8000 | (0x0400 if authoritative else 0) | (query[2] << 8 & 0x0100) | rcode
+    head = query[:2] + struct.pack("!HHHHH", flags, 1, len(records), 0, 0)
+    return head + query[12:end] + b"".join(records)
 
-    def __init__(self, script):
-        self.script = {name.lower(): lists for name, lists in script.items()}
-        self.a_queries = 0
-        self._turn = {}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+
+class UdpDnsServer:
+    """A DNS server on an already bound UDP socket, for what dnsmasq will not do: a thread hands
+    every datagram to `answer(query)` (subclasses) and sends back what it returns (None: no
+    reply). stop() ends it; a context manager too."""
+
+    def __init__(self, sock):
+        self.sock = sock
         self.sock.settimeout(0.2)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
-    def _answer(self, query):
-        name, end = dns_question(query)
-        if end is None:
-            return None
-        qtype = struct.unpack("!H", query[end - 4:end - 2])[0]
-        lists = self.script.get((name or "").lower())
-        rcode = 0 if lists else 5
-        records = []
-        if lists and qtype == 1:
-            turn = self._turn.get(name.lower(), 0)
-            self._turn[name.lower()] = turn + 1
-            self.a_queries += 1
-            for address in lists[turn % len(lists)]:
-                # A pointer to the question's name, type A, class IN, TTL 0, 4 bytes of address.
-                records.append(struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) +
-                               socket.inet_aton(address))
-        flags = 0x8000 | 0x0400 | (query[2] << 8 & 0x0100) | rcode  # QR, AA, RD copied
-        head = query[:2] + struct.pack("!HHHHH", flags, 1, len(records), 0, 0)
-        return head + query[12:end] + b"".join(records)
+    def answer(self, query):
+        raise NotImplementedError
 
     def _serve(self):
         while not self._stop.is_set():
@@ -286,7 +271,7 @@ class ScriptedDns:
                 continue
             except OSError:
                 return
-            reply = self._answer(query)
+            reply = self.answer(query)
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.sock.sendto(reply, peer)
@@ -295,6 +280,46 @@ class ScriptedDns:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+class ScriptedDns(UdpDnsServer):
+    """A misbehaving authoritative server: UDP on 127.0.0.1, every A query for a name in `script`
+    ({name: [[IPv4, ...], [IPv4, ...], ...]}) answered with the next address list in turn
+    (cycling), TTL 0; AAAA queries get no data; other names REFUSED. `.address` is for
+    --dns-server; `.a_queries` counts the A queries answered."""
+
+    def __init__(self, script):
+        self.script = {name.lower(): lists for name, lists in script.items()}
+        self.a_queries = 0
+        self._turn = {}
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{sock.getsockname()[1]}"
+        super().__init__(sock)
+
+    def answer(self, query):
+        name, end = dns_question(query)
+        if end is None:
+            return None
+        qtype = struct.unpack("!H", query[end - 4:end - 2])[0]
+        lists = self.script.get((name or "").lower())
+        records = []
+        if lists and qtype == 1:
+            turn = self._turn.get(name.lower(), 0)
+            self._turn[name.lower()] = turn + 1
+            self.a_queries += 1
+            for address in lists[turn % len(lists)]:
+                # A pointer to the question's name, type A, class IN, TTL 0, 4 bytes of address.
+                records.append(struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) +
+                               socket.inet_aton(address))
+        return dns_reply(query, end, 0 if lists else 5, records, authoritative=True)
 
 
 class Dnsmasq:

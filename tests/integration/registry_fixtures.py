@@ -384,7 +384,7 @@ class Skopeo:
         return result
 
 
-class DnsTrap:
+class DnsTrap(harness.UdpDnsServer):
     """A resolver that resolves nothing: UDP on `address`, port 53 (the only port resolv.conf can
     name), answering REFUSED to every query and recording the names asked (`queries()`). A
     client whose /etc/resolv.conf names only this address (see Podman) sends no DNS query off the
@@ -395,64 +395,34 @@ class DnsTrap:
     def __init__(self, attempts=20):
         self._names = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for _ in range(attempts):
             raw = os.urandom(2)
             address = f"127.53.{raw[0]}.{1 + raw[1] % 254}"
             try:
-                self.sock.bind((address, 53))
+                sock.bind((address, 53))
                 break
             except PermissionError:
-                self.sock.close()
+                sock.close()
                 raise RuntimeError("DnsTrap binds port 53: run as root (podman runs rootful)")
             except OSError:
                 continue
         else:
-            self.sock.close()
+            sock.close()
             raise RuntimeError(f"no free loopback address for port 53 after {attempts} tries")
         self.address = address
-        self.sock.settimeout(0.2)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(sock)
 
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                query, peer = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            name, end = harness.dns_question(query)
-            with self._lock:
-                self._names.append(name)
-            if end is not None:
-                # Same id and question; QR=1, RD copied, RCODE=5 (REFUSED); nothing else.
-                flags = 0x8000 | (query[2] << 8 & 0x0100) | 5
-                reply = (query[:2] + flags.to_bytes(2, "big") + b"\x00\x01" + bytes(6)
-                         + query[12:end])
-                try:
-                    self.sock.sendto(reply, peer)
-                except OSError:
-                    pass
+    def answer(self, query):
+        name, end = harness.dns_question(query)
+        with self._lock:
+            self._names.append(name)
+        return None if end is None else harness.dns_reply(query, end, 5)  # REFUSED
 
     def queries(self):
         """Every query name received so far, in order (None for one that did not parse)."""
         with self._lock:
             return list(self._names)
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
 
 # Runs in podman's private mount namespace (unshare --mount --propagation private), then execs

@@ -117,6 +117,16 @@ class RegistryPullTest(unittest.TestCase):
         dockerd.start()
         return dockerd, trap
 
+    def assert_blobs_redirected_to_data_endpoint(self, served):
+        """`served` (nginx access lines) holds, for every blob of the image, the login server's
+        307 and then the data endpoint's 200 for the signed URL."""
+        for digest in self.image.blob_digests:
+            self.assertIn([LOGIN_HOST, "GET", f"/v2/{REPOSITORY}/blobs/{digest}", "307"],
+                          [line[:4] for line in served])
+            self.assertTrue(any(line[0] == DATA_HOST and line[1] == "GET" and line[3] == "200"
+                                and line[2].startswith(f"/v2/{REPOSITORY}/blobs/{digest}?se=")
+                                for line in served), served)
+
     def assert_blobs_identical(self, out):
         pulled = dir_blob_digests(out)
         for digest in self.image.blob_digests:
@@ -156,13 +166,7 @@ class RegistryPullTest(unittest.TestCase):
         self.assert_blobs_identical(out)
 
         # The data endpoint served every blob after a 307 from the login server.
-        served = self.nginx.access_lines()
-        for digest in self.image.blob_digests:
-            self.assertIn([LOGIN_HOST, "GET", f"/v2/{REPOSITORY}/blobs/{digest}", "307"],
-                          [line[:4] for line in served])
-            self.assertTrue(any(line[0] == DATA_HOST and line[1] == "GET" and line[3] == "200"
-                                and line[2].startswith(f"/v2/{REPOSITORY}/blobs/{digest}?se=")
-                                for line in served), served)
+        self.assert_blobs_redirected_to_data_endpoint(self.nginx.access_lines())
 
         proxy.stop()
         lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
@@ -224,13 +228,7 @@ class RegistryPullTest(unittest.TestCase):
 
         # Every blob (layers and config) this pull fetched: a 307 from the login server, then
         # the data endpoint's 200.
-        served = self.nginx.access_lines()[served_before:]
-        for digest in self.image.blob_digests:
-            self.assertIn([LOGIN_HOST, "GET", f"/v2/{REPOSITORY}/blobs/{digest}", "307"],
-                          [line[:4] for line in served])
-            self.assertTrue(any(line[0] == DATA_HOST and line[1] == "GET" and line[3] == "200"
-                                and line[2].startswith(f"/v2/{REPOSITORY}/blobs/{digest}?se=")
-                                for line in served), served)
+        self.assert_blobs_redirected_to_data_endpoint(self.nginx.access_lines()[served_before:])
 
         proxy.stop()
         lines = [line for line in proxy.access_log() if line.get("listener") == "connect"]
