@@ -21,6 +21,9 @@ class DnsObserver {
   // A resolution (one name in flight, shared by its waiters) ended with `status`, `elapsed` after
   // it started.
   virtual void onResolution(DnsStatus status, std::chrono::nanoseconds elapsed) noexcept = 0;
+  // The resolver replaced its c-ares channel (resolv.conf changed, or a refused or timed-out
+  // resolution; see Resolver).
+  virtual void onChannelReset() noexcept = 0;
 };
 
 }  // namespace acr

@@ -405,6 +405,9 @@ void Resolver::renewChannel() {
   // their Query and are started again below.
   old.reset();
   ++stats_.channel_resets;
+  if (options_.observer != nullptr) {
+    options_.observer->onChannelReset();
+  }
   for (auto& [name, pending] : pending_) {
     if (pending->query == nullptr && !pending->early) {
       issue(*pending);

@@ -208,9 +208,15 @@ void Metrics::onCacheHit() noexcept { dns_cache_hits_.fetch_add(1, kRelaxed); }
 
 void Metrics::onCacheMiss() noexcept { dns_cache_misses_.fetch_add(1, kRelaxed); }
 
-void Metrics::onResolution(DnsStatus /*status*/, std::chrono::nanoseconds elapsed) noexcept {
+void Metrics::onResolution(DnsStatus status, std::chrono::nanoseconds elapsed) noexcept {
   dns_latency_.observe(elapsed);
+  const auto index = static_cast<size_t>(status);
+  if (index < dns_resolutions_.size()) {
+    dns_resolutions_[index].fetch_add(1, kRelaxed);
+  }
 }
+
+void Metrics::onChannelReset() noexcept { dns_channel_resets_.fetch_add(1, kRelaxed); }
 
 void Metrics::appendLabelValue(std::string& out, std::string_view value) {
   for (const char c : value) {
@@ -269,6 +275,21 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
                "Name resolutions answered from the DNS cache.", dns_cache_hits_.load(kRelaxed));
   appendScalar(out, "acr_egress_dns_cache_misses_total", "counter",
                "Name resolutions not in the DNS cache.", dns_cache_misses_.load(kRelaxed));
+  appendFamily(out, "acr_egress_dns_resolutions_total", "counter",
+               "DNS resolutions (cache misses; one per name in flight, shared by its waiters), by "
+               "outcome.");
+  for (const DnsStatus status : {DnsStatus::kOk, DnsStatus::kNxDomain, DnsStatus::kNoAddresses,
+                                 DnsStatus::kTimeout, DnsStatus::kFailure}) {
+    out += "acr_egress_dns_resolutions_total{status=\"";
+    out += dnsStatusName(status);
+    out += "\"} ";
+    appendNumber(out, dns_resolutions_[static_cast<size_t>(status)].load(kRelaxed));
+    out += '\n';
+  }
+  appendScalar(out, "acr_egress_dns_channel_resets_total", "counter",
+               "c-ares channels replaced (resolv.conf changed, or after a refused or timed-out "
+               "resolution).",
+               dns_channel_resets_.load(kRelaxed));
   appendHistogram(out, "acr_egress_dns_lookup_duration_seconds",
                   "Time of DNS lookups (cache misses), from start to answer, timeout or failure.",
                   dns_latency_);

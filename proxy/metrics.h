@@ -87,6 +87,7 @@ class Metrics final : public DnsObserver {
   void onCacheHit() noexcept override;
   void onCacheMiss() noexcept override;
   void onResolution(DnsStatus status, std::chrono::nanoseconds elapsed) noexcept override;
+  void onChannelReset() noexcept override;
 
   uint64_t policyGeneration() const noexcept {
     return policy_generation_.load(std::memory_order_relaxed);
@@ -106,6 +107,10 @@ class Metrics final : public DnsObserver {
   std::atomic<uint64_t> dns_cache_hits_{0};
   std::atomic<uint64_t> dns_cache_misses_{0};
   LatencyHistogram dns_latency_;
+  // Resolutions by DnsStatus (indexed by the enum; kCancelled is never delivered, never shown).
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(DnsStatus::kCancelled) + 1>
+      dns_resolutions_{};
+  std::atomic<uint64_t> dns_channel_resets_{0};
   LatencyHistogram decision_latency_;
   std::atomic<uint64_t> reloads_ok_{0};
   std::atomic<uint64_t> reloads_failed_{0};

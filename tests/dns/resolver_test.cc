@@ -164,7 +164,9 @@ TEST_F(ResolverTest, ObserverHearsHitsMissesAndResolutions) {
       statuses.push_back(status);
       durations.push_back(elapsed);
     }
+    void onChannelReset() noexcept override { ++resets; }
     int hits = 0;
+    int resets = 0;
     int misses = 0;
     std::vector<DnsStatus> statuses;
     std::vector<std::chrono::nanoseconds> durations;
@@ -182,6 +184,7 @@ TEST_F(ResolverTest, ObserverHearsHitsMissesAndResolutions) {
   EXPECT_EQ(recorder.hits, 1);
   EXPECT_EQ(recorder.misses, 2);
   EXPECT_EQ(recorder.statuses, (std::vector<DnsStatus>{DnsStatus::kOk, DnsStatus::kNxDomain}));
+  EXPECT_EQ(recorder.resets, 0);
   for (const auto elapsed : recorder.durations) {
     EXPECT_GE(elapsed.count(), 0);
     EXPECT_LT(elapsed, 2s);
@@ -346,12 +349,21 @@ TEST_F(ResolverTest, SilentServerTimesOutWithoutSpinning) {
   EXPECT_EQ(resolver->cacheSize(), 0u);
 }
 
-// Nothing listening fails fast; once dnsmasq listens there, the same Resolver recovers.
+// Nothing listening fails fast; once dnsmasq listens there, the same Resolver recovers, and the
+// observer hears the channel it replaced.
 TEST_F(ResolverTest, ServerThatComesBackIsUsed) {
+  struct ResetCounter final : DnsObserver {
+    void onCacheHit() noexcept override {}
+    void onCacheMiss() noexcept override {}
+    void onResolution(DnsStatus, std::chrono::nanoseconds) noexcept override {}
+    void onChannelReset() noexcept override { ++resets; }
+    int resets = 0;
+  } observer;
   const uint16_t port = dnstest::freePort();
   ASSERT_NE(port, 0);
   ResolverOptions options = optionsFor("127.0.0.1:" + std::to_string(port));
   options.timeout = 2000ms;
+  options.observer = &observer;
   auto resolver = makeResolver(options);
 
   const auto started = Clock::now();
@@ -369,6 +381,7 @@ TEST_F(ResolverTest, ServerThatComesBackIsUsed) {
   EXPECT_EQ(up->status, DnsStatus::kOk);
   EXPECT_EQ(texts(*up), (std::vector<std::string>{"192.0.2.1"}));
   EXPECT_EQ(resolver->stats().channel_resets, 1u);
+  EXPECT_EQ(observer.resets, 1);
 }
 
 // A resolution started from inside a failure callback (inside c-ares) renews the channel from

@@ -188,6 +188,10 @@ TEST(MetricsTest, RendersStrictExpositionFormat) {
   metrics.onCacheHit();
   metrics.onCacheMiss();
   metrics.onResolution(DnsStatus::kOk, std::chrono::milliseconds(3));
+  metrics.onResolution(DnsStatus::kTimeout, std::chrono::milliseconds(5000));
+  metrics.onResolution(DnsStatus::kTimeout, std::chrono::milliseconds(5000));
+  metrics.onResolution(DnsStatus::kFailure, std::chrono::milliseconds(1));
+  metrics.onChannelReset();
   const Exposition exposition = parseStrict(render(metrics));
   EXPECT_EQ(exposition.types.at("acr_egress_connections_total"), "counter");
   EXPECT_EQ(exposition.types.at("acr_egress_active_connections"), "gauge");
@@ -214,8 +218,13 @@ TEST(MetricsTest, RendersStrictExpositionFormat) {
   EXPECT_EQ(values.at("acr_egress_accept_errors_total{}"), 1);
   EXPECT_EQ(values.at("acr_egress_dns_cache_hits_total{}"), 1);
   EXPECT_EQ(values.at("acr_egress_dns_cache_misses_total{}"), 1);
-  EXPECT_EQ(values.at("acr_egress_dns_lookup_duration_seconds_count{}"), 1);
-  EXPECT_DOUBLE_EQ(values.at("acr_egress_dns_lookup_duration_seconds_sum{}"), 0.003);
+  EXPECT_EQ(values.at("acr_egress_dns_lookup_duration_seconds_count{}"), 4);
+  EXPECT_DOUBLE_EQ(values.at("acr_egress_dns_lookup_duration_seconds_sum{}"), 10.004);
+  EXPECT_EQ(values.at(R"(acr_egress_dns_resolutions_total{status="ok"})"), 1);
+  EXPECT_EQ(values.at(R"(acr_egress_dns_resolutions_total{status="timeout"})"), 2);
+  EXPECT_EQ(values.at(R"(acr_egress_dns_resolutions_total{status="failure"})"), 1);
+  EXPECT_EQ(values.at(R"(acr_egress_dns_resolutions_total{status="nxdomain"})"), 0);
+  EXPECT_EQ(values.at("acr_egress_dns_channel_resets_total{}"), 1);
   EXPECT_EQ(values.at("acr_egress_decision_duration_seconds_count{}"), 2);
 }
 
