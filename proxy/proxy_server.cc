@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "conf/config.h"
+#include "proxy/checked_stream_sink.h"
 
 namespace acr {
 namespace {
@@ -58,16 +59,21 @@ std::string jsonEscaped(std::string_view text) {
 }  // namespace
 
 AccessLog makeAccessLog(bool json) {
-  auto access = spdlog::get("access");
-  if (!access) {
-    access = spdlog::stdout_logger_mt("access");
-    access->set_pattern("%v");
-    access->flush_on(spdlog::level::info);
-  }
   auto service = spdlog::get("acr-egress");
   if (!service) {
     service = spdlog::stderr_logger_mt("acr-egress");
     service->flush_on(spdlog::level::info);
+  }
+  auto access = spdlog::get("access");
+  if (!access) {
+    // A failing access log (disk full behind stdout) is reported in the service log.
+    auto sink = std::make_shared<CheckedStreamSink>(
+        STDOUT_FILENO,
+        [service](const std::string& message) { service->error("{}", jsonEscaped(message)); });
+    access = std::make_shared<spdlog::logger>("access", std::move(sink));
+    spdlog::register_logger(access);
+    access->set_pattern("%v");
+    access->flush_on(spdlog::level::info);
   }
   service->set_pattern(json ? R"({"time":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l","message":"%v"})"
                             : "%Y-%m-%dT%H:%M:%S.%e %l %v",

@@ -429,13 +429,17 @@ class Proxy:
     and stderr (the service log) are collected by threads. `stop()` signals the process, waits
     for it, and fails the test (AssertionError) if a sanitizer reported anything; `__exit__`
     calls it when the test has not. `env` adds to (not replaces) the environment; `nofile`, if
-    given, is the process's RLIMIT_NOFILE (soft and hard)."""
+    given, is the process's RLIMIT_NOFILE (soft and hard). `prefix` (argv) is run in front of
+    the binary and must exec it, so that `.pid` stays the proxy's (`ip netns exec NS`,
+    `prlimit ... --`, `sh -c '... exec "$0" "$@"'`); `pass_fds` are inherited descriptors."""
 
     START_TIMEOUT = 20.0
 
-    def __init__(self, args, env=None, nofile=None):
+    def __init__(self, args, env=None, nofile=None, prefix=(), pass_fds=()):
         self.args = [str(a) for a in args]
         self.nofile = nofile
+        self.prefix = [str(a) for a in prefix]
+        self.pass_fds = tuple(pass_fds)
         self.env = dict(os.environ)
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
@@ -473,9 +477,10 @@ class Proxy:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-        self._proc = subprocess.Popen([binary_path()] + self.args, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env=self.env, preexec_fn=set_limits)
+        self._proc = subprocess.Popen(self.prefix + [binary_path()] + self.args,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=self.env,
+                                      preexec_fn=set_limits, pass_fds=self.pass_fds)
         for stream, sink in ((self._proc.stdout, self._stdout),
                              (self._proc.stderr, self._stderr)):
             t = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
