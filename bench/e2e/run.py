@@ -26,6 +26,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -58,6 +59,18 @@ PEERS = {
 BINARIES = {"haproxy": "haproxy", "nginx": "nginx", "sniproxy": "sniproxy", "squid": "squid",
             "tinyproxy": "tinyproxy", "acr": None}
 PORTS = {"sni": 443, "connect": 3128, "transparent": 8443}
+
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def installed(kind):
+    """Whether a peer can run here (scripts/install-deps --bench installs them all)."""
+    if kind == "acr":
+        return True
+    if kind == "nginx" and not os.path.exists(NGINX_STREAM_MODULE):
+        return False  # nginx without libnginx-mod-stream
+    return shutil.which(BINARIES[kind]) is not None
+
 
 # Metric columns: key, header, higher_is_better.
 COLUMNS = [
@@ -298,9 +311,10 @@ table ip acr_bench {{
         exact_re = "^" + re.escape(host) + "$"
         data_re = "^" + re.escape(label) + r"\.[a-z0-9-]+\.data\.azurecr\.io$"
         if self.kind == "acr":
-            return [self.bench.acr, f"--{self.role}", f"{self.proxy_ip}:{port}", "--registry",
-                    label, "--allow-cidr", f"{SINK_IP}/32", "--dns-server", "127.0.0.1:53",
-                    "--max-connections", "8000", "--workers", str(self.bench.workers)]
+            return self.bench.wrap + [
+                self.bench.acr, f"--{self.role}", f"{self.proxy_ip}:{port}", "--registry", label,
+                "--allow-cidr", f"{SINK_IP}/32", "--dns-server", "127.0.0.1:53",
+                "--max-connections", "8000", "--workers", str(self.bench.workers)]
         if self.kind == "haproxy":
             bind = f"bind {self.proxy_ip}:{port}"
             server = f"server sink {SINK_IP}:443"
@@ -331,7 +345,7 @@ backend be
 """
             return ["haproxy", "-db", "-f", self.write("haproxy.cfg", cfg)]
         if self.kind == "nginx":
-            cfg = f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+            cfg = f"""load_module {NGINX_STREAM_MODULE};
 worker_processes {self.bench.workers};
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log;
@@ -445,8 +459,15 @@ FilterURLs Off
                            f"see {self.dir}")
 
     def stop(self):
-        stop(self.proc)
-        # Workers of a multi-process peer that outlived their master.
+        # SIGTERM to every process of the peer (a wrapper such as heaptrack's script may not
+        # forward it), then SIGKILL whatever outlived the wait.
+        for pid in self.pids()[:1000]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        stop(self.proc, timeout=120 if self.bench.wrap else 10)
+        deadline = time.monotonic() + (60 if self.bench.wrap else 2)
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
         for pid in self.pids()[:1000]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -467,6 +488,9 @@ class Bench:
         with open(self.hello_path, "rb") as f:
             self.host = sni_of(f.read())
         self.workers = args.workers
+        self.wrap = shlex.split(args.wrap) if args.wrap else []
+        self.perf = args.perf
+        self.phases = set(args.phases.split(","))
         self.tmp = tempfile.mkdtemp(prefix="acr-bench-")
         os.chmod(self.tmp, 0o755)
         self.sink_ns = Ns("sink")
@@ -526,17 +550,31 @@ class Bench:
             self.load(peer, ["--concurrency", str(p["concurrency"]), "--duration",
                              str(p["warmup"]), "--answer", str(p["answer"])], timeout=30)
         pids = peer.pids()
+        perf = self.perf_start(peer, "rate")
         cpu0 = proc_cpu_seconds(pids)
         r = self.load(peer, ["--concurrency", str(p["concurrency"]), "--duration",
                              str(p["duration"]), "--answer", str(p["answer"])],
                       timeout=p["duration"] + 60)
         cpu1 = proc_cpu_seconds(peer.pids())
+        stop(perf, sig=signal.SIGINT, timeout=120)
         if not r or not r["tunnels"]:
             return {"errors": (r or {}).get("errors", -1)}
-        return {"tunnels_per_s": r["tunnels_per_s"], "p50_ms": r["p50_ms"],
+        return {"tunnels": r["tunnels"], "tunnels_per_s": r["tunnels_per_s"],
+                "p50_ms": r["p50_ms"],
                 "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"],
                 "cpu_ms_per_1k": (cpu1 - cpu0) * 1000 / r["tunnels"] * 1000,
                 "errors": r["errors"], "error_kinds": r["error_kinds"]}
+
+    def perf_start(self, peer, phase):
+        """perf record (user-space call graphs; DWARF, as the Release build keeps no frame
+        pointers) of an acr-egress peer's processes during one phase, to PERF-PHASE.data."""
+        if not self.perf or peer.kind != "acr":
+            return None
+        out = f"{self.perf}-{peer.role}-{phase}.data"
+        perf = start(["perf", "record", "-q", "-F", "499", "--call-graph", "dwarf,16384",
+                      "-o", out, "-p", ",".join(map(str, peer.pids()))])
+        time.sleep(1)
+        return perf
 
     def idle(self, peer, p):
         self.set_sink(p["answer"], hold=True)
@@ -564,11 +602,13 @@ class Bench:
 
     def bulk(self, peer, size, count, timeout):
         self.set_sink(size)
+        perf = self.perf_start(peer, f"bulk{count}")
         cpu0 = proc_cpu_seconds(peer.pids())
         r = self.load(peer, ["--concurrency", str(count), "--count", str(count), "--duration",
                              str(timeout), "--timeout", str(timeout), "--answer", str(size)],
                       timeout=timeout + 30)
         cpu1 = proc_cpu_seconds(peer.pids())
+        stop(perf, sig=signal.SIGINT, timeout=120)
         if not r or r["tunnels"] != count:
             return None, None
         return r["mb_per_s"], (cpu1 - cpu0) / (r["bytes"] / GIB)
@@ -578,14 +618,18 @@ class Bench:
         self.set_sink(p["answer"])
         peer.start()
         try:
-            result.update(self.rate(peer, p))
-            result.update(self.idle(peer, p))
-            mb, cpu = self.bulk(peer, p["bulk_bytes"], 1, p["bulk_timeout"])
-            if mb is not None:
-                result.update(bulk_mb_s=mb, cpu_s_per_gib=cpu)
-            mb16, _ = self.bulk(peer, p["bulk16_bytes"], 16, p["bulk_timeout"])
-            if mb16 is not None:
-                result["bulk16_mb_s"] = mb16
+            if "rate" in self.phases:
+                result.update(self.rate(peer, p))
+            if "idle" in self.phases:
+                result.update(self.idle(peer, p))
+            if "bulk" in self.phases:
+                mb, cpu = self.bulk(peer, p["bulk_bytes"], 1, p["bulk_timeout"])
+                if mb is not None:
+                    result.update(bulk_mb_s=mb, cpu_s_per_gib=cpu)
+            if "bulk16" in self.phases:
+                mb16, _ = self.bulk(peer, p["bulk16_bytes"], 16, p["bulk_timeout"])
+                if mb16 is not None:
+                    result["bulk16_mb_s"] = mb16
         finally:
             peer.stop()
         return result
@@ -701,12 +745,18 @@ def main():
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--answer", type=int, default=1024)
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of load before rate")
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--bulk-bytes", type=int, default=GIB)
     parser.add_argument("--bulk16-bytes", type=int, default=GIB)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run (CI): tiny loads, one round, peers if installed")
+    parser.add_argument("--phases", default="rate,idle,bulk,bulk16",
+                        help="which measurements to run (comma list)")
+    parser.add_argument("--wrap", help="prefix acr-egress's command line (valgrind, heaptrack)")
+    parser.add_argument("--perf", metavar="PREFIX",
+                        help="perf record acr-egress in each phase to PREFIX-ROLE-PHASE.data")
     parser.add_argument("--json", help="write every round's raw numbers here")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--png", help="draw the ratios here (python3-matplotlib)")
@@ -715,7 +765,7 @@ def main():
         raise SystemExit("run.py: needs root (network namespaces)")
     p = dict(duration=args.duration, concurrency=args.concurrency, answer=args.answer,
              idle=args.idle, bulk_bytes=args.bulk_bytes, bulk16_bytes=args.bulk16_bytes,
-             bulk_timeout=300, warmup=0.5, settle=0.5)
+             bulk_timeout=300, warmup=args.warmup, settle=0.5)
     rounds_n = max(1, min(args.rounds, 20))
     if args.smoke:
         p.update(duration=0.5, idle=20, bulk_bytes=16 << 20, bulk16_bytes=1 << 20,
@@ -725,8 +775,7 @@ def main():
     for n in names:
         if n not in PEERS:
             raise SystemExit(f"run.py: unknown peer {n!r} (known: {', '.join(PEERS)})")
-    missing = [n for n in names if BINARIES[PEERS[n][1]] and
-               not shutil.which(BINARIES[PEERS[n][1]])]
+    missing = [n for n in names if not installed(PEERS[n][1])]
     if missing:
         log("not installed, left out (scripts/install-deps --bench):", ", ".join(missing))
         names = [n for n in names if n not in missing]
