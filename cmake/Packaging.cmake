@@ -1,29 +1,32 @@
 # Installation layout and the Debian package (`cpack -G DEB` in the build folder).
-# Configure with -DCMAKE_INSTALL_PREFIX=/usr for a package (scripts/check-package does): the
-# configuration then goes to /etc and the units to /usr/lib/systemd/system.
-include(GNUInstallDirs)
-
-set(ACR_SYSTEMD_UNIT_DIR "${CMAKE_INSTALL_PREFIX}/lib/systemd/system" CACHE PATH
-    "Where the systemd units are installed")
-set(ACR_LIBEXEC_DIR "${CMAKE_INSTALL_FULL_LIBEXECDIR}/acr-egress")
-set(ACR_SYSCONF_DIR "${CMAKE_INSTALL_FULL_SYSCONFDIR}")
+# The package has one layout whatever CMAKE_INSTALL_PREFIX is (the units name these paths):
+#   /usr/bin/acr-egress, /usr/lib/systemd/system/*, /usr/lib/{sysusers,tmpfiles}.d/acr-egress.conf,
+#   /usr/libexec/acr-egress/acr-egress-servicetags-refresh, /usr/share/doc/acr-egress/,
+#   /etc/acr-egress/*, /etc/default/acr-egress-servicetags.
+# Destinations are relative to the prefix, and CPack packs with the prefix /usr
+# (CPACK_PACKAGING_INSTALL_PREFIX); the configuration goes to /etc, an absolute destination,
+# because Debian keeps conffiles there and not under the prefix. `cmake --install` with another
+# prefix (e.g. /usr/local) puts the same relative tree under that prefix.
+set(ACR_PACKAGE_PREFIX /usr)
+set(ACR_SYSCONF_DIR /etc)
+set(ACR_SYSTEMD_UNIT_DIR lib/systemd/system)
+set(ACR_LIBEXEC_DIR libexec/acr-egress)
+set(ACR_DOC_DIR share/doc/acr-egress)
 
 # The binary itself is installed by proxy/CMakeLists.txt (bin/acr-egress).
 install(FILES systemd/acr-egress.service systemd/acr-egress-servicetags.service
               systemd/acr-egress-servicetags.timer systemd/acr-egress.socket
         DESTINATION ${ACR_SYSTEMD_UNIT_DIR})
-install(FILES systemd/acr-egress.sysusers DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/sysusers.d
-        RENAME acr-egress.conf)
-install(FILES systemd/acr-egress.tmpfiles DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/tmpfiles.d
-        RENAME acr-egress.conf)
+install(FILES systemd/acr-egress.sysusers DESTINATION lib/sysusers.d RENAME acr-egress.conf)
+install(FILES systemd/acr-egress.tmpfiles DESTINATION lib/tmpfiles.d RENAME acr-egress.conf)
 install(PROGRAMS scripts/acr-egress-servicetags-refresh DESTINATION ${ACR_LIBEXEC_DIR})
 # Operator-edited files: conffiles of the package (packaging/deb/conffiles.in).
 install(FILES conf/examples/acr-egress.toml systemd/acr-egress.nft
         DESTINATION ${ACR_SYSCONF_DIR}/acr-egress)
 install(FILES systemd/acr-egress-servicetags.default DESTINATION ${ACR_SYSCONF_DIR}/default
         RENAME acr-egress-servicetags)
-install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
-install(DIRECTORY conf/examples/ DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples
+install(FILES README.md DESTINATION ${ACR_DOC_DIR})
+install(DIRECTORY conf/examples/ DESTINATION ${ACR_DOC_DIR}/examples
         FILES_MATCHING PATTERN "*.toml")
 
 set(CPACK_PACKAGE_NAME acr-egress)
@@ -33,7 +36,7 @@ set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "egress proxy that lets container engines 
 set(CPACK_PACKAGE_DESCRIPTION "acr-egress is an HTTP CONNECT, transparent and SNI proxy that allows
 the registry, data and blob endpoints of Azure Container Registry and the address ranges of
 Azure service tags, and denies everything else with a reason naming the rule.")
-set(CPACK_PACKAGING_INSTALL_PREFIX "${CMAKE_INSTALL_PREFIX}")
+set(CPACK_PACKAGING_INSTALL_PREFIX "${ACR_PACKAGE_PREFIX}")
 set(CPACK_GENERATOR DEB)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)

@@ -98,6 +98,35 @@ class ServiceTagsRefreshTest(unittest.TestCase):
         }
         cls.server = HttpsFileServer(cls.files, cls.certs["cert"], cls.certs["key"])
         cls.addClassCleanup(cls.server.stop)
+        # Download pages of the shape of Microsoft's (details.aspx?id=56519): the file linked in
+        # an <a href> and again in a JSON blob with \/-escaped slashes, as the page carries it.
+        base = f"https://127.0.0.1:{cls.server.port}"
+        cls.link_prefix = f"{base}/download/"
+        folder = "/download/7/1/D/71D86715-5596-4529-9B13-DA13A5DE5B63"
+        for date, name in (("20240101", "good"), ("20240108", "changed"), ("20240115", "truncated")):
+            cls.files[f"{folder}/ServiceTags_Public_{date}.json"] = cls.files[f"/{name}.json"]
+        # Later-dated, but outside the link prefix: never taken.
+        cls.files["/elsewhere/ServiceTags_Public_29991231.json"] = cls.files["/invalid.json"]
+
+        def page(*dates, outside=False):
+            links = [f"{base}{folder}/ServiceTags_Public_{d}.json" for d in dates]
+            html = "<html><body><h1>Azure IP Ranges and Service Tags – Public Cloud</h1>\n"
+            html += "".join(f'<a href="{link}" class="mscom-link">Download</a>\n'
+                            for link in links[:1])
+            blob = {"dlcDetailsView": {"downloadFile": [
+                {"name": link.rsplit("/", 1)[1], "url": link} for link in links]}}
+            html += ("<script>window.__DLCDetails__=" + json.dumps(blob).replace("/", "\\/") +
+                     "</script>\n")
+            if outside:
+                html += f'<a href="{base}/elsewhere/ServiceTags_Public_29991231.json">x</a>\n'
+            return (html + "</body></html>\n").encode()
+
+        cls.files["/en-us/download/details.aspx?id=56519"] = page("20240101", "20240108",
+                                                                 outside=True)
+        cls.files["/page-good.html"] = page("20240101")
+        cls.files["/page-truncated.html"] = page("20240101", "20240115")
+        cls.files["/page-without-link.html"] = b"<html><body>Page not found</body></html>\n"
+        cls.page_url = f"{base}/en-us/download/details.aspx?id=56519"
 
     def setUp(self):
         self.dir = os.path.join(self.tmp.path, self.id().rsplit(".", 1)[-1])
@@ -201,12 +230,72 @@ class ServiceTagsRefreshTest(unittest.TestCase):
     def test_failed_download_keeps_file(self):
         self.assert_rejected("missing.json", 2, "downloading")
 
-    # Without SERVICETAGS_URL the script refuses to run and says what to set.
-    def test_unset_url_fails_clearly(self):
-        result = self.refresh("good.json", SERVICETAGS_URL="")
-        self.assertEqual(result.returncode, 1, result.stderr)
-        self.assertIn("SERVICETAGS_URL is not set", result.stderr)
+    def discover(self, page="/en-us/download/details.aspx?id=56519", **extra):
+        """Runs the script without SERVICETAGS_URL against the local download page PAGE."""
+        env = {"SERVICETAGS_URL": "", "SERVICETAGS_LINK_PREFIX": self.link_prefix,
+               "SERVICETAGS_PAGE_URL": f"https://127.0.0.1:{self.server.port}{page}"}
+        env.update(extra)
+        return self.refresh("unused", **env)
+
+    # Without SERVICETAGS_URL the script reads the download page and installs the newest
+    # ServiceTags_Public_YYYYMMDD.json it links under the link prefix (not the later-dated link
+    # elsewhere); the same page again leaves the file alone and does not reload.
+    def test_without_url_installs_newest_file_the_page_links(self):
+        result = self.discover()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("ServiceTags_Public_20240108.json", result.stderr)
+        self.assertEqual(read_bytes(self.dest), self.files["/changed.json"])
+        self.assertEqual(self.reload_count(), 1)
+        before = os.stat(self.dest)
+        result = self.discover()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("unchanged", result.stderr)
+        self.assertEqual(os.stat(self.dest).st_mtime_ns, before.st_mtime_ns)
+        self.assertEqual(self.reload_count(), 1)
+        self.assertEqual(sorted(os.listdir(self.dir)),
+                         sorted(["ServiceTags_Public.json", "acr-egress.toml", "reloads.log"]))
+
+    # The page's newest file is truncated: rejected, the last good file stays.
+    def test_without_url_truncated_newest_file_is_rejected(self):
+        self.install_good()
+        result = self.discover("/page-truncated.html")
+        self.assertEqual(result.returncode, 3, result.stderr)
+        self.assertIn("invalid JSON", result.stderr)
+        self.assertEqual(read_bytes(self.dest), self.files["/good.json"])
+        self.assertEqual(self.reload_count(), 1)
+
+    # A page that links no file (its layout changed, or an error page) fails the run and says
+    # what to set; nothing is installed.
+    def test_without_url_page_without_link_fails_clearly(self):
+        result = self.discover("/page-without-link.html")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("links no ServiceTags_Public_YYYYMMDD.json", result.stderr)
+        self.assertIn("SERVICETAGS_URL", result.stderr)
         self.assertFalse(os.path.exists(self.dest))
+        result = self.discover("/missing-page.html")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("reading the download page", result.stderr)
+        self.assertFalse(os.path.exists(self.dest))
+
+    # A file whose changeNumber is lower than the installed one is refused (a stale mirror or a
+    # page rolled back), by URL and by page; the newer file stays and nothing reloads.
+    def test_change_number_going_backwards_is_refused(self):
+        self.assertEqual(self.refresh("changed.json").returncode, 0)
+        before = os.stat(self.dest)
+        for result in (self.refresh("good.json"), self.discover("/page-good.html")):
+            self.assertEqual(result.returncode, 3, result.stderr)
+            self.assertIn("older than the installed file's", result.stderr)
+            self.assertEqual(read_bytes(self.dest), self.files["/changed.json"])
+            self.assertEqual(os.stat(self.dest).st_ino, before.st_ino)
+            self.assertEqual(self.reload_count(), 1)
+
+    # Plain http is refused for the URL and for the page.
+    def test_non_https_urls_are_refused(self):
+        result = self.refresh("good.json", SERVICETAGS_URL="http://127.0.0.1:9/x.json")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        result = self.discover(SERVICETAGS_PAGE_URL="http://127.0.0.1:9/page.html")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("https://", result.stderr)
 
     # An unchanged file whose mtime is older than SERVICETAGS_MAX_AGE days is reported stale
     # (exit 5, a warning), and is still not replaced or reloaded.
