@@ -28,6 +28,9 @@ install(FILES systemd/acr-egress-servicetags.default DESTINATION ${ACR_SYSCONF_D
 install(FILES README.md DESTINATION ${ACR_DOC_DIR})
 install(DIRECTORY conf/examples/ DESTINATION ${ACR_DOC_DIR}/examples
         FILES_MATCHING PATTERN "*.toml")
+# The drop-in that grants CAP_NET_ADMIN for transparent mode (--mark, TPROXY).
+install(FILES systemd/acr-egress-transparent.conf DESTINATION ${ACR_DOC_DIR}/examples/systemd
+        RENAME transparent.conf)
 
 set(CPACK_PACKAGE_NAME acr-egress)
 set(CPACK_PACKAGE_VENDOR "acr-egress")

@@ -1,15 +1,19 @@
 #include "proxy/proxy_server.h"
 
 #include <event2/thread.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -56,6 +60,50 @@ std::string jsonEscaped(std::string_view text) {
   return out.substr(1, out.size() - 2);
 }
 
+// True when stderr is the journal's stream: systemd sets JOURNAL_STREAM to its "device:inode".
+// Checked against stderr itself, so a child whose stderr was redirected does not inherit it.
+bool stderrIsJournal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  unsigned long long device = 0;
+  unsigned long long inode = 0;
+  if (stream == nullptr || std::sscanf(stream, "%llu:%llu", &device, &inode) != 2) {
+    return false;
+  }
+  struct stat info {};
+  return fstat(STDERR_FILENO, &info) == 0 && info.st_dev == device && info.st_ino == inode;
+}
+
+// The "%*" flag: the syslog priority prefix ("<3>" for errors) that the journal reads off each
+// stderr line (SyslogLevelPrefix=, on by default) and strips, so `journalctl -p err` finds errors.
+class JournalPriorityFlag : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& message, const std::tm&,
+              spdlog::memory_buf_t& out) override {
+    const char* prefix = "<6>";
+    switch (message.level) {
+      case spdlog::level::trace:
+      case spdlog::level::debug:
+        prefix = "<7>";
+        break;
+      case spdlog::level::warn:
+        prefix = "<4>";
+        break;
+      case spdlog::level::err:
+        prefix = "<3>";
+        break;
+      case spdlog::level::critical:
+        prefix = "<2>";
+        break;
+      default:
+        break;
+    }
+    out.append(prefix, prefix + std::strlen(prefix));
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JournalPriorityFlag>();
+  }
+};
+
 }  // namespace
 
 AccessLog makeAccessLog(bool json) {
@@ -75,9 +123,14 @@ AccessLog makeAccessLog(bool json) {
     access->set_pattern("%v");
     access->flush_on(spdlog::level::info);
   }
-  service->set_pattern(json ? R"({"time":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l","message":"%v"})"
-                            : "%Y-%m-%dT%H:%M:%S.%e %l %v",
-                       spdlog::pattern_time_type::utc);
+  std::string pattern = json ? R"({"time":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l","message":"%v"})"
+                             : "%Y-%m-%dT%H:%M:%S.%e %l %v";
+  if (stderrIsJournal()) {
+    pattern = "%*" + pattern;
+  }
+  auto formatter = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
+  formatter->add_flag<JournalPriorityFlag>('*').set_pattern(pattern);
+  service->set_formatter(std::move(formatter));
   spdlog::set_default_logger(service);
   return AccessLog(access, json);
 }
