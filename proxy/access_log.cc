@@ -6,32 +6,27 @@
 #include <cstdio>
 #include <ctime>
 
+#include "proxy/log_escaper.h"
+
 namespace acr {
 
 AccessLog::AccessLog(std::shared_ptr<spdlog::logger> logger, bool json)
     : logger_(std::move(logger)), json_(json) {}
 
-void AccessLog::appendJsonString(std::string& out, std::string_view text) {
-  out += '"';
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      default:
-        if (c < 0x20 || c >= 0x7f) {
-          char escape[8];
-          std::snprintf(escape, sizeof(escape), "\\u%04x", c);
-          out += escape;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
+std::string_view outcomeName(Outcome outcome) noexcept {
+  switch (outcome) {
+    case Outcome::kAllow:
+      return "allow";
+    case Outcome::kIncomplete:
+      return "incomplete";
+    case Outcome::kDeny:
+      break;
   }
-  out += '"';
+  return "deny";
+}
+
+void AccessLog::appendJsonString(std::string& out, std::string_view text) {
+  LogEscaper::appendJson(out, text);
 }
 
 namespace {
@@ -56,11 +51,22 @@ void AccessLog::write(const AccessRecord& r) const {
   std::string line;
   line.reserve(512);
   if (!json_) {
-    line = timestamp() + " " + std::string(r.listener) + " " + r.client + " -> " + r.target + ":" +
-           std::to_string(r.port) + " " + (r.allowed ? "allow " : "deny ") + std::string(r.reason) +
-           " up=" + std::to_string(r.bytes_up) + " down=" + std::to_string(r.bytes_down) +
-           " closed_by=" + std::string(r.closed_by) + " phase=" + std::string(r.phase) + " " +
-           r.sentence;
+    // Every field that can carry a client's bytes is escaped: one connection, one line.
+    line = timestamp() + " ";
+    LogEscaper::appendText(line, r.listener, true);
+    line += ' ';
+    LogEscaper::appendText(line, r.client, true);
+    line += " -> ";
+    LogEscaper::appendText(line, r.target, true);
+    line += ":" + std::to_string(r.port) + " " + std::string(decisionName(r)) + " ";
+    LogEscaper::appendText(line, r.reason, true);
+    line += " up=" + std::to_string(r.bytes_up) + " down=" + std::to_string(r.bytes_down) +
+            " closed_by=";
+    LogEscaper::appendText(line, r.closed_by, true);
+    line += " phase=";
+    LogEscaper::appendText(line, r.phase, true);
+    line += ' ';
+    LogEscaper::appendText(line, r.sentence, false);
     logger_->info(line);
     return;
   }
@@ -96,7 +102,7 @@ void AccessLog::write(const AccessRecord& r) const {
   if (!r.dialled.empty()) {
     field("dialled", r.dialled);
   }
-  field("decision", r.allowed ? "allow" : "deny");
+  field("decision", decisionName(r));
   field("reason", r.reason);
   if (!r.rule.empty()) {
     field("rule", r.rule);

@@ -20,7 +20,11 @@ struct AccessRecord {
   uint16_t port = 0;
   std::string original_dst;  // transparent only
   std::string dialled;       // upstream address actually connected
-  bool allowed = false;
+  bool allowed = false;  // the tunnel was relayed
+  // The policy let it through but it ended before relaying (the client closed after the 200,
+  // a drain during dns/connect/tunnel_hello): decision "incomplete", never "deny", so that a
+  // refusal count and an "allowed:" sentence never describe the same connection.
+  bool incomplete = false;
   std::string_view reason;  // stable reason identifier
   std::string rule;         // the rule or tag that decided, if any
   std::string sentence;     // Policy::describe text, or a plain explanation
@@ -33,6 +37,21 @@ struct AccessRecord {
   std::string_view closed_by;  // "client", "upstream", "proxy"
   std::string_view phase;      // state when it ended: "head", "hello", "dns", "connect", ...
 };
+
+// What a record's `decision` field and the connections_total `decision` label say.
+enum class Outcome : uint8_t {
+  kDeny,        // "deny": refused (policy, malformed request, limits) or failed before relaying
+  kAllow,       // "allow": relayed
+  kIncomplete,  // "incomplete": allowed, ended before relaying (reason client_closed, shutdown)
+};
+inline Outcome outcomeOf(const AccessRecord& record) noexcept {
+  return record.allowed ? Outcome::kAllow : record.incomplete ? Outcome::kIncomplete
+                                                              : Outcome::kDeny;
+}
+std::string_view outcomeName(Outcome outcome) noexcept;
+inline std::string_view decisionName(const AccessRecord& record) noexcept {
+  return outcomeName(outcomeOf(record));
+}
 
 // Writes access records as one JSON object per line (or a plain text line) through spdlog.
 class AccessLog {

@@ -71,8 +71,7 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       policy_(std::move(policy)),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
       last_activity_(Clock::now()),
-      looped_(kind == ListenerKind::kTransparent && worker.context().guardsLoops() &&
-              worker.context().ownUpstreams().contains(peer)),
+      looped_(worker.context().guardsLoops() && worker.context().ownUpstreams().contains(peer)),
       started_(Clock::now()) {
   record_.listener = listenerKindName(kind);
   record_.client = peer.toString();
@@ -107,12 +106,15 @@ void Connection::start() {
       port_ = original_dst_->port();
       record_.port = port_;
     }
-    if (looped_) {
-      deny("proxy_loop",
-           "denied: this is the proxy's own upstream connection redirected back to it; exclude "
-           "the proxy's traffic from the redirect rule (--mark)");
-      return;
-    }
+  }
+  if (looped_) {
+    // On every listener kind: closed with a reset at once, before reading a byte.
+    record_.reason = "proxy_loop";
+    record_.sentence =
+        "denied: this is the proxy's own upstream connection redirected back to it; exclude the "
+        "proxy's traffic from the redirect rule (--mark)";
+    finish("proxy", true);
+    return;
   }
   bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
                     &Connection::onClientEvent, this);
@@ -296,6 +298,9 @@ void Connection::decideHello(const ClientHello& hello) {
         return;
       }
       record_.reason = reasonName(decision.reason);
+      if (refusedAsSelf(destination)) {
+        return;
+      }
       candidates_ = {destination};
       dialNext();
       return;
@@ -322,6 +327,9 @@ void Connection::decideHello(const ClientHello& hello) {
     }
     if (address.reason == Reason::kAddressAllowed) {
       record_.sentence += "; " + policy_->describe(address, {"", destination, port_});
+      if (refusedAsSelf(destination)) {
+        return;
+      }
       candidates_ = {destination};
       dialNext();
       return;
@@ -370,6 +378,9 @@ void Connection::onResolved(const DnsAnswer& answer) {
            decision.rule != nullptr ? decision.rule->text : std::string());
       return;
     }
+    if (refusedAsSelf(destination)) {
+      return;
+    }
     candidates_ = {destination};
     dialNext();
     return;
@@ -377,12 +388,24 @@ void Connection::onResolved(const DnsAnswer& answer) {
   chooseCandidates(answer.addresses);
 }
 
+bool Connection::dialsSelf(const IpAddress& address) const {
+  return worker_.context().localAddresses()->contains(address, port_);
+}
+
+bool Connection::refusedAsSelf(const IpAddress& address) {
+  if (!dialsSelf(address)) {
+    return false;
+  }
+  deny("self_connection", "denied: " + address.toString() + " port " + std::to_string(port_) +
+                              " is one of this proxy's own listeners");
+  return true;
+}
+
 void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
   candidates_.clear();
   for (const IpAddress& address : addresses) {
     const Decision decision = policy_->decideAddress(address);
-    const SocketAddress endpoint = toSocketAddress(address, port_);
-    if (sameEndpoint(endpoint, listener_address_)) {
+    if (dialsSelf(address)) {
       if (!first_address_denial_) {
         first_address_denial_ = Decision{Verdict::kDeny, Reason::kAddressDenied, nullptr, 0};
         first_denied_address_ = address;
@@ -400,7 +423,8 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
     const Decision& denial = *first_address_denial_;
     std::string sentence =
         denial.rule == nullptr && denial.reason == Reason::kAddressDenied
-            ? "denied: " + first_denied_address_.toString() + " is this proxy's own listener"
+            ? "denied: " + first_denied_address_.toString() + " port " + std::to_string(port_) +
+                  " is one of this proxy's own listeners"
             : policy_->describe(denial, {host_, first_denied_address_, port_});
     const std::string_view reason =
         denial.rule == nullptr && denial.reason == Reason::kAddressDenied
@@ -672,8 +696,9 @@ void Connection::onClientEvent(bufferevent*, short events, void* self) {
     return;
   }
   // EOF or error before the tunnel, or an error while relaying: the client went away.
-  if (c->record_.reason.empty()) {
+  if (c->record_.reason.empty() || c->passedPolicy()) {
     c->record_.reason = "client_closed";
+    c->markIncomplete("the client closed the connection before the tunnel started");
   }
   c->finish("client", (events & BEV_EVENT_ERROR) != 0 || c->state_ == State::kRelay);
 }
@@ -784,9 +809,28 @@ void Connection::abort(std::string_view reason) {
   if (state_ != State::kRelay) {
     record_.allowed = false;
   }
+  if (passedPolicy()) {
+    // The policy's reason would say "allowed" about a connection that never relayed.
+    record_.reason = reason;
+    markIncomplete("the proxy shut down before the tunnel started");
+    finish("proxy", true);
+    return;
+  }
   record_.reason = record_.reason.empty() ? reason : record_.reason;
   record_.sentence += record_.sentence.empty() ? std::string(reason) : "; " + std::string(reason);
   finish("proxy", true);
+}
+
+bool Connection::passedPolicy() const noexcept {
+  // Only an allowed decision leads into these states; every refusal leaves through kRefuse or
+  // finish() at once.
+  return state_ == State::kResolve || state_ == State::kConnect || state_ == State::kTunnelHello;
+}
+
+void Connection::markIncomplete(std::string_view what) {
+  record_.incomplete = true;
+  record_.sentence = record_.sentence.empty() ? std::string(what)
+                                              : record_.sentence + "; but " + std::string(what);
 }
 
 void Connection::finish(std::string_view closed_by, bool reset) {

@@ -72,6 +72,11 @@ class Connection {
   void onResolved(const DnsAnswer& answer);
   // Keeps the allowed addresses of `addresses`, in order; remembers the first denial.
   void chooseCandidates(const std::vector<IpAddress>& addresses);
+  // True when `address`:port_ is one of this process's listening endpoints (any listener, a
+  // wildcard one by every local address; see LocalAddresses): dialling it would loop.
+  bool dialsSelf(const IpAddress& address) const;
+  // If dialsSelf(address), refuses the connection (self_connection) and returns true.
+  bool refusedAsSelf(const IpAddress& address);
   void dialNext();
   // Frees the upstream socket (RST if `reset`) and forgets its local endpoint.
   void closeUpstream(bool reset);
@@ -83,6 +88,11 @@ class Connection {
   void refuse(int status, std::string_view reason, const std::string& sentence);
   void deny(std::string_view reason, const std::string& sentence, std::string rule = {});
   void finish(std::string_view closed_by, bool reset);
+  // True in the states an allowed decision leads to before the relay (dns, connect,
+  // tunnel_hello): ending there is "incomplete", not a refusal (README "Logs").
+  bool passedPolicy() const noexcept;
+  // Records that the connection passed the policy but ends before relaying, because of `what`.
+  void markIncomplete(std::string_view what);
   void armTimer(std::chrono::milliseconds timeout);
   std::string_view phaseName() const noexcept;
   double msSince(std::chrono::steady_clock::time_point start) const noexcept;

@@ -16,7 +16,7 @@ namespace {
 constexpr auto kRelaxed = std::memory_order_relaxed;
 
 // FNV-1a over the key's parts; only spreads keys over the table.
-size_t hashKey(std::string_view listener, bool allowed, std::string_view reason) noexcept {
+size_t hashKey(std::string_view listener, Outcome decision, std::string_view reason) noexcept {
   uint64_t hash = 1469598103934665603ull;
   auto mix = [&hash](std::string_view text) {
     for (const char c : text) {
@@ -26,7 +26,7 @@ size_t hashKey(std::string_view listener, bool allowed, std::string_view reason)
   };
   mix(listener);
   mix(reason);
-  return static_cast<size_t>(hash ^ (allowed ? 0x9e3779b97f4a7c15ull : 0));
+  return static_cast<size_t>(hash ^ (static_cast<uint64_t>(decision) * 0x9e3779b97f4a7c15ull));
 }
 
 void appendNumber(std::string& out, uint64_t value) {
@@ -140,18 +140,18 @@ LatencyHistogram::Snapshot LatencyHistogram::snapshot() const noexcept {
 
 // ---- ConnectionCounters ----
 
-void ConnectionCounters::add(std::string_view listener, bool allowed,
+void ConnectionCounters::add(std::string_view listener, Outcome decision,
                              std::string_view reason) noexcept {
   listener = listener.substr(0, kMaxLabel);
   reason = reason.substr(0, kMaxLabel);
-  const size_t start = hashKey(listener, allowed, reason) % kSlots;
+  const size_t start = hashKey(listener, decision, reason) % kSlots;
   for (size_t probe = 0; probe < kSlots; ++probe) {
     Slot& slot = slots_[(start + probe) % kSlots];
     uint8_t state = slot.state.load(std::memory_order_acquire);
     if (state == kEmpty) {
       uint8_t expected = kEmpty;
       if (slot.state.compare_exchange_strong(expected, kClaimed, std::memory_order_acquire)) {
-        slot.allowed = allowed;
+        slot.decision = decision;
         slot.listener_length = static_cast<uint8_t>(listener.size());
         std::memcpy(slot.listener, listener.data(), listener.size());
         slot.reason_length = static_cast<uint8_t>(reason.size());
@@ -167,20 +167,20 @@ void ConnectionCounters::add(std::string_view listener, bool allowed,
       std::this_thread::yield();
       state = slot.state.load(std::memory_order_acquire);
     }
-    if (slot.allowed == allowed &&
+    if (slot.decision == decision &&
         std::string_view(slot.listener, slot.listener_length) == listener &&
         std::string_view(slot.reason, slot.reason_length) == reason) {
       slot.count.fetch_add(1, kRelaxed);
       return;
     }
   }
-  overflow_[allowed].fetch_add(1, kRelaxed);
+  overflow_[static_cast<size_t>(decision)].fetch_add(1, kRelaxed);
 }
 
 // ---- Metrics ----
 
 void Metrics::recordConnection(const AccessRecord& record) noexcept {
-  connections_.add(record.listener, record.allowed, record.reason);
+  connections_.add(record.listener, outcomeOf(record), record.reason);
   double decision_ms = record.decision_ms;
   if (decision_ms < 0 && !record.allowed) {
     decision_ms = record.total_ms;
@@ -235,13 +235,16 @@ void Metrics::appendLabelValue(std::string& out, std::string_view value) {
 void Metrics::render(std::string& out, const ProxyStats& stats,
                      std::chrono::system_clock::time_point now) const {
   appendFamily(out, "acr_egress_connections_total", "counter",
-               "Connections ended, by listener, decision (allow: the tunnel was relayed) and "
-               "reason (the access log's reason).");
+               "Connections ended, by listener, decision (allow: the tunnel was relayed; "
+               "incomplete: allowed, ended before relaying) and reason (the access log's reason).");
   connections_.forEach(
-      [&out](std::string_view listener, bool allowed, std::string_view reason, uint64_t count) {
+      [&out](std::string_view listener, Outcome decision, std::string_view reason,
+             uint64_t count) {
         out += "acr_egress_connections_total{listener=\"";
         appendLabelValue(out, listener);
-        out += allowed ? "\",decision=\"allow\",reason=\"" : "\",decision=\"deny\",reason=\"";
+        out += "\",decision=\"";
+        out += outcomeName(decision);
+        out += "\",reason=\"";
         appendLabelValue(out, reason);
         out += "\"} ";
         appendNumber(out, count);

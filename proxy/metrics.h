@@ -49,8 +49,8 @@ class ConnectionCounters {
   static constexpr size_t kSlots = 512;
   static constexpr size_t kMaxLabel = 47;
 
-  void add(std::string_view listener, bool allowed, std::string_view reason) noexcept;
-  // Calls fn(listener, allowed, reason, count) for every key counted so far.
+  void add(std::string_view listener, Outcome decision, std::string_view reason) noexcept;
+  // Calls fn(listener, decision, reason, count) for every key counted so far.
   template <class Fn>
   void forEach(Fn&& fn) const;
 
@@ -58,7 +58,7 @@ class ConnectionCounters {
   enum SlotState : uint8_t { kEmpty, kClaimed, kReady };
   struct Slot {
     std::atomic<uint8_t> state{kEmpty};
-    bool allowed = false;
+    Outcome decision = Outcome::kDeny;
     uint8_t listener_length = 0;
     uint8_t reason_length = 0;
     char listener[kMaxLabel] = {};
@@ -67,7 +67,7 @@ class ConnectionCounters {
   };
 
   std::array<Slot, kSlots> slots_;
-  std::array<std::atomic<uint64_t>, 2> overflow_{};  // by allowed
+  std::array<std::atomic<uint64_t>, 3> overflow_{};  // by Outcome
 };
 
 // The proxy's metrics (README "Admin endpoint and metrics"). Every record* and DnsObserver call is
@@ -129,13 +129,14 @@ void ConnectionCounters::forEach(Fn&& fn) const {
     }
     const uint64_t count = slot.count.load(std::memory_order_relaxed);
     if (count != 0) {
-      fn(std::string_view(slot.listener, slot.listener_length), slot.allowed,
+      fn(std::string_view(slot.listener, slot.listener_length), slot.decision,
          std::string_view(slot.reason, slot.reason_length), count);
     }
   }
-  for (const bool allowed : {true, false}) {
-    if (const uint64_t count = overflow_[allowed].load(std::memory_order_relaxed); count != 0) {
-      fn(std::string_view("other"), allowed, std::string_view("other"), count);
+  for (const Outcome decision : {Outcome::kAllow, Outcome::kDeny, Outcome::kIncomplete}) {
+    const uint64_t count = overflow_[static_cast<size_t>(decision)].load(std::memory_order_relaxed);
+    if (count != 0) {
+      fn(std::string_view("other"), decision, std::string_view("other"), count);
     }
   }
 }

@@ -10,6 +10,7 @@
 #include "filters/policy.h"
 #include "proxy/access_log.h"
 #include "proxy/deny_log_limiter.h"
+#include "proxy/local_addresses.h"
 #include "proxy/metrics.h"
 #include "proxy/own_upstreams.h"
 
@@ -38,11 +39,13 @@ class ProxyContext {
  public:
   ProxyContext(ProxySettings settings, std::shared_ptr<const Policy> policy, AccessLog log)
       : settings_(std::move(settings)),
-        guards_loops_(std::any_of(settings_.listeners.begin(), settings_.listeners.end(),
-                                  [](const ListenerSettings& listener) {
-                                    return listener.kind == ListenerKind::kTransparent;
-                                  })),
+        has_transparent_(std::any_of(settings_.listeners.begin(), settings_.listeners.end(),
+                                     [](const ListenerSettings& listener) {
+                                       return listener.kind == ListenerKind::kTransparent;
+                                     })),
         policy_(std::move(policy)),
+        local_addresses_(std::make_shared<const LocalAddresses>(
+            listeningAddresses(), LocalAddresses::interfaceAddresses())),
         log_(std::move(log)),
         deny_log_limiter_(settings_.deny_log_rate) {}
 
@@ -89,14 +92,37 @@ class ProxyContext {
   void setDraining() noexcept { draining_.store(true, std::memory_order_relaxed); }
   bool draining() const noexcept { return draining_.load(std::memory_order_relaxed); }
   OwnUpstreams& ownUpstreams() noexcept { return own_upstreams_; }
-  // True when a transparent listener exists: only then can the proxy's own upstream traffic be
-  // redirected back to it, so only then are upstream endpoints tracked.
-  bool guardsLoops() const noexcept { return guards_loops_; }
+  // Whether upstream endpoints are tracked in ownUpstreams(): always. Any listener kind can be
+  // handed the proxy's own upstream connection back (a REDIRECT/DNAT rule, an address the
+  // self-connection check did not know yet), and one refused connection (proxy_loop) beats a loop.
+  bool guardsLoops() const noexcept { return true; }
+  // True when a transparent listener exists (the startup warning about --mark).
+  bool hasTransparentListener() const noexcept { return has_transparent_; }
+  // Every address:port the process listens on (README "Listeners": self_connection). Read by
+  // the workers for each dial; replaced by LocalAddressMonitor when the host's addresses change.
+  std::shared_ptr<const LocalAddresses> localAddresses() const noexcept {
+    return local_addresses_.load(std::memory_order_acquire);
+  }
+  void setLocalAddresses(std::shared_ptr<const LocalAddresses> addresses) noexcept {
+    local_addresses_.store(std::move(addresses), std::memory_order_release);
+  }
+  // The listeners' addresses and the admin endpoint's.
+  std::vector<SocketAddress> listeningAddresses() const {
+    std::vector<SocketAddress> out;
+    for (const ListenerSettings& listener : settings_.listeners) {
+      out.push_back(listener.address);
+    }
+    if (settings_.admin) {
+      out.push_back(*settings_.admin);
+    }
+    return out;
+  }
 
  private:
   const ProxySettings settings_;
-  const bool guards_loops_;
+  const bool has_transparent_;
   std::atomic<std::shared_ptr<const Policy>> policy_;
+  std::atomic<std::shared_ptr<const LocalAddresses>> local_addresses_;
   std::atomic<std::shared_ptr<const PolicySnapshot>> snapshot_;
   const AccessLog log_;
   DenyLogLimiter deny_log_limiter_;

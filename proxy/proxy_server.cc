@@ -167,6 +167,7 @@ ProxyServer::~ProxyServer() {
     event_free(drain_check_);
   }
   admin_.reset();
+  local_addresses_.reset();
   workers_.clear();
   if (base_ != nullptr) {
     event_base_free(base_);
@@ -196,6 +197,12 @@ int ProxyServer::run() {
   for (const int fd : inherited) {
     close(fd);
   }
+  // Before the loops start: every dial is checked against the current local addresses.
+  local_addresses_ = std::make_unique<LocalAddressMonitor>(
+      base_, context_->listeningAddresses(),
+      [context = context_.get()](std::shared_ptr<const LocalAddresses> addresses) {
+        context->setLocalAddresses(std::move(addresses));
+      });
   for (const int signal : {SIGTERM, SIGINT, SIGHUP}) {
     event* handler = evsignal_new(base_, signal, &ProxyServer::onSignal, this);
     event_add(handler, nullptr);
@@ -215,7 +222,7 @@ int ProxyServer::run() {
   }
   spdlog::info("{}", jsonEscaped("listening: " + listening + "; workers: " + std::to_string(count) +
                                  (inherited.empty() ? "" : "; socket activation")));
-  if (context_->guardsLoops() && !settings.mark) {
+  if (context_->hasTransparentListener() && !settings.mark) {
     spdlog::warn(
         "transparent listener without --mark: the firewall rule cannot exclude the proxy's own "
         "upstream connections; connections looped back are refused (reason proxy_loop)");
@@ -232,6 +239,7 @@ int ProxyServer::run() {
   notifyStatus("READY=1");
   event_base_dispatch(base_);
   admin_.reset();
+  local_addresses_.reset();
   for (auto& worker : workers_) {
     worker->join();
   }

@@ -48,6 +48,7 @@ class ProxyServer {
   event* watchdog_ = nullptr;
   event* drain_check_ = nullptr;  // after a drain starts: ends the main loop once workers stop
   std::unique_ptr<AdminServer> admin_;  // --admin, on base_; reset when the main loop ends
+  std::unique_ptr<LocalAddressMonitor> local_addresses_;  // on base_; feeds context_
   uint64_t watchdog_usec_ = 0;
   bool draining_ = false;
 };

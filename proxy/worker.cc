@@ -178,13 +178,19 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
   if (draining_ ||
       stats.active.load(std::memory_order_relaxed) >= context_.settings().max_connections) {
     // Refuse fast; existing connections keep their resources.
-    stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
+    if (!draining_) {
+      stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
+    }
     if (listener.kind == ListenerKind::kConnect) {
-      static constexpr char kBusy[] =
+      static constexpr std::string_view kBusy =
           "HTTP/1.1 503 Service Unavailable (acr-egress: overloaded)\r\n"
           "X-Acr-Egress-Reason: overloaded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      static constexpr std::string_view kDraining =
+          "HTTP/1.1 503 Service Unavailable (acr-egress: draining)\r\n"
+          "X-Acr-Egress-Reason: draining\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      const std::string_view response = draining_ ? kDraining : kBusy;
       [[maybe_unused]] const ssize_t sent =
-          send(fd, kBusy, sizeof(kBusy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+          send(fd, response.data(), response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     } else {
       setResetOnClose(fd);
     }
@@ -199,7 +205,10 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
                                       std::to_string(context_.settings().max_connections) + ")";
     record.closed_by = "proxy";
     record.phase = "accept";
+    // Counted like every other connection, from the same record as its log line.
+    stats.denied.fetch_add(1, std::memory_order_relaxed);
     context_.logConnection(record);
+    context_.metrics().recordConnection(record);
     return;
   }
   stats.active.fetch_add(1, std::memory_order_relaxed);
@@ -262,8 +271,9 @@ void Worker::drain(std::chrono::milliseconds deadline) {
 
 void Worker::onDrain(evutil_socket_t, short, void* arg) {
   auto* worker = static_cast<Worker*>(arg);
+  // The listeners stay open until the drain ends, so that a new client is told (503 draining on
+  // connect, a reset elsewhere; see accept()) rather than refused by the kernel.
   worker->draining_ = true;
-  worker->closeListeners();
   worker->drain_deadline_ = std::chrono::steady_clock::now() + worker->drain_timeout_;
   event_add(worker->drain_tick_, &kDrainTick);
   onDrainTick(-1, 0, worker);
@@ -284,6 +294,7 @@ void Worker::onDrainTick(evutil_socket_t, short, void* arg) {
   }
   // Connections still waiting on the reaper count as open until it ran.
   if (worker->connections_.empty()) {
+    worker->closeListeners();
     event_del(worker->drain_tick_);
     event_del(worker->heartbeat_);
     worker->resolver_.reset();

@@ -33,8 +33,8 @@ class Worker {
   void join();
   // True once the loop has ended (after a drain); safe from any thread.
   bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
-  // Thread-safe: stop accepting, let tunnels finish until `deadline`, then abort the rest and end
-  // the loop.
+  // Thread-safe: answer new clients 503 draining (connect) or a reset (others), let tunnels
+  // finish until `deadline`, then abort the rest, close the listeners and end the loop.
   void drain(std::chrono::milliseconds deadline);
 
   event_base* base() noexcept { return base_; }

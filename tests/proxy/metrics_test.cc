@@ -352,11 +352,11 @@ TEST(MetricsTest, OverflowKeysAreCountedAsOther) {
     reasons.push_back("reason_" + std::to_string(i));
   }
   for (const std::string& reason : reasons) {
-    counters.add("connect", false, reason);
+    counters.add("connect", Outcome::kDeny, reason);
   }
   uint64_t total = 0;
   uint64_t other = 0;
-  counters.forEach([&](std::string_view, bool, std::string_view reason, uint64_t count) {
+  counters.forEach([&](std::string_view, Outcome, std::string_view reason, uint64_t count) {
     total += count;
     if (reason == "other") {
       other += count;

@@ -1,0 +1,65 @@
+#include "proxy/log_escaper.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace acr {
+namespace {
+
+std::string text(std::string_view in, bool token) {
+  std::string out;
+  LogEscaper::appendText(out, in, token);
+  return out;
+}
+
+std::string json(std::string_view in) {
+  std::string out;
+  LogEscaper::appendJson(out, in);
+  return out;
+}
+
+// A host name is written unchanged: escaping costs nothing on the usual path.
+TEST(LogEscaperTest, PlainNameIsUnchanged) {
+  EXPECT_EQ(text("myreg.azurecr.io", true), "myreg.azurecr.io");
+  EXPECT_EQ(json("myreg.azurecr.io"), "\"myreg.azurecr.io\"");
+}
+
+// CR, LF, ESC, DEL, NUL and non-ASCII bytes cannot reach the text log raw: a forged line is
+// impossible (the review's SNI "x\n... allow host_allowed").
+TEST(LogEscaperTest, TextEscapesControlAndNonAsciiBytes) {
+  EXPECT_EQ(text(std::string_view("a\r\nb\x1b[31m\x7f\0\xc3\xa9", 13), false),
+            "a\\x0d\\x0ab\\x1b[31m\\x7f\\x00\\xc3\\xa9");
+}
+
+// The backslash is escaped too, so that "\x0a" typed by a client stays distinguishable.
+TEST(LogEscaperTest, TextEscapesBackslash) {
+  EXPECT_EQ(text("a\\x0ab", false), "a\\\\x0ab");
+}
+
+// A token field keeps its one word: a space would let a target forge the next fields.
+TEST(LogEscaperTest, TokenEscapesSpaceSentenceKeepsIt) {
+  EXPECT_EQ(text("a b", true), "a\\x20b");
+  EXPECT_EQ(text("a b", false), "a b");
+}
+
+// JSON: control bytes and every byte of invalid UTF-8 become \u00XX; the output is ASCII.
+TEST(LogEscaperTest, JsonEscapesControlBytesAndInvalidUtf8) {
+  EXPECT_EQ(json(std::string_view("\"\\\n\x1b\xff\xc3", 6)),
+            "\"\\\"\\\\\\u000a\\u001b\\u00ff\\u00c3\"");
+}
+
+// Every byte value escapes to printable ASCII in both forms.
+TEST(LogEscaperTest, EveryByteEscapesToPrintableAscii) {
+  for (int b = 0; b < 256; ++b) {
+    const std::string in(1, static_cast<char>(b));
+    for (const std::string& out : {text(in, true), text(in, false), json(in)}) {
+      for (const char c : out) {
+        EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "byte " << b;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace acr
