@@ -10,7 +10,8 @@ namespace {
 
 constexpr std::string_view kHelp =
     "Policy options (repeatable unless noted):\n"
-    "  --registry NAME        allow NAME.azurecr.io and NAME.<region>.data.azurecr.io\n"
+    "  --registry NAME        allow NAME.azurecr.io, NAME.<region>.data.azurecr.io and\n"
+    "                         NAME.<region>.geo.azurecr.io\n"
     "  --region REGION        regions of the registries' data endpoints (default: any)\n"
     "  --allow-host PATTERN   allow a host; '*' stands for exactly one label\n"
     "  --allow-cidr CIDR      allow an address range\n"
@@ -18,10 +19,12 @@ constexpr std::string_view kHelp =
     "  --service-tags FILE    Azure service-tags JSON file (once)\n"
     "  --service-tag NAME     allow the prefixes of a service tag, e.g. Storage.WestEurope\n"
     "  --port N               allowed destination port (default: 443)\n"
+    "  --preset NAME          allow a documented bundle of hosts: acr, mcr, iotedge,\n"
+    "                         azure-login (README \"Presets\")\n"
     "  --strict-ip            every address must be inside the allowed ranges (once)\n"
     "  --config FILE          TOML configuration; command-line options add to it (once);\n"
     "                         default /etc/acr-egress/acr-egress.toml if it exists\n"
-    "With no --registry and no --allow-host, the hosts allowed are *.azurecr.io,\n"
+    "With no --registry, --allow-host or --preset, the hosts allowed are *.azurecr.io,\n"
     "*.*.data.azurecr.io and *.blob.core.windows.net.\n";
 
 constexpr std::string_view kProxyHelp =
@@ -140,6 +143,8 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       policy.service_tags_file = value();
     } else if (name == "--port") {
       policy.ports.push_back(value());
+    } else if (name == "--preset") {
+      policy.presets.push_back(value());
     } else if (name == "--config") {
       config_path = value().text;
     } else if (name == "--strict-ip" && !inline_value) {

@@ -67,6 +67,8 @@ void readPolicy(const std::string& source, const std::string& base_directory,
       policy.deny_cidrs = stringList(source, key, node);
     } else if (key == "service_tags") {
       policy.service_tags = stringList(source, key, node);
+    } else if (key == "presets") {
+      policy.presets = stringList(source, key, node);
     } else if (key == "service_tags_file") {
       const auto* text = node.as_string();
       if (text == nullptr || text->get().empty()) {
@@ -218,6 +220,7 @@ void mergeConfig(Config& base, const Config& extra) {
   append(to.deny_cidrs, from.deny_cidrs);
   append(to.service_tags, from.service_tags);
   append(to.ports, from.ports);
+  append(to.presets, from.presets);
   if (from.service_tags_file) {
     to.service_tags_file = from.service_tags_file;
   }

@@ -34,6 +34,7 @@ struct PolicyConfig {
   std::optional<ConfigValue> service_tags_file;
   std::vector<ConfigValue> ports;  // empty: 443 only
   bool strict_ip = false;
+  std::vector<ConfigValue> presets;  // names of conf/presets/ bundles (--preset, policy.presets)
 };
 
 // Every other setting, keyed "table.key" as in the TOML file ("listeners.connect",

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <set>
 
+#include "conf/presets.h"
 #include "conf/service_tags.h"
 #include "filters/host_name.h"
 
@@ -79,11 +80,38 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     for (const std::string& region : regions) {
       addPattern(name + "." + region + ".data.azurecr.io", origin, &registry);
     }
+    // Regional endpoints of a geo-replicated registry, NAME.REGION.geo.azurecr.io.
+    if (regions.empty()) {
+      addPattern(name + ".*.geo.azurecr.io", origin, &registry);
+    }
+    for (const std::string& region : regions) {
+      addPattern(name + "." + region + ".geo.azurecr.io", origin, &registry);
+    }
   }
   for (const ConfigValue& host : config.allow_hosts) {
     addPattern(host.text, host.origin, &host);
   }
-  if (config.registries.empty() && config.allow_hosts.empty()) {
+  for (const ConfigValue& preset : config.presets) {
+    const PresetLibrary& library = PresetLibrary::embedded();
+    const auto patterns = library.expand(preset.text);
+    if (!patterns) {
+      std::string known;
+      for (const std::string& name : library.names()) {
+        known += (known.empty() ? "" : ", ") + name;
+      }
+      fail(preset, "unknown preset '" + preset.text + "' (known: " + known + ")");
+    }
+    for (const PresetPattern& pattern : *patterns) {
+      const std::string label =
+          pattern.preset == preset.text ? preset.text : preset.text + " via " + pattern.preset;
+      const std::string error =
+          builder.addHostPattern(pattern.pattern, preset.origin + " preset " + label, label);
+      if (!error.empty()) {
+        fail(preset, "preset " + pattern.preset + ": " + error);
+      }
+    }
+  }
+  if (config.registries.empty() && config.allow_hosts.empty() && config.presets.empty()) {
     for (const char* pattern : kDefaultHostPatterns) {
       addPattern(pattern, "embedded default", nullptr);
     }

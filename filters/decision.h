@@ -13,6 +13,8 @@ struct Rule {
   Kind kind;
   std::string text;    // the pattern, the CIDR, the tag name, or what the special range is
   std::string origin;  // where the rule came from ("--registry myreg", "embedded default", ...)
+  // A host pattern from a preset: the preset's name ("mcr", "iotedge via mcr"); otherwise empty.
+  std::string preset = {};
 };
 
 enum class Verdict : uint8_t { kAllow, kDeny };

@@ -156,6 +156,9 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
   const std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
   switch (decision.reason) {
     case Reason::kHostAllowed:
+      if (decision.rule != nullptr && !decision.rule->preset.empty()) {
+        return "allowed: host matches " + rule + " (preset " + decision.rule->preset + ")";
+      }
       return "allowed: host matches " + rule;
     case Reason::kAddressAllowed:
       if (decision.rule != nullptr && decision.rule->kind == Rule::Kind::kServiceTag) {
@@ -194,13 +197,15 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
   return "denied";
 }
 
-std::string Policy::Builder::addHostPattern(std::string_view pattern, std::string origin) {
+std::string Policy::Builder::addHostPattern(std::string_view pattern, std::string origin,
+                                            std::string preset) {
   const uint32_t id = static_cast<uint32_t>(rules_.size());
   std::string error = hosts_.add(pattern, id);
   if (error.empty()) {
     HostName name;
     HostName::normalize(pattern, name, /*allow_wildcard=*/true);
-    rules_.push_back({Rule::Kind::kHostPattern, std::string(name.view()), std::move(origin)});
+    rules_.push_back(
+        {Rule::Kind::kHostPattern, std::string(name.view()), std::move(origin), std::move(preset)});
   }
   return error;
 }

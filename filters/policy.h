@@ -83,8 +83,9 @@ class Policy {
 // conf/, which reports file and line; add* here only refuse what cannot be represented.
 class Policy::Builder {
  public:
-  // Returns an empty string or why the pattern is invalid.
-  std::string addHostPattern(std::string_view pattern, std::string origin);
+  // Returns an empty string or why the pattern is invalid. `preset` names the preset the pattern
+  // comes from, if any (sentences name it).
+  std::string addHostPattern(std::string_view pattern, std::string origin, std::string preset = {});
   void addPort(uint16_t port) { ports_.set(port); }
   void addAllowCidr(const Cidr& cidr, std::string origin);
   void addDenyCidr(const Cidr& cidr, std::string origin);

@@ -165,6 +165,10 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
     string(rule->text);
     writer.Key("origin");
     string(rule->origin);
+    if (!rule->preset.empty()) {
+      writer.Key("preset");
+      string(rule->preset);
+    }
     writer.EndObject();
   }
   writer.EndArray();

@@ -114,7 +114,7 @@ TEST(PolicyFactoryTest, DescribesWhatAReloadChanged) {
   after.strict_ip = true;
   const std::string change = describePolicyChange(buildPolicy(before), buildPolicy(after));
   EXPECT_NE(change.find("rules added: allow-cidr 198.51.100.0/24, host other.*.data.azurecr.io, "
-                        "host other.azurecr.io, "
+                        "host other.*.geo.azurecr.io, host other.azurecr.io, "
                         "port 8443"),
             std::string::npos)
       << change;
@@ -135,6 +135,54 @@ TEST(PolicyFactoryTest, DescribesWhatAReloadChanged) {
       << added;
   EXPECT_NE(added.find("service-tags changeNumber none -> 376"), std::string::npos) << added;
   EXPECT_NE(added.find(" more)"), std::string::npos) << added;
+}
+
+// --preset adds its names with an origin and a rule that name the preset (iotedge's MCR names:
+// "iotedge via mcr"); a preset is a host option, so the embedded default no longer applies; an
+// unknown name is refused with the known ones.
+TEST(PolicyFactoryTest, PresetsAddNamedRules) {
+  PolicyConfig config;
+  config.presets = {value("iotedge", "f:2:12")};
+  const auto policy = buildPolicy(config).policy;
+  const Decision hub = policy->decide("contoso-hub.azure-devices.net", 443);
+  ASSERT_TRUE(hub.allowed());
+  EXPECT_EQ(hub.rule->preset, "iotedge");
+  EXPECT_EQ(hub.rule->origin, "f:2:12 preset iotedge");
+  const Decision mcr = policy->decide("westeurope.data.mcr.microsoft.com", 443);
+  ASSERT_TRUE(mcr.allowed());
+  EXPECT_EQ(mcr.rule->preset, "iotedge via mcr");
+  EXPECT_EQ(policy->describe(mcr, {"westeurope.data.mcr.microsoft.com", std::nullopt, 443}),
+            "allowed: host matches *.data.mcr.microsoft.com (preset iotedge via mcr)");
+  EXPECT_FALSE(policy->decide("myreg.azurecr.io", 443).allowed());
+  EXPECT_FALSE(policy->decide("login.microsoftonline.com", 443).allowed());
+
+  config.presets = {value("acr")};
+  const auto acr = buildPolicy(config).policy;
+  EXPECT_TRUE(acr->decide("x.blob.core.windows.net", 443).allowed());
+  EXPECT_EQ(acr->rules().size(), std::size(kDefaultHostPatterns));
+
+  config.presets = {value("docker", "--preset")};
+  EXPECT_EQ(errorOf(config),
+            "--preset: unknown preset 'docker' (known: acr, azure-login, iotedge, mcr)");
+}
+
+// --registry also allows the registry's regional geo-replica endpoints, for its regions only.
+TEST(PolicyFactoryTest, RegistryAllowsItsGeoEndpoints) {
+  PolicyConfig config;
+  config.registries = {value("contoso")};
+  const auto any = buildPolicy(config).policy;
+  EXPECT_TRUE(any->decide("contoso.westeurope.geo.azurecr.io", 443).allowed());
+  EXPECT_FALSE(any->decide("other.westeurope.geo.azurecr.io", 443).allowed());
+  config.regions = {value("eastus")};
+  const auto regional = buildPolicy(config).policy;
+  EXPECT_TRUE(regional->decide("contoso.eastus.geo.azurecr.io", 443).allowed());
+  EXPECT_FALSE(regional->decide("contoso.westeurope.geo.azurecr.io", 443).allowed());
+  // A domain-name-label login server is one label too: the whole label is the registry name.
+  config.registries = {value("contoso-b7c9fdbthdb6fkea")};
+  const auto dnl = buildPolicy(config).policy;
+  EXPECT_TRUE(dnl->decide("contoso-b7c9fdbthdb6fkea.azurecr.io", 443).allowed());
+  EXPECT_TRUE(dnl->decide("contoso-b7c9fdbthdb6fkea.eastus.data.azurecr.io", 443).allowed());
+  EXPECT_FALSE(dnl->decide("contoso.azurecr.io", 443).allowed());
 }
 
 }  // namespace

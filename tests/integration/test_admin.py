@@ -261,7 +261,8 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(headers["content-type"], "application/json")
         policy = json.loads(body)
         self.assertEqual([h["pattern"] for h in policy["host_patterns"]],
-                         ["myreg.azurecr.io", "myreg.*.data.azurecr.io"])
+                         ["myreg.azurecr.io", "myreg.*.data.azurecr.io",
+                          "myreg.*.geo.azurecr.io"])
         self.assertEqual(policy["ports"], [443])
         self.assertEqual(policy["deny_cidr_count"], 1)
         self.assertEqual(policy["strict_ip"], False)

@@ -117,5 +117,74 @@ TEST(CheckCommandTest, BinaryExitCodes) {
   EXPECT_EQ(run("--check-config --allow-cidr 1.2.3.4/8").first, 2);
 }
 
+// Each preset's names are allowed by check, with a sentence naming the preset; the names of the
+// other presets stay denied.
+TEST(CheckCommandTest, JudgesEveryPresetsNames) {
+  struct Case {
+    const char* preset;
+    std::vector<std::string> allowed;
+    std::vector<std::string> denied;
+  };
+  const Case cases[] = {
+      {"acr",
+       {"myreg.azurecr.io", "myreg.eastus.data.azurecr.io", "acct.blob.core.windows.net"},
+       {"mcr.microsoft.com", "login.microsoftonline.com"}},
+      {"mcr",
+       {"mcr.microsoft.com", "westeurope.data.mcr.microsoft.com"},
+       {"myreg.azurecr.io", "microsoft.com", "a.b.data.mcr.microsoft.com"}},
+      {"iotedge",
+       {"contoso.azure-devices.net", "global.azure-devices-provisioning.net", "mcr.microsoft.com",
+        "eastus.data.mcr.microsoft.com"},
+       {"myreg.azurecr.io", "contoso.azure-devices-provisioning.net", "management.azure.com"}},
+      {"azure-login",
+       {"login.microsoftonline.com", "management.azure.com"},
+       {"evil.microsoftonline.com", "mcr.microsoft.com", "myreg.azurecr.io"}},
+  };
+  for (const Case& c : cases) {
+    for (const std::string& name : c.allowed) {
+      const Result result = check({"--preset", c.preset, name});
+      EXPECT_EQ(result.code, 0) << c.preset << " " << name << ": " << result.out << result.err;
+      EXPECT_NE(result.out.find("(preset " + std::string(c.preset)), std::string::npos)
+          << result.out;
+    }
+    for (const std::string& name : c.denied) {
+      const Result result = check({"--preset", c.preset, name});
+      EXPECT_EQ(result.code, 1) << c.preset << " " << name << ": " << result.out;
+    }
+  }
+  const Result mcr = check({"--preset=iotedge", "mcr.microsoft.com"});
+  EXPECT_EQ(mcr.out,
+            "allow mcr.microsoft.com allowed: host matches mcr.microsoft.com (preset iotedge via "
+            "mcr) [host_allowed]\n");
+}
+
+// The presets are inside the binary: it judges them with no source tree and no preset file
+// around (run from /), and --check-config names where each pattern came from.
+TEST(CheckCommandTest, BinaryCarriesThePresets) {
+  auto run = [](const std::string& args) {
+    const std::string command =
+        "cd / && ACR_EGRESS_CONFIG= " + std::string(ACR_BINARY) + " " + args + " 2>&1";
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string output;
+    std::array<char, 512> buffer;
+    while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) {
+      output += buffer.data();
+    }
+    const int status = pclose(pipe);
+    return std::make_pair(WEXITSTATUS(status), output);
+  };
+  const auto check = run("check --preset iotedge contoso.azure-devices.net");
+  EXPECT_EQ(check.first, 0) << check.second;
+  EXPECT_EQ(check.second,
+            "allow contoso.azure-devices.net allowed: host matches *.azure-devices.net (preset "
+            "iotedge) [host_allowed]\n");
+  const auto config = run("--check-config --preset azure-login");
+  EXPECT_EQ(config.first, 0) << config.second;
+  EXPECT_NE(config.second.find("host management.azure.com    (--preset preset azure-login)"),
+            std::string::npos)
+      << config.second;
+  EXPECT_EQ(run("check --preset nope x.azurecr.io").first, 2);
+}
+
 }  // namespace
 }  // namespace acr
