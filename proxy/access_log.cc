@@ -59,8 +59,17 @@ void AccessLog::write(const AccessRecord& r) const {
     line = timestamp() + " " + std::string(r.listener) + " " + r.client + " -> " + r.target + ":" +
            std::to_string(r.port) + " " + (r.allowed ? "allow " : "deny ") + std::string(r.reason) +
            " up=" + std::to_string(r.bytes_up) + " down=" + std::to_string(r.bytes_down) +
-           " closed_by=" + std::string(r.closed_by) + " phase=" + std::string(r.phase) + " " +
-           r.sentence;
+           " closed_by=" + std::string(r.closed_by) + " phase=" + std::string(r.phase);
+    if (!r.attempts.empty()) {
+      line += " attempts=";
+      for (size_t i = 0; i < r.attempts.size(); ++i) {
+        line += (i == 0 ? "" : ",");
+        for (const char c : r.attempts[i]) {
+          line += c == ' ' ? '/' : c;  // one space-free token: "192.0.2.1:443/connected,..."
+        }
+      }
+    }
+    line += " " + r.sentence;
     logger_->info(line);
     return;
   }
@@ -95,6 +104,16 @@ void AccessLog::write(const AccessRecord& r) const {
   }
   if (!r.dialled.empty()) {
     field("dialled", r.dialled);
+  }
+  if (!r.attempts.empty()) {
+    line += ",\"attempts\":[";
+    for (size_t i = 0; i < r.attempts.size(); ++i) {
+      if (i != 0) {
+        line += ',';
+      }
+      appendJsonString(line, r.attempts[i]);
+    }
+    line += ']';
   }
   field("decision", r.allowed ? "allow" : "deny");
   field("reason", r.reason);

@@ -263,6 +263,11 @@ class UdpDnsServer:
     def answer(self, query):
         raise NotImplementedError
 
+    def respond(self, query, peer):
+        """The reply to send `peer` now (None: none). Subclasses that answer later override this
+        and send with `self.sock.sendto` themselves."""
+        return self.answer(query)
+
     def _serve(self):
         while not self._stop.is_set():
             try:
@@ -271,7 +276,7 @@ class UdpDnsServer:
                 continue
             except OSError:
                 return
-            reply = self.answer(query)
+            reply = self.respond(query, peer)
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.sock.sendto(reply, peer)
@@ -429,12 +434,14 @@ class Proxy:
     and stderr (the service log) are collected by threads. `stop()` signals the process, waits
     for it, and fails the test (AssertionError) if a sanitizer reported anything; `__exit__`
     calls it when the test has not. `env` adds to (not replaces) the environment; `nofile`, if
-    given, is the process's RLIMIT_NOFILE (soft and hard)."""
+    given, is the process's RLIMIT_NOFILE (soft and hard); `wrapper` runs the binary through a
+    command (argv prefix) such as setpriv."""
 
     START_TIMEOUT = 20.0
 
-    def __init__(self, args, env=None, nofile=None):
+    def __init__(self, args, env=None, nofile=None, wrapper=()):
         self.args = [str(a) for a in args]
+        self.wrapper = [str(a) for a in wrapper]  # argv prefix, e.g. setpriv with its options
         self.nofile = nofile
         self.env = dict(os.environ)
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -473,7 +480,8 @@ class Proxy:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-        self._proc = subprocess.Popen([binary_path()] + self.args, stdin=subprocess.DEVNULL,
+        self._proc = subprocess.Popen(self.wrapper + [binary_path()] + self.args,
+                                      stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       env=self.env, preexec_fn=set_limits)
         for stream, sink in ((self._proc.stdout, self._stdout),
