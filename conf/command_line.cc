@@ -39,7 +39,9 @@ constexpr std::string_view kProxyHelp =
     "  --allow-no-sni             let a ClientHello without SNI through (transparent only)\n"
     "  --head-timeout T           time to send the CONNECT head or ClientHello (10s)\n"
     "  --dns-timeout T            DNS resolution budget (5s)\n"
-    "  --connect-timeout T        upstream connect budget (10s)\n"
+    "  --connect-timeout T        upstream connect budget, all attempts together (10s)\n"
+    "  --happy-eyeballs-delay T   start the next address when the last has not connected\n"
+    "                             after T (RFC 8305; 250ms; 0: one address at a time)\n"
     "  --idle-timeout T           idle tunnel timeout (15m); no total lifetime cap\n"
     "  --drain-timeout T          on SIGTERM, how long tunnels may finish (30s)\n"
     "  --keepalive-idle T         TCP keepalive idle time on both sides (120s)\n"
@@ -73,6 +75,7 @@ constexpr SettingOption kSettingOptions[] = {
     {"--head-timeout", "limits.head_timeout", true},
     {"--dns-timeout", "dns.timeout", true},
     {"--connect-timeout", "limits.connect_timeout", true},
+    {"--happy-eyeballs-delay", "limits.happy_eyeballs_delay", true},
     {"--idle-timeout", "limits.idle_timeout", true},
     {"--drain-timeout", "limits.drain_timeout", true},
     {"--keepalive-idle", "limits.keepalive_idle", true},

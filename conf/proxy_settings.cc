@@ -237,6 +237,9 @@ ProxySettings buildProxySettings(const Config& config) {
                settings.head_timeout);
   readDuration(config, "limits.connect_timeout", milliseconds(100), milliseconds(600'000),
                settings.connect_timeout);
+  // RFC 8305 recommends 250 ms and at least 100 ms (10 ms floor); 0 keeps one at a time.
+  readDuration(config, "limits.happy_eyeballs_delay", milliseconds(0), milliseconds(2'000),
+               settings.happy_eyeballs_delay);
   readDuration(config, "limits.idle_timeout", milliseconds(1000), milliseconds(7 * 86'400'000LL),
                settings.idle_timeout);
   readDuration(config, "limits.drain_timeout", milliseconds(0), milliseconds(86'400'000),

@@ -48,6 +48,10 @@ struct ProxySettings {
   bool allow_no_sni = false;
   std::chrono::milliseconds head_timeout{10'000};
   std::chrono::milliseconds connect_timeout{10'000};
+  // RFC 8305 "Connection Attempt Delay": the next address is dialled when the previous attempts
+  // have not connected after this long (a failed attempt moves on at once). 0: one address at a
+  // time, each with an equal share of what is left of connect_timeout.
+  std::chrono::milliseconds happy_eyeballs_delay{250};
   std::chrono::milliseconds idle_timeout{15 * 60'000};
   std::chrono::milliseconds drain_timeout{30'000};
   std::chrono::seconds keepalive_idle{120};

@@ -148,10 +148,11 @@ AresChannel::~AresChannel() {
   }
 }
 
-void AresChannel::getAddrInfo(const char* name, ares_addrinfo_callback callback, void* arg) {
+void AresChannel::getAddrInfo(const char* name, int family, ares_addrinfo_callback callback,
+                              void* arg) {
   ares_addrinfo_hints hints;
   std::memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
+  hints.ai_family = family;
   ares_getaddrinfo(channel_, name, nullptr, &hints, callback, arg);
   armTimer();
 }

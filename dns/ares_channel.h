@@ -42,10 +42,10 @@ class AresChannel {
   AresChannel(const AresChannel&) = delete;
   AresChannel& operator=(const AresChannel&) = delete;
 
-  // ares_getaddrinfo(name, AF_UNSPEC): A and AAAA. `callback` runs exactly once, either before
-  // this returns (hosts file hit, bad name, out of memory) or later from the event loop, and owns
-  // the ares_addrinfo it is given.
-  void getAddrInfo(const char* name, ares_addrinfo_callback callback, void* arg);
+  // ares_getaddrinfo(name, family): AF_INET6 (AAAA), AF_INET (A) or AF_UNSPEC (both). `callback`
+  // runs exactly once, either before this returns (hosts file hit, bad name, out of memory) or
+  // later from the event loop, and owns the ares_addrinfo it is given.
+  void getAddrInfo(const char* name, int family, ares_addrinfo_callback callback, void* arg);
 
   // True while c-ares runs inside ares_process_fd, i.e. while query callbacks may be running.
   bool processing() const noexcept { return processing_ > 0; }

@@ -100,20 +100,34 @@ void validate(const ResolverOptions& options) {
 struct Resolver::Pending {
   Resolver* resolver = nullptr;
   std::string name;
-  std::map<uint64_t, Callback> waiters;  // by ticket, i.e. in the order resolve() was called
-  EventPtr deadline;                     // ends the resolution with kTimeout
-  Clock::time_point started;             // for DnsObserver::onResolution
-  Query* query = nullptr;                // the c-ares lookup running for it, if any
+  struct Waiter {
+    Callback callback;
+    Callback first_family;  // may be empty
+  };
+  std::map<uint64_t, Waiter> waiters;  // by ticket, i.e. in the order resolve() was called
+  EventPtr deadline;                   // ends the resolution with kTimeout
+  Clock::time_point started;           // for DnsObserver::onResolution
+  Query* query = nullptr;              // the c-ares lookups running for it, if any
+  bool first_family_sent = false;      // deliverFirstFamily ran
   // An answer c-ares gave from inside getAddrInfo; the deadline timer, re-armed to fire at once,
   // delivers it so that callbacks never run from inside resolve().
   std::optional<DnsAnswer> early;
 };
 
-// The argument of one ares_getaddrinfo call; c-ares calls back exactly once, which frees it.
-// `pending` is null once the resolution ended without it (deadline): an orphan.
+// One A+AAAA lookup: two ares_getaddrinfo calls (AF_INET6 and AF_INET), so that each family's
+// answer is known as soon as it arrives. c-ares calls back exactly once per half; the second call
+// frees the Query. `pending` is null once the resolution ended without it (deadline): an orphan.
 struct Resolver::Query {
+  struct Half {
+    Query* query = nullptr;
+    size_t index = 0;  // 0: AAAA, 1: A
+  };
   Resolver* resolver = nullptr;
   Pending* pending = nullptr;
+  Half halves[2];
+  std::optional<DnsAnswer> answers[2];  // by Half::index, as each half ends
+  int outstanding = 2;                  // halves c-ares has not called back yet
+  bool destroyed = false;               // a half ended with ARES_EDESTRUCTION
 };
 
 Resolver::Resolver(event_base* base, ResolverOptions options)
@@ -147,7 +161,7 @@ Resolver::~Resolver() {
   tickets_.clear();
 }
 
-uint64_t Resolver::resolve(std::string_view name, Callback callback) {
+uint64_t Resolver::resolve(std::string_view name, Callback callback, Callback first_family) {
   if (const std::optional<IpAddress> literal = IpAddress::parse(name)) {
     DnsAnswer answer;
     answer.status = DnsStatus::kOk;
@@ -179,7 +193,8 @@ uint64_t Resolver::resolve(std::string_view name, Callback callback) {
   }
   if (const auto it = pending_.find(key); it != pending_.end()) {
     ++stats_.coalesced;
-    return addWaiter(*it->second, std::move(callback));
+    return addWaiter(*it->second, std::move(callback),
+                     it->second->first_family_sent ? nullptr : std::move(first_family));
   }
   if (pending_.size() + orphans_ >= options_.max_pending) {
     ++stats_.failures;
@@ -201,7 +216,7 @@ uint64_t Resolver::resolve(std::string_view name, Callback callback) {
     return 0;
   }
   pending_.emplace(std::move(key), std::move(owned));
-  const uint64_t ticket = addWaiter(pending, std::move(callback));
+  const uint64_t ticket = addWaiter(pending, std::move(callback), std::move(first_family));
   issue(pending);
   return ticket;
 }
@@ -215,43 +230,77 @@ void Resolver::cancel(uint64_t ticket) noexcept {
   tickets_.erase(it);
 }
 
-uint64_t Resolver::addWaiter(Pending& pending, Callback callback) {
+uint64_t Resolver::addWaiter(Pending& pending, Callback callback, Callback first_family) {
   const uint64_t ticket = next_ticket_++;
-  pending.waiters.emplace(ticket, std::move(callback));
+  pending.waiters.emplace(ticket, Pending::Waiter{std::move(callback), std::move(first_family)});
   tickets_.emplace(ticket, &pending);
   return ticket;
 }
 
 void Resolver::issue(Pending& pending) {
-  auto* query = new Query{this, &pending};
+  auto* query = new Query;
+  query->resolver = this;
+  query->pending = &pending;
+  query->halves[0] = {query, 0};
+  query->halves[1] = {query, 1};
   pending.query = query;
   ++stats_.queries;
   issuing_ = true;
-  channel_->getAddrInfo(pending.name.c_str(), &Resolver::onAresResult, query);
+  // Both halves may call back from inside getAddrInfo (hosts file); the second one frees query.
+  if (pending.name == "localhost") {
+    // c-ares 1.18 leaks the name when it makes up "localhost" for AF_INET6 alone (its RFC 6761
+    // fallback); this one name is looked up for both families at once, as one half.
+    query->outstanding = 1;
+    query->answers[1] = failureAnswer(DnsStatus::kNoAddresses);
+    channel_->getAddrInfo(pending.name.c_str(), AF_UNSPEC, &Resolver::onAresResult,
+                          &query->halves[0]);
+  } else {
+    channel_->getAddrInfo(pending.name.c_str(), AF_INET6, &Resolver::onAresResult,
+                          &query->halves[0]);
+    channel_->getAddrInfo(pending.name.c_str(), AF_INET, &Resolver::onAresResult,
+                          &query->halves[1]);
+  }
   issuing_ = false;
 }
 
 void Resolver::onAresResult(void* arg, int status, int /*timeouts*/, ares_addrinfo* result) {
-  const std::unique_ptr<Query> query(static_cast<Query*>(arg));
+  const Query::Half& half = *static_cast<Query::Half*>(arg);
+  Query* query = half.query;
+  const size_t index = half.index;
   const AddrInfoPtr info(result);
   Resolver& self = *query->resolver;
+  const bool last = --query->outstanding == 0;
+  const std::unique_ptr<Query> owned(last ? query : nullptr);
   Pending* pending = query->pending;
   if (pending == nullptr) {
-    --self.orphans_;
+    if (last) {
+      --self.orphans_;
+    }
     return;
   }
-  pending->query = nullptr;
   if (status == ARES_EDESTRUCTION) {
     // The channel is being replaced (renewChannel starts the lookup again) or the Resolver is
     // being destroyed.
+    query->destroyed = true;
+  } else {
+    if (status == ARES_ECONNREFUSED || status == ARES_ETIMEOUT) {
+      // The server is gone or unreachable: it may come back elsewhere (resolv.conf) or on a
+      // fresh socket. c-ares 1.18 also reports a REFUSED rcode as ARES_ECONNREFUSED.
+      self.renew_wanted_ = true;
+    }
+    query->answers[index] = self.makeAnswer(status, info.get());
+  }
+  if (!last) {
+    if (!query->destroyed && query->answers[index]->status == DnsStatus::kOk && !self.issuing_) {
+      self.deliverFirstFamily(*pending, *query->answers[index]);
+    }
     return;
   }
-  if (status == ARES_ECONNREFUSED || status == ARES_ETIMEOUT) {
-    // The server is gone or unreachable: it may come back elsewhere (resolv.conf) or on a fresh
-    // socket. c-ares 1.18 also reports a REFUSED rcode as ARES_ECONNREFUSED.
-    self.renew_wanted_ = true;
+  pending->query = nullptr;
+  if (query->destroyed) {
+    return;
   }
-  DnsAnswer answer = self.makeAnswer(status, info.get());
+  DnsAnswer answer = merge(*query->answers[0], *query->answers[1]);
   if (self.issuing_) {
     pending->early = std::move(answer);
     const timeval now{0, 0};
@@ -270,7 +319,68 @@ void Resolver::onDeadline(evutil_socket_t, short, void* arg) {
     return;
   }
   self.renew_wanted_ = true;
+  if (pending.query != nullptr) {
+    for (const std::optional<DnsAnswer>& half : pending.query->answers) {
+      if (half && half->status == DnsStatus::kOk) {
+        // One family answered, the other did not in time: the half is usable, but not a
+        // complete answer to cache.
+        DnsAnswer answer = *half;
+        self.finish(pending, std::move(answer), false);
+        return;
+      }
+    }
+  }
   self.finish(pending, failureAnswer(DnsStatus::kTimeout));
+}
+
+void Resolver::deliverFirstFamily(Pending& pending, const DnsAnswer& answer) {
+  if (pending.first_family_sent) {
+    return;
+  }
+  pending.first_family_sent = true;
+  DnsAnswer partial = answer;
+  partial.ttl = std::chrono::seconds(0);
+  partial.from_cache = false;
+  // A callback may cancel other waiters or add new ones: walk the tickets known now.
+  std::vector<uint64_t> tickets;
+  for (const auto& [ticket, waiter] : pending.waiters) {
+    if (waiter.first_family) {
+      tickets.push_back(ticket);
+    }
+  }
+  for (const uint64_t ticket : tickets) {
+    const auto it = pending.waiters.find(ticket);
+    if (it == pending.waiters.end()) {
+      continue;
+    }
+    const Callback callback = std::move(it->second.first_family);
+    it->second.first_family = nullptr;
+    callback(partial);
+  }
+}
+
+DnsAnswer Resolver::merge(const DnsAnswer& v6, const DnsAnswer& v4) {
+  const bool v6_ok = v6.status == DnsStatus::kOk;
+  const bool v4_ok = v4.status == DnsStatus::kOk;
+  if (v6_ok && v4_ok) {
+    DnsAnswer answer = v6;
+    for (const IpAddress& address : v4.addresses) {
+      if (answer.addresses.size() < DnsAnswer::kMaxAddresses) {
+        answer.addresses.push_back(address);
+      }
+    }
+    answer.ttl = std::min(v6.ttl, v4.ttl);
+    return answer;
+  }
+  if (v6_ok || v4_ok) {
+    return v6_ok ? v6 : v4;  // as c-ares does for AF_UNSPEC: the family that answered
+  }
+  for (const DnsStatus status : {DnsStatus::kNxDomain, DnsStatus::kTimeout, DnsStatus::kFailure}) {
+    if (v6.status == status || v4.status == status) {
+      return v6.status == status ? v6 : v4;
+    }
+  }
+  return v6;  // both kNoAddresses
 }
 
 void Resolver::onRenewEvent(evutil_socket_t, short, void* arg) {
@@ -280,7 +390,7 @@ void Resolver::onRenewEvent(evutil_socket_t, short, void* arg) {
   }
 }
 
-void Resolver::finish(Pending& pending, DnsAnswer answer) {
+void Resolver::finish(Pending& pending, DnsAnswer answer, bool cache) {
   auto node = pending_.extract(pending.name);
   assert(node && node.mapped().get() == &pending);
   const std::unique_ptr<Pending> owned = std::move(node.mapped());
@@ -293,7 +403,9 @@ void Resolver::finish(Pending& pending, DnsAnswer answer) {
   switch (answer.status) {
     case DnsStatus::kOk:
     case DnsStatus::kNoAddresses:
-      cache_.insert(owned->name, answer, Clock::now());
+      if (cache) {
+        cache_.insert(owned->name, answer, Clock::now());
+      }
       break;
     case DnsStatus::kNxDomain:
       ++stats_.nxdomain;
@@ -315,7 +427,7 @@ void Resolver::finish(Pending& pending, DnsAnswer answer) {
   while (!owned->waiters.empty()) {
     const auto first = owned->waiters.begin();
     const uint64_t ticket = first->first;
-    const Callback callback = std::move(first->second);
+    const Callback callback = std::move(first->second.callback);
     owned->waiters.erase(first);
     tickets_.erase(ticket);
     callback(answer);

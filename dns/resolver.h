@@ -81,7 +81,13 @@ class Resolver {
   // runs later from the event loop, exactly once unless cancelled, and the result is a ticket
   // for cancel(). Concurrent requests for one name share one c-ares lookup. Only the exact name
   // is looked up: no search domains, no HOSTALIASES. Callbacks may call resolve() and cancel().
-  uint64_t resolve(std::string_view name, Callback callback);
+  //
+  // The A and AAAA lookups run side by side. When `first_family` is given and one of them ends
+  // with addresses while the other is still running (RFC 8305 §3), `first_family` runs once from
+  // the event loop with those addresses (kOk, ttl 0, never cached, never from_cache), before
+  // `callback` runs with the whole answer, which repeats them. It never runs for an answer known
+  // at once, for a waiter that joined after the first family answered, or after cancel().
+  uint64_t resolve(std::string_view name, Callback callback, Callback first_family = nullptr);
 
   // The callback of `ticket` will not be called. Unknown or finished tickets are ignored. The
   // lookup itself goes on (others may share it) and its answer is still cached.
@@ -114,9 +120,13 @@ class Resolver {
   static void onDeadline(evutil_socket_t fd, short what, void* arg);
   static void onRenewEvent(evutil_socket_t fd, short what, void* arg);
 
-  uint64_t addWaiter(Pending& pending, Callback callback);
+  uint64_t addWaiter(Pending& pending, Callback callback, Callback first_family);
   void issue(Pending& pending);
-  void finish(Pending& pending, DnsAnswer answer);
+  // Ends the resolution: caches `answer` when `cache` (and its status is cacheable), then calls
+  // every waiter.
+  void finish(Pending& pending, DnsAnswer answer, bool cache = true);
+  void deliverFirstFamily(Pending& pending, const DnsAnswer& answer);
+  static DnsAnswer merge(const DnsAnswer& v6, const DnsAnswer& v4);
   DnsAnswer makeAnswer(int status, const ares_addrinfo* result) const;
   void maybeRenewChannel(Clock::time_point now);
   void renewChannel();
@@ -132,7 +142,7 @@ class Resolver {
   std::unordered_map<std::string, std::unique_ptr<Pending>> pending_;
   std::unordered_map<uint64_t, Pending*> tickets_;
   uint64_t next_ticket_ = 1;
-  size_t orphans_ = 0;    // c-ares lookups whose resolution already ended (deadline)
+  size_t orphans_ = 0;    // c-ares lookup pairs whose resolution already ended (deadline)
   bool issuing_ = false;  // inside AresChannel::getAddrInfo
   bool renew_wanted_ = false;
   std::optional<Clock::time_point> last_renew_;

@@ -1,5 +1,6 @@
 #include "proxy/access_log.h"
 
+#include <algorithm>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -65,6 +66,16 @@ void AccessLog::write(const AccessRecord& r) const {
     LogEscaper::appendText(line, r.closed_by, true);
     line += " phase=";
     LogEscaper::appendText(line, r.phase, true);
+    if (!r.attempts.empty()) {
+      line += " attempts=";
+      for (size_t i = 0; i < r.attempts.size(); ++i) {
+        line += (i == 0 ? "" : ",");
+        // One space-free token: "192.0.2.1:443/connected,...".
+        std::string attempt = r.attempts[i];
+        std::replace(attempt.begin(), attempt.end(), ' ', '/');
+        LogEscaper::appendText(line, attempt, true);
+      }
+    }
     line += ' ';
     LogEscaper::appendText(line, r.sentence, false);
     logger_->info(line);
@@ -101,6 +112,16 @@ void AccessLog::write(const AccessRecord& r) const {
   }
   if (!r.dialled.empty()) {
     field("dialled", r.dialled);
+  }
+  if (!r.attempts.empty()) {
+    line += ",\"attempts\":[";
+    for (size_t i = 0; i < r.attempts.size(); ++i) {
+      if (i != 0) {
+        line += ',';
+      }
+      appendJsonString(line, r.attempts[i]);
+    }
+    line += ']';
   }
   field("decision", decisionName(r));
   field("reason", r.reason);

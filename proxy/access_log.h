@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace spdlog {
 class logger;
@@ -19,7 +20,8 @@ struct AccessRecord {
   std::string target;         // CONNECT host or SNI, as given (escaped when written)
   uint16_t port = 0;
   std::string original_dst;  // transparent only
-  std::string dialled;       // upstream address actually connected
+  std::string dialled;       // upstream address that carried the tunnel (else the last tried)
+  std::vector<std::string> attempts;  // every connection attempt: "ADDR:PORT outcome", in order
   bool allowed = false;  // the tunnel was relayed
   // The policy let it through but it ended before relaying (the client closed after the 200,
   // a drain during dns/connect/tunnel_hello): decision "incomplete", never "deny", so that a

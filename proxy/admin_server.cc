@@ -130,12 +130,15 @@ void AdminServer::handle(evhttp_request* request) {
       reply(request, HTTP_SERVUNAVAIL, "Service Unavailable", kTextType, "no policy loaded\n");
       return;
     }
-    reply(request, HTTP_OK, "OK", "application/json",
-          policyJson(*snapshot, context_.metrics().policyGeneration()) + "\n");
+    reply(
+        request, HTTP_OK, "OK", "application/json",
+        policyJson(*snapshot, context_.metrics().policyGeneration(), context_.listenerWarnings()) +
+            "\n");
   }
 }
 
-std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t generation) {
+std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t generation,
+                                    const std::vector<std::string>& warnings) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
   auto string = [&writer](const std::string& text) {
@@ -209,6 +212,12 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
   writer.EndObject();
   writer.Key("strict_ip");
   writer.Bool(policy.strictIp());
+  writer.Key("listener_warnings");
+  writer.StartArray();
+  for (const std::string& warning : warnings) {
+    string(warning);
+  }
+  writer.EndArray();
   writer.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }

@@ -3,6 +3,7 @@
 #include <event2/event.h>
 
 #include <string>
+#include <vector>
 
 #include "conf/policy_factory.h"
 #include "conf/proxy_settings.h"
@@ -35,7 +36,9 @@ class AdminServer {
   // The policy as JSON: generation, host patterns with their origins, ports, explicit allowed
   // and denied CIDRs with counts, the allowed-prefix count, service tags (file, changeNumber,
   // names) and strict_ip.
-  static std::string policyJson(const PolicySnapshot& snapshot, uint64_t generation);
+  // `warnings`: ProxyContext::listenerWarnings, shown as "listener_warnings".
+  static std::string policyJson(const PolicySnapshot& snapshot, uint64_t generation,
+                                const std::vector<std::string>& warnings = {});
 
  private:
   static void onRequest(evhttp_request* request, void* self);

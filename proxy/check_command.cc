@@ -8,6 +8,7 @@
 #include "conf/policy_factory.h"
 #include "conf/proxy_settings.h"
 #include "filters/ip_address.h"
+#include "proxy/socket_options.h"
 
 namespace acr {
 namespace {
@@ -117,9 +118,16 @@ int runCheckConfig(const std::vector<std::string>& args, std::ostream& out, std:
           << "'\n";
       return 2;
     }
-    buildProxySettings(command_line.config);  // listeners, limits, --admin: refused here too
+    // listeners, limits, --admin: refused here too
+    const ProxySettings settings = buildProxySettings(command_line.config);
     const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
     out << "configuration OK\n" << snapshot.summary();
+    for (const ListenerSettings& listener : settings.listeners) {
+      if (listener.kind == ListenerKind::kTransparent &&
+          !canSetTransparent(listener.address.family())) {
+        out << "warning: " << transparentWarning(listener.text) << "\n";
+      }
+    }
     return 0;
   } catch (const ConfigError& error) {
     err << "acr-egress: " << error.what() << "\n";

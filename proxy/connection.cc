@@ -21,6 +21,9 @@ constexpr size_t kHighWater = 256 * 1024;
 constexpr auto kRelaxed = std::memory_order_relaxed;
 // How long a refused CONNECT client may keep sending before we close anyway.
 constexpr std::chrono::milliseconds kRefuseLinger{2000};
+// RFC 8305 §3 "Resolution Delay": when the A answer comes first, wait this long for the AAAA
+// answer before dialling IPv4 (an AAAA answer that comes first is dialled at once).
+constexpr std::chrono::milliseconds kResolutionDelay{50};
 
 std::string_view statusText(int status) {
   switch (status) {
@@ -302,7 +305,7 @@ void Connection::decideHello(const ClientHello& hello) {
         return;
       }
       candidates_ = {destination};
-      dialNext();
+      dial(false);
       return;
     }
     deny("no_sni", "denied: the ClientHello carries no SNI");
@@ -331,7 +334,7 @@ void Connection::decideHello(const ClientHello& hello) {
         return;
       }
       candidates_ = {destination};
-      dialNext();
+      dial(false);
       return;
     }
     // Public but not in the allowed set: the SNI's own DNS answers must include it.
@@ -344,16 +347,51 @@ void Connection::decideHello(const ClientHello& hello) {
 void Connection::resolve(std::string_view name) {
   state_ = State::kResolve;
   dns_started_ = Clock::now();
-  const uint64_t ticket = worker_.resolver().resolve(name, [this](const DnsAnswer& answer) {
-    dns_ticket_ = 0;
-    onResolved(answer);
-  });
+  Resolver::Callback first_family;
+  if (kind_ != ListenerKind::kTransparent) {
+    // The transparent listener dials only the original destination: it needs the whole answer.
+    first_family = [this](const DnsAnswer& answer) { onFirstFamily(answer); };
+  }
+  const uint64_t ticket = worker_.resolver().resolve(
+      name,
+      [this](const DnsAnswer& answer) {
+        dns_ticket_ = 0;
+        onResolved(answer);
+      },
+      std::move(first_family));
   if (state_ == State::kResolve) {
     dns_ticket_ = ticket;
   }
 }
 
+void Connection::onFirstFamily(const DnsAnswer& answer) {
+  if (state_ != State::kResolve || answer.status != DnsStatus::kOk || answer.addresses.empty()) {
+    return;
+  }
+  first_family_ = answer.addresses;
+  if (answer.addresses.front().isV4()) {
+    armTimer(kResolutionDelay);  // onTimer: dialFirstFamily()
+    return;
+  }
+  dialFirstFamily();
+}
+
+void Connection::dialFirstFamily() {
+  record_.dns_ms = msSince(dns_started_);
+  chooseCandidates(first_family_, true);
+}
+
 void Connection::onResolved(const DnsAnswer& answer) {
+  if (dialer_ != nullptr) {
+    // Dialling started with the first family: the rest joins the attempts, judged the same way.
+    // (A dial that has ended already ignores it; onDialed normally cancels the lookup.)
+    if (state_ == State::kConnect) {
+      chooseCandidates(
+          answer.status == DnsStatus::kOk ? answer.addresses : std::vector<IpAddress>{}, false);
+    }
+    return;
+  }
+  evtimer_del(timer_);  // the resolution delay, if it ran
   record_.dns_ms = msSince(dns_started_);
   if (answer.status != DnsStatus::kOk) {
     const bool timeout = answer.status == DnsStatus::kTimeout;
@@ -382,7 +420,7 @@ void Connection::onResolved(const DnsAnswer& answer) {
       return;
     }
     candidates_ = {destination};
-    dialNext();
+    dial(false);
     return;
   }
   chooseCandidates(answer.addresses);
@@ -401,7 +439,7 @@ bool Connection::refusedAsSelf(const IpAddress& address) {
   return true;
 }
 
-void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
+void Connection::chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming) {
   candidates_.clear();
   for (const IpAddress& address : addresses) {
     const Decision decision = policy_->decideAddress(address);
@@ -418,6 +456,12 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
       first_address_denial_ = decision;
       first_denied_address_ = address;
     }
+  }
+  if (candidates_.empty() && (more_coming || dialer_ != nullptr)) {
+    if (dialer_ != nullptr) {
+      dialer_->add({}, more_coming);  // nothing new; the dial may now end
+    }
+    return;
   }
   if (candidates_.empty()) {
     const Decision& denial = *first_address_denial_;
@@ -438,77 +482,69 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
     }
     return;
   }
-  dialNext();
+  dial(more_coming);
 }
 
 // ---- dialling ----
 
-void Connection::dialNext() {
-  const ProxySettings& settings = worker_.context().settings();
-  closeUpstream(false);
-  if (state_ != State::kConnect) {
+void Connection::dial(bool more_coming) {
+  if (dialer_ == nullptr) {
+    const ProxySettings& settings = worker_.context().settings();
     state_ = State::kConnect;
+    evtimer_del(timer_);
     connect_started_ = Clock::now();
-    connect_deadline_ = connect_started_ + settings.connect_timeout;
+    DialOptions options;
+    options.port = port_;
+    options.attempt_delay = settings.happy_eyeballs_delay;
+    options.deadline = connect_started_ + settings.connect_timeout;
+    options.mark = settings.mark;
+    options.keepalive_idle = settings.keepalive_idle;
+    options.own_upstreams =
+        worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
+    dialer_ = std::make_unique<HappyEyeballsDialer>(
+        worker_.base(), options, [this](DialResult result) { onDialed(std::move(result)); });
   }
-  if (next_candidate_ >= candidates_.size() || Clock::now() >= connect_deadline_) {
-    record_.connect_ms = msSince(connect_started_);
-    const bool refused = last_connect_error_ == ECONNREFUSED;
-    const std::string_view reason = connect_timed_out_ && !refused ? "upstream_timeout"
-                                    : refused                      ? "upstream_refused"
-                                                                   : "upstream_unreachable";
-    const std::string sentence =
-        "upstream " + host_ + " port " + std::to_string(port_) + " failed: " + std::string(reason) +
-        (last_connect_error_ != 0 ? " (" + std::string(std::strerror(last_connect_error_)) + ")"
-                                  : std::string());
-    if (kind_ == ListenerKind::kConnect) {
-      refuse(reason == "upstream_timeout" ? 504 : 502, reason, sentence);
-    } else {
-      deny(reason, sentence);
-    }
+  dialer_->add(candidates_, more_coming);
+}
+
+void Connection::onDialed(DialResult result) {
+  record_.connect_ms = msSince(connect_started_);
+  if (dns_ticket_ != 0) {
+    // Dialling started before the whole answer: what is still to come no longer matters.
+    worker_.resolver().cancel(dns_ticket_);
+    dns_ticket_ = 0;
+  }
+  if (result.endpoint) {
+    record_.dialled = result.endpoint->toString();
+  }
+  if (result.upstream != nullptr) {
+    upstream_ = result.upstream;
+    upstream_local_ = result.local;
+    bufferevent_setcb(upstream_, &Connection::onUpstreamRead, &Connection::onUpstreamWrite,
+                      &Connection::onUpstreamEvent, this);
+    onUpstreamConnected();
     return;
   }
-  const IpAddress address = candidates_[next_candidate_++];
-  const size_t remaining = candidates_.size() - next_candidate_ + 1;
-  const SocketAddress endpoint = toSocketAddress(address, port_);
-  record_.dialled = endpoint.toString();
-  const int fd = socket(endpoint.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    last_connect_error_ = errno;
-    dialNext();
-    return;
-  }
-  if (settings.mark && !setMark(fd, *settings.mark)) {
-    // Without its mark the upstream socket could be redirected back to us: fail closed.
-    last_connect_error_ = errno;
-    close(fd);
-    candidates_.clear();
-    dialNext();
-    return;
-  }
-  setKeepalive(fd, settings.keepalive_idle);
-  upstream_ = bufferevent_socket_new(worker_.base(), fd, BEV_OPT_CLOSE_ON_FREE);
-  bufferevent_setcb(upstream_, &Connection::onUpstreamRead, &Connection::onUpstreamWrite,
-                    &Connection::onUpstreamEvent, this);
-  const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(
-      (connect_deadline_ - Clock::now()) / remaining);
-  armTimer(std::max(budget, std::chrono::milliseconds(1)));
-  if (bufferevent_socket_connect(upstream_, endpoint.get(), static_cast<int>(endpoint.length)) !=
-      0) {
-    onUpstreamFailed(EVUTIL_SOCKET_ERROR());
-    return;
-  }
-  if (worker_.context().guardsLoops()) {
-    // connect() has bound the local port already: register it before the kernel can deliver a
-    // redirected copy of this connection to our own transparent listener.
-    upstream_local_ = localAddress(fd);
-    if (upstream_local_) {
-      worker_.context().ownUpstreams().add(*upstream_local_);
-    }
+  const int error = result.error;
+  const bool refused = error == ECONNREFUSED;
+  const bool timed_out = result.timed_out || error == ETIMEDOUT;
+  const std::string_view reason = timed_out && !refused ? "upstream_timeout"
+                                  : refused             ? "upstream_refused"
+                                                        : "upstream_unreachable";
+  const std::string sentence =
+      "upstream " + host_ + " port " + std::to_string(port_) + " failed: " + std::string(reason) +
+      (error != 0 ? " (" + std::string(std::strerror(error)) + ")" : std::string());
+  if (kind_ == ListenerKind::kConnect) {
+    refuse(reason == "upstream_timeout" ? 504 : 502, reason, sentence);
+  } else {
+    deny(reason, sentence);
   }
 }
 
 void Connection::closeUpstream(bool reset) {
+  if (dialer_ != nullptr) {
+    dialer_->cancel();
+  }
   if (upstream_local_) {
     worker_.context().ownUpstreams().remove(*upstream_local_);
     upstream_local_.reset();
@@ -522,15 +558,8 @@ void Connection::closeUpstream(bool reset) {
   }
 }
 
-void Connection::onUpstreamFailed(int error) {
-  last_connect_error_ = error;
-  evtimer_del(timer_);
-  dialNext();
-}
-
 void Connection::onUpstreamConnected() {
   evtimer_del(timer_);
-  record_.connect_ms = msSince(connect_started_);
   if (kind_ != ListenerKind::kConnect) {
     startRelay();
     return;
@@ -705,14 +734,6 @@ void Connection::onClientEvent(bufferevent*, short events, void* self) {
 
 void Connection::onUpstreamEvent(bufferevent*, short events, void* self) {
   auto* c = static_cast<Connection*>(self);
-  if (c->state_ == State::kConnect) {
-    if ((events & BEV_EVENT_CONNECTED) != 0) {
-      c->onUpstreamConnected();
-    } else {
-      c->onUpstreamFailed(EVUTIL_SOCKET_ERROR());
-    }
-    return;
-  }
   if (c->state_ == State::kRelay && (events & BEV_EVENT_EOF) != 0 &&
       (events & BEV_EVENT_ERROR) == 0) {
     c->relay(c->upstream_, c->client_, true);
@@ -733,10 +754,8 @@ void Connection::onTimer(evutil_socket_t, short, void* self) {
     case State::kTunnelHello:
       c->deny("hello_timeout", "denied: the ClientHello did not arrive in time");
       break;
-    case State::kConnect:
-      c->connect_timed_out_ = true;
-      c->last_connect_error_ = ETIMEDOUT;
-      c->dialNext();
+    case State::kResolve:
+      c->dialFirstFamily();  // the resolution delay ran out
       break;
     case State::kRelay: {
       const auto idle = c->worker_.context().settings().idle_timeout;
@@ -858,6 +877,13 @@ void Connection::finish(std::string_view closed_by, bool reset) {
     stats.active_tunnels.fetch_sub(1, kRelaxed);
   }
   state_ = State::kClosed;
+  if (dialer_ != nullptr) {
+    for (const DialAttempt& attempt : dialer_->attempts()) {
+      record_.attempts.push_back(attempt.toString());
+      worker_.context().metrics().recordConnectAttempt(attempt.endpoint.family() == AF_INET6,
+                                                       attempt.outcome);
+    }
+  }
   (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, kRelaxed);
   worker_.context().logConnection(record_);
   worker_.context().metrics().recordConnection(record_);

@@ -16,6 +16,7 @@
 #include "filters/connect_request_parser.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/happy_eyeballs_dialer.h"
 
 namespace acr {
 
@@ -36,8 +37,9 @@ class Connection {
   enum class State : uint8_t {
     kReadHead,     // connect: reading the CONNECT head (head timeout runs)
     kReadHello,    // transparent/sni: reading the ClientHello (head timeout runs)
-    kResolve,      // waiting for the proxy's own DNS answer for an allowed name
-    kConnect,      // dialling the allowed candidates in order (connect budget runs)
+    kResolve,      // waiting for the proxy's own DNS answer for an allowed name (when one family
+                   // answered first: the resolution delay runs)
+    kConnect,      // the dialer tries the allowed candidates (connect budget runs)
     kTunnelHello,  // connect: 200 sent; peeking the tunnel's first bytes for the SNI
     kRelay,        // relaying both ways (idle timeout runs)
     kRefuse,       // connect: flushing a refusal, then closing
@@ -70,18 +72,26 @@ class Connection {
   void decideHello(const ClientHello& hello);
   void resolve(std::string_view name);
   void onResolved(const DnsAnswer& answer);
-  // Keeps the allowed addresses of `addresses`, in order; remembers the first denial.
-  void chooseCandidates(const std::vector<IpAddress>& addresses);
+  // One address family answered before the other (Resolver first_family): RFC 8305 §3.
+  void onFirstFamily(const DnsAnswer& answer);
+  // Dials the first family's allowed addresses while the other family is still resolving.
+  void dialFirstFamily();
+  // Keeps the allowed addresses of `addresses`, in order; remembers the first denial. Dials them;
+  // refuses with the first denial when none is allowed and nothing else can come (`more_coming`
+  // false and nothing dialled yet).
+  void chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming = false);
+  // Hands `candidates_` to the dialer, making it (and starting the connect budget) the first time.
+  void dial(bool more_coming);
   // True when `address`:port_ is one of this process's listening endpoints (any listener, a
   // wildcard one by every local address; see LocalAddresses): dialling it would loop.
   bool dialsSelf(const IpAddress& address) const;
   // If dialsSelf(address), refuses the connection (self_connection) and returns true.
   bool refusedAsSelf(const IpAddress& address);
-  void dialNext();
-  // Frees the upstream socket (RST if `reset`) and forgets its local endpoint.
+  void onDialed(DialResult result);
+  // Frees the upstream socket (RST if `reset`) and forgets its local endpoint; closes every
+  // connection attempt still in flight.
   void closeUpstream(bool reset);
   void onUpstreamConnected();
-  void onUpstreamFailed(int error);
   void startRelay();
   void relay(bufferevent* from, bufferevent* to, bool upstream_to_client);
   void onEof(bool from_client);
@@ -116,12 +126,10 @@ class Connection {
   std::optional<SocketAddress> original_dst_;
   std::optional<SocketAddress> upstream_local_;  // registered in OwnUpstreams while open
   std::vector<IpAddress> candidates_;
-  size_t next_candidate_ = 0;
   std::optional<Decision> first_address_denial_;
   IpAddress first_denied_address_;
-  int last_connect_error_ = 0;
-  bool connect_timed_out_ = false;
-  std::chrono::steady_clock::time_point connect_deadline_;
+  std::vector<IpAddress> first_family_;          // addresses of the family that answered first
+  std::unique_ptr<HappyEyeballsDialer> dialer_;  // from the first dial to the end
 
   // Half-close bookkeeping for the relay.
   bool client_eof_ = false;

@@ -190,6 +190,13 @@ void Metrics::recordConnection(const AccessRecord& record) noexcept {
   }
 }
 
+void Metrics::recordConnectAttempt(bool ipv6, AttemptOutcome outcome) noexcept {
+  const auto index = static_cast<size_t>(outcome);
+  if (index < kAttemptOutcomeCount) {
+    connect_attempts_[ipv6 ? 1 : 0][index].fetch_add(1, kRelaxed);
+  }
+}
+
 void Metrics::recordReload(bool ok) noexcept {
   (ok ? reloads_ok_ : reloads_failed_).fetch_add(1, kRelaxed);
 }
@@ -299,6 +306,23 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
   appendHistogram(out, "acr_egress_decision_duration_seconds",
                   "Time from accept to the verdict: the tunnel relaying, or the refusal.",
                   decision_latency_);
+  appendFamily(out, "acr_egress_upstream_connect_total", "counter",
+               "Upstream connection attempts (Happy Eyeballs: several per connection), by address "
+               "family and outcome (the access log's attempts).");
+  for (const bool ipv6 : {false, true}) {
+    for (size_t i = 0; i < kAttemptOutcomeCount; ++i) {
+      const auto outcome = static_cast<AttemptOutcome>(i);
+      if (outcome == AttemptOutcome::kPending) {
+        continue;
+      }
+      out += ipv6 ? "acr_egress_upstream_connect_total{family=\"ipv6\",outcome=\""
+                  : "acr_egress_upstream_connect_total{family=\"ipv4\",outcome=\"";
+      out += attemptOutcomeName(outcome);
+      out += "\"} ";
+      appendNumber(out, connect_attempts_[ipv6 ? 1 : 0][i].load(kRelaxed));
+      out += '\n';
+    }
+  }
   appendFamily(out, "acr_egress_reloads_total", "counter",
                "Policy reloads (SIGHUP), by result; a failed reload keeps the old policy.");
   out += "acr_egress_reloads_total{result=\"ok\"} ";

@@ -11,6 +11,7 @@
 
 #include "dns/dns_observer.h"
 #include "proxy/access_log.h"
+#include "proxy/happy_eyeballs_dialer.h"
 
 namespace acr {
 
@@ -80,6 +81,8 @@ class Metrics final : public DnsObserver {
   // the connection's total time).
   void recordConnection(const AccessRecord& record) noexcept;
   void recordReload(bool ok) noexcept;
+  // Counts one finished upstream connection attempt by address family and outcome.
+  void recordConnectAttempt(bool ipv6, AttemptOutcome outcome) noexcept;
   // The policy now in force (at start and after every successful reload): bumps the generation
   // and remembers the service-tags changeNumber and file.
   void recordPolicy(const PolicySnapshot& snapshot);
@@ -112,6 +115,8 @@ class Metrics final : public DnsObserver {
       dns_resolutions_{};
   std::atomic<uint64_t> dns_channel_resets_{0};
   LatencyHistogram decision_latency_;
+  // [ipv6][outcome]
+  std::array<std::array<std::atomic<uint64_t>, kAttemptOutcomeCount>, 2> connect_attempts_{};
   std::atomic<uint64_t> reloads_ok_{0};
   std::atomic<uint64_t> reloads_failed_{0};
   std::atomic<uint64_t> policy_generation_{0};

@@ -117,6 +117,12 @@ class ProxyContext {
     }
     return out;
   }
+  // Startup findings an operator must see (a transparent listener without IP_TRANSPARENT): set
+  // once on the main thread before the workers and the admin endpoint start, read-only after.
+  void setListenerWarnings(std::vector<std::string> warnings) {
+    listener_warnings_ = std::move(warnings);
+  }
+  const std::vector<std::string>& listenerWarnings() const noexcept { return listener_warnings_; }
 
  private:
   const ProxySettings settings_;
@@ -130,6 +136,7 @@ class ProxyContext {
   Metrics metrics_;
   std::atomic<bool> draining_{false};
   OwnUpstreams own_upstreams_;
+  std::vector<std::string> listener_warnings_;
 };
 
 }  // namespace acr

@@ -193,6 +193,9 @@ int ProxyServer::run() {
                                "--transparent or --sni");
     }
   }
+  if (!workers_.empty()) {
+    context_->setListenerWarnings(workers_.front()->transparentWarnings());
+  }
   // Each worker listens on its own duplicate; systemd keeps the original for the next start.
   for (const int fd : inherited) {
     close(fd);
@@ -222,6 +225,9 @@ int ProxyServer::run() {
   }
   spdlog::info("{}", jsonEscaped("listening: " + listening + "; workers: " + std::to_string(count) +
                                  (inherited.empty() ? "" : "; socket activation")));
+  for (const std::string& warning : context_->listenerWarnings()) {
+    spdlog::warn("{}", jsonEscaped(warning));
+  }
   if (context_->hasTransparentListener() && !settings.mark) {
     spdlog::warn(
         "transparent listener without --mark: the firewall rule cannot exclude the proxy's own "

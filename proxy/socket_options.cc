@@ -5,6 +5,7 @@
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -19,6 +20,36 @@ bool setKeepalive(int fd, std::chrono::seconds idle) noexcept {
          setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_seconds, sizeof(idle_seconds)) == 0 &&
          setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval)) == 0 &&
          setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) == 0;
+}
+
+bool setTransparent(int fd, int family) noexcept {
+  const int on = 1;
+  return family == AF_INET6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof(on)) == 0
+                            : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &on, sizeof(on)) == 0;
+}
+
+bool isTransparent(int fd, int family) noexcept {
+  int value = 0;
+  socklen_t length = sizeof(value);
+  const int rc = family == AF_INET6 ? getsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &value, &length)
+                                    : getsockopt(fd, SOL_IP, IP_TRANSPARENT, &value, &length);
+  return rc == 0 && value != 0;
+}
+
+bool canSetTransparent(int family) noexcept {
+  const int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return false;
+  }
+  const bool ok = setTransparent(fd, family);
+  close(fd);
+  return ok;
+}
+
+std::string transparentWarning(const std::string& listener) {
+  return "transparent listener " + listener +
+         " cannot set IP_TRANSPARENT: the process lacks CAP_NET_ADMIN, so TPROXY traffic to it "
+         "is dropped; REDIRECT still works";
 }
 
 bool setMark(int fd, uint32_t mark) noexcept {

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "conf/proxy_settings.h"
 #include "filters/ip_address.h"
@@ -18,6 +19,16 @@ bool setKeepalive(int fd, std::chrono::seconds idle) noexcept;
 bool setMark(int fd, uint32_t mark) noexcept;
 // Makes the next close() send RST instead of FIN (SO_LINGER 0), to propagate an abort.
 void setResetOnClose(int fd) noexcept;
+// IP_TRANSPARENT / IPV6_TRANSPARENT for a `family` socket (needs CAP_NET_ADMIN): without it TPROXY
+// cannot deliver connections for foreign destinations to the socket.
+bool setTransparent(int fd, int family) noexcept;
+// Whether the option is set on `fd` (also for a socket systemd passed with Transparent=yes).
+bool isTransparent(int fd, int family) noexcept;
+// Whether this process may set the option on a `family` socket (tried on a throwaway socket).
+bool canSetTransparent(int family) noexcept;
+// What an operator reads when the transparent listener `listener` ("ADDR:PORT") has no
+// IP_TRANSPARENT: the missing capability and what still works.
+std::string transparentWarning(const std::string& listener);
 
 // The destination the client really asked for on a transparent listener: SO_ORIGINAL_DST /
 // IP6T_SO_ORIGINAL_DST after an iptables/nftables REDIRECT, otherwise the socket's own local

@@ -72,9 +72,8 @@ int boundSocket(const ListenerSettings& settings) {
   if (settings.kind == ListenerKind::kTransparent) {
     // TPROXY delivers foreign destinations only to IP_TRANSPARENT sockets. It needs
     // CAP_NET_ADMIN; without it, REDIRECT still works, so a refusal is not fatal.
-    const int level = settings.address.family() == AF_INET6 ? SOL_IPV6 : SOL_IP;
-    const int option = settings.address.family() == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT;
-    setsockopt(fd, level, option, &on, sizeof(on));
+    // The proxy server warns about it (Worker::transparentWarnings).
+    setTransparent(fd, settings.address.family());
   }
   if (bind(fd, settings.address.get(), settings.address.length) != 0) {
     const int error = errno;
@@ -145,6 +144,18 @@ void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>&
     listener->resume = evtimer_new(base_, &Worker::onResume, listener.get());
     listeners_.push_back(std::move(listener));
   }
+}
+
+std::vector<std::string> Worker::transparentWarnings() const {
+  std::vector<std::string> warnings;
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    const Listener& listener = *listeners_[i];
+    if (listener.kind == ListenerKind::kTransparent &&
+        !isTransparent(evconnlistener_get_fd(listener.listener), listener.address.family())) {
+      warnings.push_back(transparentWarning(listener.address.toString()));
+    }
+  }
+  return warnings;
 }
 
 void Worker::start(unsigned index) {

@@ -29,6 +29,8 @@ class Worker {
   // whose address matches a listening socket in `inherited` (systemd socket activation) listens
   // on a duplicate of it instead of a new socket, and marks it in `used`.
   void bindListeners(const std::vector<int>& inherited, std::vector<bool>& used);
+  // One transparentWarning() per transparent listener whose socket has no IP_TRANSPARENT.
+  std::vector<std::string> transparentWarnings() const;
   void start(unsigned index);  // runs the loop on a new thread named acr-worker-<index>
   void join();
   // True once the loop has ended (after a drain); safe from any thread.

@@ -28,6 +28,7 @@ TEST(ProxySettingsTest, Defaults) {
   EXPECT_EQ(settings.listeners[0].address.toString(), "127.0.0.1:3128");
   EXPECT_EQ(settings.head_timeout, std::chrono::seconds(10));
   EXPECT_EQ(settings.connect_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(settings.happy_eyeballs_delay, std::chrono::milliseconds(250));
   EXPECT_EQ(settings.dns_timeout, std::chrono::seconds(5));
   EXPECT_EQ(settings.idle_timeout, std::chrono::minutes(15));
   EXPECT_LT(settings.keepalive_idle, std::chrono::seconds(240));  // under Azure's NAT idle
@@ -56,6 +57,8 @@ TEST(ProxySettingsTest, ReadsEveryOption) {
                                                                "2s",
                                                                "--connect-timeout",
                                                                "1500ms",
+                                                               "--happy-eyeballs-delay",
+                                                               "0ms",
                                                                "--idle-timeout",
                                                                "1h",
                                                                "--drain-timeout",
@@ -91,6 +94,7 @@ TEST(ProxySettingsTest, ReadsEveryOption) {
   EXPECT_TRUE(s.allow_non_tls && s.allow_no_sni);
   EXPECT_EQ(s.head_timeout, std::chrono::seconds(2));
   EXPECT_EQ(s.connect_timeout, std::chrono::milliseconds(1500));
+  EXPECT_EQ(s.happy_eyeballs_delay, std::chrono::milliseconds(0));
   EXPECT_EQ(s.idle_timeout, std::chrono::hours(1));
   EXPECT_EQ(s.drain_timeout, std::chrono::milliseconds(0));
   EXPECT_EQ(s.keepalive_idle, std::chrono::seconds(60));
@@ -146,6 +150,7 @@ TEST(ProxySettingsTest, RefusesBadValues) {
       {{"--dns-server", "resolver.example"}, "invalid DNS server"},
       {{"--head-timeout", "10"}, "--head-timeout: invalid limits.head_timeout '10'"},
       {{"--idle-timeout", "1ms"}, "invalid limits.idle_timeout"},
+      {{"--happy-eyeballs-delay", "5s"}, "invalid limits.happy_eyeballs_delay"},
       {{"--workers", "-1"}, "invalid proxy.workers"},
       {{"--mark", "0"}, "invalid proxy.mark"},
       {{"--max-connections", "0"}, "invalid limits.max_connections"},

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -296,13 +297,15 @@ class Dnsmasq {
 
 // A UDP "DNS server" on loopback inside the test process, served by the test's event loop. For
 // every datagram it calls the responder, which returns the reply bytes or nothing (no reply).
+// setDelay() makes it send some replies later (from the loop) instead of at once.
 class FakeDnsServer {
  public:
   using Responder = std::function<std::optional<std::string>(std::string_view query)>;
+  using Delay = std::function<std::chrono::milliseconds(std::string_view query)>;
 
   FakeDnsServer(event_base* base, Responder responder, const std::string& address = "127.0.0.1",
                 uint16_t port = 0)
-      : responder_(std::move(responder)) {
+      : base_(base), responder_(std::move(responder)) {
     Endpoint endpoint(address, port);
     fd_ = socket(endpoint.family(), SOCK_DGRAM | SOCK_NONBLOCK, 0);
     socklen_t length = sizeof(endpoint.storage);
@@ -318,11 +321,17 @@ class FakeDnsServer {
   FakeDnsServer(const FakeDnsServer&) = delete;
   FakeDnsServer& operator=(const FakeDnsServer&) = delete;
   ~FakeDnsServer() {
+    for (Later* later : pending_) {
+      event_free(later->timer);
+      delete later;
+    }
     if (event_ != nullptr) {
       event_free(event_);
     }
     close(fd_);
   }
+
+  void setDelay(Delay delay) { delay_ = std::move(delay); }
 
   bool ok() const { return port_ != 0; }
   std::string server() const { return serverText(address_, port_); }
@@ -342,12 +351,46 @@ class FakeDnsServer {
     ++self->received_;
     const std::optional<std::string> reply =
         self->responder_(std::string_view(buffer, static_cast<size_t>(n)));
-    if (reply) {
-      sendto(fd, reply->data(), reply->size(), 0, reinterpret_cast<sockaddr*>(&from), length);
+    if (!reply) {
+      return;
     }
+    const std::chrono::milliseconds delay =
+        self->delay_ ? self->delay_(std::string_view(buffer, static_cast<size_t>(n)))
+                     : std::chrono::milliseconds(0);
+    if (delay.count() <= 0) {
+      sendto(fd, reply->data(), reply->size(), 0, reinterpret_cast<sockaddr*>(&from), length);
+      return;
+    }
+    auto* later = new Later{self, *reply, from, length, nullptr};
+    later->timer = evtimer_new(self->base_, &FakeDnsServer::onLater, later);
+    const timeval tv{static_cast<time_t>(delay.count() / 1000),
+                     static_cast<suseconds_t>((delay.count() % 1000) * 1000)};
+    evtimer_add(later->timer, &tv);
+    self->pending_.push_back(later);
   }
 
+  struct Later {
+    FakeDnsServer* server;
+    std::string reply;
+    sockaddr_storage to;
+    socklen_t length;
+    event* timer;
+  };
+
+  static void onLater(evutil_socket_t, short, void* arg) {
+    auto* later = static_cast<Later*>(arg);
+    FakeDnsServer* self = later->server;
+    sendto(self->fd_, later->reply.data(), later->reply.size(), 0,
+           reinterpret_cast<sockaddr*>(&later->to), later->length);
+    self->pending_.erase(std::find(self->pending_.begin(), self->pending_.end(), later));
+    event_free(later->timer);
+    delete later;
+  }
+
+  event_base* base_;
   Responder responder_;
+  Delay delay_;
+  std::vector<Later*> pending_;
   int fd_ = -1;
   event* event_ = nullptr;
   std::string address_;

@@ -825,6 +825,120 @@ INSTANTIATE_TEST_SUITE_P(
                      DnsStatus::kFailure}),
     [](const ::testing::TestParamInfo<BadReplyCase>& param_info) { return param_info.param.name; });
 
+// ---- first family (RFC 8305 §3) ----
+
+// QTYPE of a query (1 = A, 28 = AAAA), 0 if it does not parse.
+uint16_t queryType(std::string_view query) {
+  size_t i = 12;
+  while (i < query.size() && query[i] != 0) {
+    i += 1 + static_cast<uint8_t>(query[i]);
+  }
+  if (i + 3 > query.size()) {
+    return 0;
+  }
+  return static_cast<uint16_t>(static_cast<uint8_t>(query[i + 1]) << 8 |
+                               static_cast<uint8_t>(query[i + 2]));
+}
+
+// A reply with 192.0.2.1 to an A query and 2001:db8::1 to an AAAA query, TTL 60.
+std::optional<std::string> dualStackReply(std::string_view query) {
+  const uint16_t type = queryType(query);
+  if (type == 1) {
+    return reply(query, kResponse, 1,
+                 std::string{'\xc0', 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, '\xc0', 0, 2, 1});
+  }
+  if (type == 28) {
+    std::string rest{'\xc0', 12, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16, 0x20, 0x01, 0x0d, '\xb8'};
+    rest.append(11, '\0');
+    rest.push_back(1);
+    return reply(query, kResponse, 1, rest);
+  }
+  return reply(query, 0x8182, 0, "");
+}
+
+// The A answer arrives 400 ms before the AAAA answer: first_family gets the IPv4 address as soon
+// as it is known, then the callback the whole answer, which alone is cached.
+TEST_F(ResolverTest, FirstFamilyArrivesBeforeTheWholeAnswer) {
+  FakeDnsServer server(base_, dualStackReply);
+  ASSERT_TRUE(server.ok());
+  server.setDelay([](std::string_view query) { return queryType(query) == 28 ? 400ms : 0ms; });
+  auto resolver = makeResolver(optionsFor(server.server()));
+
+  const auto started = Clock::now();
+  std::optional<DnsAnswer> first;
+  std::optional<DnsAnswer> whole;
+  Clock::time_point first_at;
+  Clock::time_point whole_at;
+  int plain_calls = 0;
+  resolver->resolve(
+      "dual.test",
+      [&](const DnsAnswer& answer) {
+        whole = answer;
+        whole_at = Clock::now();
+      },
+      [&](const DnsAnswer& answer) {
+        EXPECT_FALSE(whole) << "first_family after the whole answer";
+        first = answer;
+        first_at = Clock::now();
+      });
+  resolver->resolve("dual.test", [&](const DnsAnswer&) { ++plain_calls; });  // no first_family
+  runUntil(
+      base_, [&] { return whole.has_value(); }, 3s);
+  ASSERT_TRUE(first);
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(first->status, DnsStatus::kOk);
+  EXPECT_EQ(texts(*first), (std::vector<std::string>{"192.0.2.1"}));
+  EXPECT_EQ(first->ttl, 0s);
+  EXPECT_LT(first_at - started, 300ms);
+  EXPECT_GE(whole_at - started, 350ms);
+  EXPECT_EQ(whole->status, DnsStatus::kOk);
+  EXPECT_EQ(texts(*whole), (std::vector<std::string>{"192.0.2.1", "2001:db8::1"}));
+  EXPECT_EQ(whole->addresses.front().toString(), "2001:db8::1");  // IPv6 first
+  EXPECT_EQ(plain_calls, 1);
+  EXPECT_EQ(resolver->stats().queries, 1u);
+
+  const auto cached = resolveNow(*resolver, "dual.test");
+  ASSERT_TRUE(cached);
+  EXPECT_TRUE(cached->from_cache);
+  EXPECT_EQ(texts(*cached), (std::vector<std::string>{"192.0.2.1", "2001:db8::1"}));
+}
+
+// A cancelled waiter hears neither its first family nor the whole answer.
+TEST_F(ResolverTest, CancelledWaiterHearsNoFirstFamily) {
+  FakeDnsServer server(base_, dualStackReply);
+  ASSERT_TRUE(server.ok());
+  server.setDelay([](std::string_view query) { return queryType(query) == 28 ? 200ms : 0ms; });
+  auto resolver = makeResolver(optionsFor(server.server()));
+  int calls = 0;
+  const uint64_t ticket = resolver->resolve(
+      "dual.test", [&](const DnsAnswer&) { ++calls; }, [&](const DnsAnswer&) { ++calls; });
+  ASSERT_NE(ticket, 0u);
+  resolver->cancel(ticket);
+  const auto other = resolveNow(*resolver, "dual.test");
+  ASSERT_TRUE(other);
+  EXPECT_EQ(calls, 0);
+}
+
+// AAAA never answers: at the resolution deadline the A half is delivered (usable), but not
+// cached, since it is not the whole answer.
+TEST_F(ResolverTest, DeadlineWithOneFamilyDeliversItUncached) {
+  FakeDnsServer server(base_, [](std::string_view query) -> std::optional<std::string> {
+    if (queryType(query) == 28) {
+      return std::nullopt;
+    }
+    return dualStackReply(query);
+  });
+  ASSERT_TRUE(server.ok());
+  ResolverOptions options = optionsFor(server.server());
+  options.timeout = 500ms;
+  auto resolver = makeResolver(options);
+  const auto answer = resolveNow(*resolver, "dual.test", 2s);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, DnsStatus::kOk);
+  EXPECT_EQ(texts(*answer), (std::vector<std::string>{"192.0.2.1"}));
+  EXPECT_EQ(resolver->cacheSize(), 0u);
+}
+
 TEST(DnsStatusTest, NamesAreStable) {
   EXPECT_EQ(dnsStatusName(DnsStatus::kOk), "ok");
   EXPECT_EQ(dnsStatusName(DnsStatus::kNxDomain), "nxdomain");

@@ -263,6 +263,11 @@ class UdpDnsServer:
     def answer(self, query):
         raise NotImplementedError
 
+    def respond(self, query, peer):
+        """The reply to send `peer` now (None: none). Subclasses that answer later override this
+        and send with `self.sock.sendto` themselves."""
+        return self.answer(query)
+
     def _serve(self):
         while not self._stop.is_set():
             try:
@@ -271,7 +276,7 @@ class UdpDnsServer:
                 continue
             except OSError:
                 return
-            reply = self.answer(query)
+            reply = self.respond(query, peer)
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.sock.sendto(reply, peer)
@@ -431,12 +436,14 @@ class Proxy:
     calls it when the test has not. `env` adds to (not replaces) the environment; `nofile`, if
     given, is the process's RLIMIT_NOFILE (soft and hard). `prefix` (argv) is run in front of
     the binary and must exec it, so that `.pid` stays the proxy's (`ip netns exec NS`,
-    `prlimit ... --`, `sh -c '... exec "$0" "$@"'`); `pass_fds` are inherited descriptors."""
+    `prlimit ... --`, `sh -c '... exec "$0" "$@"'`); `pass_fds` are inherited descriptors;
+    `wrapper` is an older name for an argv prefix (setpriv), run in front of `prefix`."""
 
     START_TIMEOUT = 20.0
 
-    def __init__(self, args, env=None, nofile=None, prefix=(), pass_fds=()):
+    def __init__(self, args, env=None, nofile=None, prefix=(), pass_fds=(), wrapper=()):
         self.args = [str(a) for a in args]
+        self.wrapper = [str(a) for a in wrapper]  # argv prefix, e.g. setpriv with its options
         self.nofile = nofile
         self.prefix = [str(a) for a in prefix]
         self.pass_fds = tuple(pass_fds)
@@ -477,7 +484,7 @@ class Proxy:
             if limit is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-        self._proc = subprocess.Popen(self.prefix + [binary_path()] + self.args,
+        self._proc = subprocess.Popen(self.wrapper + self.prefix + [binary_path()] + self.args,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, env=self.env,
                                       preexec_fn=set_limits, pass_fds=self.pass_fds)

@@ -1,0 +1,322 @@
+#include "proxy/happy_eyeballs_dialer.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "proxy/own_upstreams.h"
+#include "proxy/socket_options.h"
+
+namespace acr {
+namespace {
+
+timeval toTimeval(std::chrono::milliseconds duration) {
+  const int64_t ms = std::max<int64_t>(duration.count(), 0);
+  return timeval{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+}
+
+AttemptOutcome outcomeOf(int error) noexcept {
+  return error == ECONNREFUSED ? AttemptOutcome::kRefused : AttemptOutcome::kUnreachable;
+}
+
+}  // namespace
+
+std::vector<IpAddress> happyEyeballsOrder(const std::vector<IpAddress>& addresses, bool first_v6) {
+  std::vector<IpAddress> v6;
+  std::vector<IpAddress> v4;
+  for (const IpAddress& address : addresses) {
+    (address.isV4() ? v4 : v6).push_back(address);
+  }
+  const std::vector<IpAddress>& first = first_v6 ? v6 : v4;
+  const std::vector<IpAddress>& second = first_v6 ? v4 : v6;
+  std::vector<IpAddress> ordered;
+  ordered.reserve(addresses.size());
+  for (size_t i = 0; i < std::max(first.size(), second.size()); ++i) {
+    if (i < first.size()) {
+      ordered.push_back(first[i]);
+    }
+    if (i < second.size()) {
+      ordered.push_back(second[i]);
+    }
+  }
+  return ordered;
+}
+
+std::string_view attemptOutcomeName(AttemptOutcome outcome) noexcept {
+  switch (outcome) {
+    case AttemptOutcome::kPending:
+      return "pending";
+    case AttemptOutcome::kConnected:
+      return "connected";
+    case AttemptOutcome::kRefused:
+      return "refused";
+    case AttemptOutcome::kUnreachable:
+      return "unreachable";
+    case AttemptOutcome::kTimeout:
+      return "timeout";
+    case AttemptOutcome::kCancelled:
+      return "cancelled";
+    case AttemptOutcome::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+std::string DialAttempt::toString() const {
+  return endpoint.toString() + " " + std::string(attemptOutcomeName(outcome));
+}
+
+// One attempt in flight: its socket and where its record is.
+struct HappyEyeballsDialer::Live {
+  HappyEyeballsDialer* dialer = nullptr;
+  size_t index = 0;  // into attempts_
+  bufferevent* bev = nullptr;
+  std::optional<SocketAddress> local;  // registered in own_upstreams
+};
+
+HappyEyeballsDialer::HappyEyeballsDialer(event_base* base, DialOptions options, Callback done)
+    : base_(base), options_(options), done_(std::move(done)) {
+  next_timer_ = evtimer_new(base_, &HappyEyeballsDialer::onNextTimer, this);
+  deadline_timer_ = evtimer_new(base_, &HappyEyeballsDialer::onDeadline, this);
+}
+
+HappyEyeballsDialer::~HappyEyeballsDialer() {
+  cancel();
+  if (next_timer_ != nullptr) {
+    event_free(next_timer_);
+  }
+  if (deadline_timer_ != nullptr) {
+    event_free(deadline_timer_);
+  }
+}
+
+void HappyEyeballsDialer::add(const std::vector<IpAddress>& addresses, bool more_coming) {
+  if (finished_) {
+    return;
+  }
+  more_coming_ = more_coming;
+  std::vector<IpAddress> merged = queue_;
+  for (const IpAddress& address : addresses) {
+    const bool attempted = std::any_of(
+        attempts_.begin(), attempts_.end(),
+        [&](const DialAttempt& attempt) { return toIpAddress(attempt.endpoint) == address; });
+    if (!attempted && std::find(merged.begin(), merged.end(), address) == merged.end()) {
+      merged.push_back(address);
+    }
+  }
+  // Alternate starting with the family not dialled last (IPv6 before anything was dialled).
+  queue_ = happyEyeballsOrder(merged, attempts_.empty() || !last_v6_);
+  if (!started_) {
+    started_ = true;
+    if (next_timer_ == nullptr || deadline_timer_ == nullptr) {
+      fail(false, ENOMEM);
+      return;
+    }
+    const timeval budget = toTimeval(
+        std::chrono::duration_cast<std::chrono::milliseconds>(options_.deadline - Clock::now()));
+    evtimer_add(deadline_timer_, &budget);
+    startNext();
+    return;
+  }
+  if (live_.empty()) {
+    startNext();
+  } else if (options_.attempt_delay.count() == 0) {
+    // One at a time: the attempt in flight now shares the budget with the new addresses.
+    const auto share = (options_.deadline - last_start_) / static_cast<int64_t>(queue_.size() + 1);
+    armNext(
+        std::chrono::duration_cast<std::chrono::milliseconds>(last_start_ + share - Clock::now()));
+  } else if (!evtimer_pending(next_timer_, nullptr)) {
+    // The delay runs from the last attempt's start, as if the addresses had been there all along.
+    const auto since =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_start_);
+    armNext(options_.attempt_delay - since);
+  }
+}
+
+void HappyEyeballsDialer::cancel() noexcept {
+  finished_ = true;
+  while (!live_.empty()) {
+    closeLive(*live_.back(), AttemptOutcome::kCancelled, 0);
+  }
+  if (next_timer_ != nullptr) {
+    evtimer_del(next_timer_);
+  }
+  if (deadline_timer_ != nullptr) {
+    evtimer_del(deadline_timer_);
+  }
+}
+
+bool HappyEyeballsDialer::startNext() {
+  while (!queue_.empty()) {
+    const IpAddress address = queue_.front();
+    queue_.erase(queue_.begin());
+    const SocketAddress endpoint = toSocketAddress(address, options_.port);
+    attempts_.push_back({endpoint, AttemptOutcome::kPending, 0});
+    const size_t index = attempts_.size() - 1;
+    last_v6_ = !address.isV4();
+    last_start_ = Clock::now();
+    const int fd = socket(endpoint.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      attempts_[index].outcome = AttemptOutcome::kError;
+      attempts_[index].error = last_error_ = errno;
+      continue;
+    }
+    if (options_.mark && !setMark(fd, *options_.mark)) {
+      // Without its mark the socket could be redirected back to the proxy: fail closed.
+      const int error = errno;
+      attempts_[index].outcome = AttemptOutcome::kError;
+      attempts_[index].error = error;
+      close(fd);
+      queue_.clear();
+      while (!live_.empty()) {
+        closeLive(*live_.front(), AttemptOutcome::kCancelled, 0);
+      }
+      fail(false, error);
+      return false;
+    }
+    setKeepalive(fd, options_.keepalive_idle);
+    bufferevent* bev = bufferevent_socket_new(base_, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == nullptr) {
+      close(fd);
+      attempts_[index].outcome = AttemptOutcome::kError;
+      attempts_[index].error = last_error_ = ENOMEM;
+      continue;
+    }
+    auto live = std::make_unique<Live>();
+    live->dialer = this;
+    live->index = index;
+    live->bev = bev;
+    bufferevent_setcb(bev, nullptr, nullptr, &HappyEyeballsDialer::onEvent, live.get());
+    if (bufferevent_socket_connect(bev, endpoint.get(), static_cast<int>(endpoint.length)) != 0) {
+      const int error = EVUTIL_SOCKET_ERROR();
+      bufferevent_free(bev);
+      attempts_[index].outcome = outcomeOf(error);
+      attempts_[index].error = last_error_ = error;
+      continue;
+    }
+    if (options_.own_upstreams != nullptr) {
+      // connect() has bound the local port already: register it before the kernel can deliver a
+      // redirected copy of this connection to our own transparent listener.
+      live->local = localAddress(fd);
+      if (live->local) {
+        options_.own_upstreams->add(*live->local);
+      }
+    }
+    live_.push_back(std::move(live));
+    if (options_.attempt_delay.count() > 0) {
+      armNext(options_.attempt_delay);
+    } else {
+      // One at a time: this attempt gets its share of what is left of the budget (counting one
+      // more address when the other family is still being resolved).
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(options_.deadline - Clock::now());
+      const size_t sharing = queue_.size() + 1 + (more_coming_ ? 1 : 0);
+      armNext(std::max(left / static_cast<int64_t>(sharing), std::chrono::milliseconds(1)));
+    }
+    return true;
+  }
+  if (live_.empty() && !more_coming_) {
+    fail(false, last_error_);
+    return false;
+  }
+  return true;
+}
+
+void HappyEyeballsDialer::armNext(std::chrono::milliseconds delay) {
+  const timeval tv = toTimeval(delay);
+  evtimer_add(next_timer_, &tv);
+}
+
+void HappyEyeballsDialer::closeLive(Live& live, AttemptOutcome outcome, int error) {
+  DialAttempt& attempt = attempts_[live.index];
+  attempt.outcome = outcome;
+  attempt.error = error;
+  if (live.local && options_.own_upstreams != nullptr) {
+    options_.own_upstreams->remove(*live.local);
+  }
+  if (live.bev != nullptr) {
+    bufferevent_free(live.bev);
+  }
+  const auto it = std::find_if(live_.begin(), live_.end(),
+                               [&](const std::unique_ptr<Live>& p) { return p.get() == &live; });
+  live_.erase(it);  // frees `live`
+}
+
+void HappyEyeballsDialer::onEvent(bufferevent*, short events, void* arg) {
+  Live& live = *static_cast<Live*>(arg);
+  HappyEyeballsDialer& self = *live.dialer;
+  if ((events & BEV_EVENT_CONNECTED) != 0) {
+    self.win(live);
+    return;
+  }
+  int error = EVUTIL_SOCKET_ERROR();
+  if (error == 0) {
+    error = ECONNRESET;
+  }
+  self.last_error_ = error;
+  self.closeLive(live, outcomeOf(error), error);
+  // A failed attempt moves on at once; the delay starts again from the new attempt.
+  if (!self.queue_.empty()) {
+    evtimer_del(self.next_timer_);
+  }
+  self.startNext();
+}
+
+void HappyEyeballsDialer::onNextTimer(evutil_socket_t, short, void* arg) {
+  auto& self = *static_cast<HappyEyeballsDialer*>(arg);
+  if (self.options_.attempt_delay.count() == 0 && !self.live_.empty()) {
+    self.last_error_ = ETIMEDOUT;
+    self.closeLive(*self.live_.front(), AttemptOutcome::kTimeout, ETIMEDOUT);
+  }
+  self.startNext();
+}
+
+void HappyEyeballsDialer::onDeadline(evutil_socket_t, short, void* arg) {
+  auto& self = *static_cast<HappyEyeballsDialer*>(arg);
+  while (!self.live_.empty()) {
+    self.closeLive(*self.live_.front(), AttemptOutcome::kTimeout, ETIMEDOUT);
+  }
+  self.fail(true, ETIMEDOUT);
+}
+
+void HappyEyeballsDialer::win(Live& live) {
+  DialResult result;
+  result.upstream = live.bev;
+  result.local = live.local;
+  result.endpoint = attempts_[live.index].endpoint;
+  attempts_[live.index].outcome = AttemptOutcome::kConnected;
+  bufferevent_setcb(live.bev, nullptr, nullptr, nullptr, nullptr);
+  live.bev = nullptr;  // handed over, with its registration
+  live.local.reset();
+  closeLive(live, AttemptOutcome::kConnected, 0);
+  while (!live_.empty()) {
+    closeLive(*live_.front(), AttemptOutcome::kCancelled, 0);
+  }
+  finished_ = true;
+  evtimer_del(next_timer_);
+  evtimer_del(deadline_timer_);
+  const Callback done = std::move(done_);
+  done(std::move(result));
+}
+
+void HappyEyeballsDialer::fail(bool timed_out, int error) {
+  DialResult result;
+  result.timed_out = timed_out;
+  result.error = error;
+  if (!attempts_.empty()) {
+    result.endpoint = attempts_.back().endpoint;
+  }
+  finished_ = true;
+  if (next_timer_ != nullptr) {
+    evtimer_del(next_timer_);
+  }
+  if (deadline_timer_ != nullptr) {
+    evtimer_del(deadline_timer_);
+  }
+  const Callback done = std::move(done_);
+  done(std::move(result));
+}
+
+}  // namespace acr
