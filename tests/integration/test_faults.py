@@ -12,11 +12,9 @@ servers on several loopback / documentation addresses sharing one port. The prox
 
 import contextlib
 import os
-import resource
 import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 import unittest
