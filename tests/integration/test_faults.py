@@ -12,11 +12,9 @@ servers on several loopback / documentation addresses sharing one port. The prox
 
 import contextlib
 import os
-import resource
 import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 import unittest
@@ -285,9 +283,11 @@ table inet acr_faults {{
     # ------------------------------------------------------------------ DNS
 
     # DNS down: the only server does not exist (its port is closed): 502 dns_failure at once,
-    # and the proxy keeps serving names that need no lookup.
+    # the proxy keeps serving names that need no lookup, and once a server answers on that
+    # address again the next lookup succeeds (failures are not cached).
     def test_dns_down_is_502_dns_failure_fast(self):
-        closed = f"127.0.0.1:{harness.free_port()}"
+        closed_port = harness.free_port()
+        closed = f"127.0.0.1:{closed_port}"
         listen = f"127.0.0.1:{harness.free_port()}"
         args = [a if a != self.dns.address else closed for a in self.proxy_args(listen)]
         proxy = harness.Proxy(args)
@@ -302,6 +302,15 @@ table inet acr_faults {{
         status, _, _, sock = self.connect(listen, f"{ECHO_IP}")  # IP literal: no lookup
         self.assertEqual(status, 200)
         self.assert_echoes(sock)
+        back = FaultDns("127.0.0.1", closed_port)
+        self.addCleanup(back.stop)
+        restored = time.monotonic()
+
+        def served():
+            status, _, _, sock = self.connect(listen, "echo.azurecr.io", timeout=5)
+            return sock if status == 200 else None
+        self.assert_echoes(harness.wait_until(served, 10, 0.2, "a lookup once DNS is back"))
+        self.report("dns back", seconds_to_first_tunnel=f"{time.monotonic() - restored:.2f}")
 
     # Slow DNS inside the budget: the tunnel opens once the answer comes (~1 s); an answer later
     # than --dns-timeout (2 s) is 504 dns_timeout at the budget, not later.
