@@ -509,7 +509,6 @@ table inet acr_faults {{
 
     # IPv6 black-holed while IPv4 works: the name has a dropped AAAA and a working A; the tunnel
     # must open well inside the connect budget (~1 s) by falling back to IPv4.
-    @unittest.expectedFailure  # passes once Happy Eyeballs lands
     def test_ipv6_black_holed_falls_back_to_ipv4_within_a_second(self):
         proxy, listen = self.start_proxy()
         status, reason, elapsed, sock = self.connect(listen, "dual.azurecr.io")
