@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Side-by-side end-to-end bench: acr-egress against HAProxy, nginx stream, sniproxy, Squid and
 tinyproxy, under the same load, interleaved round by round (bench/README.md explains the method).
 
@@ -458,10 +458,23 @@ FilterURLs Off
         raise RuntimeError(f"{self.name} did not come up (exit {self.proc.poll()}, last {last}); "
                            f"see {self.dir}")
 
+    def is_wrapped_proxy(self, pid):
+        """The acr-egress process itself under --wrap (valgrind runs it as its tool process)."""
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        return comm not in ("heaptrack", "bash", "sh") and self.bench.acr.encode() in cmdline
+
     def stop(self):
         # SIGTERM to every process of the peer (a wrapper such as heaptrack's script may not
         # forward it), then SIGKILL whatever outlived the wait.
         for pid in self.pids()[:1000]:
+            if self.bench.wrap and not self.is_wrapped_proxy(pid):
+                continue  # heaptrack's script, interpreter and compressor finish by themselves
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         stop(self.proc, timeout=120 if self.bench.wrap else 10)
@@ -760,7 +773,18 @@ def main():
     parser.add_argument("--json", help="write every round's raw numbers here")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--png", help="draw the ratios here (python3-matplotlib)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="no run: redo the table (and --png) from a --json file")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        names = [n for n in PEERS if any(n in r for r in saved["rounds"])]
+        summary, ratios = summarize(names, saved["rounds"])
+        print(markdown(names, summary, ratios, saved["meta"]))
+        if args.png:
+            chart(names, ratios, args.png)
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("run.py: needs root (network namespaces)")
     p = dict(duration=args.duration, concurrency=args.concurrency, answer=args.answer,
