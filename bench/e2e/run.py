@@ -135,10 +135,10 @@ class Ns:
         run(["ip", "netns", "add", self.name])
         _namespaces.append(self)
         self.run(["ip", "link", "set", "lo", "up"])
-        for key, value in (("net.ipv4.ip_local_port_range", "1024 65000"),
-                           ("net.ipv4.tcp_tw_reuse", "1"), ("net.core.somaxconn", "8192"),
-                           ("net.ipv4.tcp_max_syn_backlog", "8192")):
-            self.run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
+        # Many short tunnels from one client address: wide port range, TIME_WAIT reuse.
+        self.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000",
+                  "net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=8192",
+                  "net.ipv4.tcp_max_syn_backlog=8192"], check=False)
         return self
 
     def argv(self, command):
