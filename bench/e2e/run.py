@@ -503,6 +503,7 @@ class Bench:
         self.workers = args.workers
         self.wrap = shlex.split(args.wrap) if args.wrap else []
         self.perf = args.perf
+        self.strace = args.strace
         self.phases = set(args.phases.split(","))
         self.tmp = tempfile.mkdtemp(prefix="acr-bench-")
         os.chmod(self.tmp, 0o755)
@@ -564,12 +565,21 @@ class Bench:
                              str(p["warmup"]), "--answer", str(p["answer"])], timeout=30)
         pids = peer.pids()
         perf = self.perf_start(peer, "rate")
+        strace = None
+        if self.strace:
+            # Syscall counts of every process of the peer (any peer) during the rate phase.
+            argv = ["strace", "-c", "-f", "-o", f"{self.strace}-{peer.name.replace(' ', '_')}.txt"]
+            for pid in pids:
+                argv += ["-p", str(pid)]
+            strace = start(argv)
+            time.sleep(1)
         cpu0 = proc_cpu_seconds(pids)
         r = self.load(peer, ["--concurrency", str(p["concurrency"]), "--duration",
                              str(p["duration"]), "--answer", str(p["answer"])],
                       timeout=p["duration"] + 60)
         cpu1 = proc_cpu_seconds(peer.pids())
         stop(perf, sig=signal.SIGINT, timeout=120)
+        stop(strace, sig=signal.SIGINT, timeout=60)
         if not r or not r["tunnels"]:
             return {"errors": (r or {}).get("errors", -1)}
         return {"tunnels": r["tunnels"], "tunnels_per_s": r["tunnels_per_s"],
@@ -762,6 +772,8 @@ def main():
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--bulk-bytes", type=int, default=GIB)
     parser.add_argument("--bulk16-bytes", type=int, default=GIB)
+    parser.add_argument("--bulk-timeout", type=float, default=300,
+                        help="seconds a bulk phase may take (per tunnel and in all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run (CI): tiny loads, one round, peers if installed")
@@ -770,6 +782,8 @@ def main():
     parser.add_argument("--wrap", help="prefix acr-egress's command line (valgrind, heaptrack)")
     parser.add_argument("--perf", metavar="PREFIX",
                         help="perf record acr-egress in each phase to PREFIX-ROLE-PHASE.data")
+    parser.add_argument("--strace", metavar="PREFIX",
+                        help="strace -c each peer in the rate phase to PREFIX-PEER.txt")
     parser.add_argument("--json", help="write every round's raw numbers here")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--png", help="draw the ratios here (python3-matplotlib)")
@@ -789,7 +803,7 @@ def main():
         raise SystemExit("run.py: needs root (network namespaces)")
     p = dict(duration=args.duration, concurrency=args.concurrency, answer=args.answer,
              idle=args.idle, bulk_bytes=args.bulk_bytes, bulk16_bytes=args.bulk16_bytes,
-             bulk_timeout=300, warmup=args.warmup, settle=0.5)
+             bulk_timeout=max(10, min(args.bulk_timeout, 1800)), warmup=args.warmup, settle=0.5)
     rounds_n = max(1, min(args.rounds, 20))
     if args.smoke:
         p.update(duration=0.5, idle=20, bulk_bytes=16 << 20, bulk16_bytes=1 << 20,
