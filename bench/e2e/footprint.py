@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Footprint of an idle acr-egress (issue 9 section 2): private memory (USS = Private_Clean +
 Private_Dirty from /proc/PID/smaps_rollup) once READY=1 has been sent and the process has sat
 idle, and the time from exec to READY=1 (sd_notify on a NOTIFY_SOCKET this script listens on).

@@ -200,7 +200,7 @@ class LoadGen {
     t->start = Clock::now();
     t->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (t->fd < 0) {
-      fail(nullptr, "socket");
+      ++errors_["socket"];  // no retry from here: tick() tops the tunnels up again
       return;
     }
     int one = 1;
@@ -208,7 +208,7 @@ class LoadGen {
     if (connect(t->fd, reinterpret_cast<const sockaddr*>(&address_), sizeof address_) != 0 &&
         errno != EINPROGRESS) {
       close(t->fd);
-      fail(nullptr, "connect");
+      ++errors_["connect"];
       return;
     }
     Tunnel* raw = t.get();
@@ -386,6 +386,15 @@ class LoadGen {
     }
     for (Tunnel* t : late) {
       if (tunnels_.count(t)) fail(t, "timeout");
+    }
+    // Tunnels that could not even start (socket or connect failed at once) are replaced here,
+    // at most one batch per tick, so that such failures cannot recurse or spin.
+    if (!o_.idle) {
+      for (int i = 0; i < o_.concurrency && tunnels_.size() < static_cast<size_t>(o_.concurrency) &&
+                      mayStart();
+           ++i) {
+        startTunnel();
+      }
     }
     if (o_.idle) {
       if (announced_ && now > hold_until_) releaseHeld();

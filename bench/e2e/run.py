@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Side-by-side end-to-end bench: acr-egress against HAProxy, nginx stream, sniproxy, Squid and
 tinyproxy, under the same load, interleaved round by round (bench/README.md explains the method).
 
@@ -135,10 +135,10 @@ class Ns:
         run(["ip", "netns", "add", self.name])
         _namespaces.append(self)
         self.run(["ip", "link", "set", "lo", "up"])
-        for key, value in (("net.ipv4.ip_local_port_range", "1024 65000"),
-                           ("net.ipv4.tcp_tw_reuse", "1"), ("net.core.somaxconn", "8192"),
-                           ("net.ipv4.tcp_max_syn_backlog", "8192")):
-            self.run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
+        # Many short tunnels from one client address: wide port range, TIME_WAIT reuse.
+        self.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000",
+                  "net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=8192",
+                  "net.ipv4.tcp_max_syn_backlog=8192"], check=False)
         return self
 
     def argv(self, command):
@@ -458,10 +458,23 @@ FilterURLs Off
         raise RuntimeError(f"{self.name} did not come up (exit {self.proc.poll()}, last {last}); "
                            f"see {self.dir}")
 
+    def is_wrapped_proxy(self, pid):
+        """The acr-egress process itself under --wrap (valgrind runs it as its tool process)."""
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        return comm not in ("heaptrack", "bash", "sh") and self.bench.acr.encode() in cmdline
+
     def stop(self):
         # SIGTERM to every process of the peer (a wrapper such as heaptrack's script may not
         # forward it), then SIGKILL whatever outlived the wait.
         for pid in self.pids()[:1000]:
+            if self.bench.wrap and not self.is_wrapped_proxy(pid):
+                continue  # heaptrack's script, interpreter and compressor finish by themselves
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         stop(self.proc, timeout=120 if self.bench.wrap else 10)
@@ -490,6 +503,7 @@ class Bench:
         self.workers = args.workers
         self.wrap = shlex.split(args.wrap) if args.wrap else []
         self.perf = args.perf
+        self.strace = args.strace
         self.phases = set(args.phases.split(","))
         self.tmp = tempfile.mkdtemp(prefix="acr-bench-")
         os.chmod(self.tmp, 0o755)
@@ -551,12 +565,21 @@ class Bench:
                              str(p["warmup"]), "--answer", str(p["answer"])], timeout=30)
         pids = peer.pids()
         perf = self.perf_start(peer, "rate")
+        strace = None
+        if self.strace:
+            # Syscall counts of every process of the peer (any peer) during the rate phase.
+            argv = ["strace", "-c", "-f", "-o", f"{self.strace}-{peer.name.replace(' ', '_')}.txt"]
+            for pid in pids:
+                argv += ["-p", str(pid)]
+            strace = start(argv)
+            time.sleep(1)
         cpu0 = proc_cpu_seconds(pids)
         r = self.load(peer, ["--concurrency", str(p["concurrency"]), "--duration",
                              str(p["duration"]), "--answer", str(p["answer"])],
                       timeout=p["duration"] + 60)
         cpu1 = proc_cpu_seconds(peer.pids())
         stop(perf, sig=signal.SIGINT, timeout=120)
+        stop(strace, sig=signal.SIGINT, timeout=60)
         if not r or not r["tunnels"]:
             return {"errors": (r or {}).get("errors", -1)}
         return {"tunnels": r["tunnels"], "tunnels_per_s": r["tunnels_per_s"],
@@ -749,6 +772,8 @@ def main():
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--bulk-bytes", type=int, default=GIB)
     parser.add_argument("--bulk16-bytes", type=int, default=GIB)
+    parser.add_argument("--bulk-timeout", type=float, default=300,
+                        help="seconds a bulk phase may take (per tunnel and in all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run (CI): tiny loads, one round, peers if installed")
@@ -757,15 +782,28 @@ def main():
     parser.add_argument("--wrap", help="prefix acr-egress's command line (valgrind, heaptrack)")
     parser.add_argument("--perf", metavar="PREFIX",
                         help="perf record acr-egress in each phase to PREFIX-ROLE-PHASE.data")
+    parser.add_argument("--strace", metavar="PREFIX",
+                        help="strace -c each peer in the rate phase to PREFIX-PEER.txt")
     parser.add_argument("--json", help="write every round's raw numbers here")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--png", help="draw the ratios here (python3-matplotlib)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="no run: redo the table (and --png) from a --json file")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        names = [n for n in PEERS if any(n in r for r in saved["rounds"])]
+        summary, ratios = summarize(names, saved["rounds"])
+        print(markdown(names, summary, ratios, saved["meta"]))
+        if args.png:
+            chart(names, ratios, args.png)
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("run.py: needs root (network namespaces)")
     p = dict(duration=args.duration, concurrency=args.concurrency, answer=args.answer,
              idle=args.idle, bulk_bytes=args.bulk_bytes, bulk16_bytes=args.bulk16_bytes,
-             bulk_timeout=300, warmup=args.warmup, settle=0.5)
+             bulk_timeout=max(10, min(args.bulk_timeout, 1800)), warmup=args.warmup, settle=0.5)
     rounds_n = max(1, min(args.rounds, 20))
     if args.smoke:
         p.update(duration=0.5, idle=20, bulk_bytes=16 << 20, bulk16_bytes=1 << 20,
