@@ -59,8 +59,8 @@ void AccessLog::write(const AccessRecord& r) const {
     line = timestamp() + " " + std::string(r.listener) + " " + r.client + " -> " + r.target + ":" +
            std::to_string(r.port) + " " + (r.allowed ? "allow " : "deny ") + std::string(r.reason) +
            " up=" + std::to_string(r.bytes_up) + " down=" + std::to_string(r.bytes_down) +
-           " closed_by=" + std::string(r.closed_by) + " phase=" + std::string(r.phase) + " " +
-           r.sentence;
+           " closed_by=" + std::string(r.closed_by) + " phase=" + std::string(r.phase) +
+           (r.ech ? " ech=true " : " ") + r.sentence;
     logger_->info(line);
     return;
   }
@@ -113,6 +113,9 @@ void AccessLog::write(const AccessRecord& r) const {
   number("total_ms", r.total_ms);
   field("closed_by", r.closed_by);
   field("phase", r.phase);
+  if (r.ech) {
+    line += ",\"ech\":true";
+  }
   line += "}";
   logger_->info(line);
 }
