@@ -55,12 +55,14 @@ void readPolicy(const std::string& source, const std::string& base_directory,
                 const toml::table& table, PolicyConfig& policy) {
   for (const auto& [key_node, node] : table) {
     const std::string key(key_node.str());
-    if (key == "registries") {
-      policy.registries = stringList(source, key, node);
+    if (key == "registries" || key == "allow_hosts") {
+      (key == "registries" ? policy.registries : policy.allow_hosts) =
+          stringList(source, key, node);
+      if (!policy.host_list_origin) {
+        policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
+      }
     } else if (key == "regions") {
       policy.regions = stringList(source, key, node);
-    } else if (key == "allow_hosts") {
-      policy.allow_hosts = stringList(source, key, node);
     } else if (key == "allow_cidrs") {
       policy.allow_cidrs = stringList(source, key, node);
     } else if (key == "deny_cidrs") {
@@ -225,6 +227,9 @@ void mergeConfig(Config& base, const Config& extra) {
     to.service_tags_file = from.service_tags_file;
   }
   to.strict_ip = to.strict_ip || from.strict_ip;
+  if (!to.host_list_origin) {
+    to.host_list_origin = from.host_list_origin;
+  }
   for (const auto& [key, values] : extra.settings) {
     auto& target = base.settings[key];
     if (isListSetting(key)) {

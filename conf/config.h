@@ -35,6 +35,10 @@ struct PolicyConfig {
   std::vector<ConfigValue> ports;  // empty: 443 only
   bool strict_ip = false;
   std::vector<ConfigValue> presets;  // names of conf/presets/ bundles (--preset, policy.presets)
+  // Where a host list (policy.registries or policy.allow_hosts, even an empty one) was first
+  // given. The embedded default host patterns apply only when no host list was given anywhere:
+  // `allow_hosts = []` means "no host name is allowed", not "the default".
+  std::optional<std::string> host_list_origin;
 };
 
 // Every other setting, keyed "table.key" as in the TOML file ("listeners.connect",

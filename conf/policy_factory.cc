@@ -112,8 +112,12 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     }
   }
   if (config.registries.empty() && config.allow_hosts.empty() && config.presets.empty()) {
-    for (const char* pattern : kDefaultHostPatterns) {
-      addPattern(pattern, "embedded default", nullptr);
+    if (config.host_list_origin) {
+      snapshot.empty_host_list_origin = config.host_list_origin;
+    } else {
+      for (const char* pattern : kDefaultHostPatterns) {
+        addPattern(pattern, "embedded default", nullptr);
+      }
     }
   }
 
@@ -190,7 +194,12 @@ std::string PolicySnapshot::summary() const {
         break;
     }
   }
-  out += "host patterns: " + std::to_string(patterns) + "\n" + hosts;
+  out += "host patterns: " + std::to_string(patterns);
+  if (empty_host_list_origin) {
+    out += " (the host list is explicitly empty at " + *empty_host_list_origin +
+           ": no host name is allowed, only addresses in the allowed set)";
+  }
+  out += "\n" + hosts;
   if (patterns > 20) {
     out += "  ... and " + std::to_string(patterns - 20) + " more\n";
   }

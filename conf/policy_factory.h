@@ -11,7 +11,8 @@
 
 namespace acr {
 
-// The host patterns used when no host option (--registry, --allow-host) is given at all.
+// The host patterns used when no host option (--registry, --allow-host) is given at all; an
+// explicitly empty list (`allow_hosts = []`) is a host option (PolicyConfig::host_list_origin).
 inline constexpr const char* kDefaultHostPatterns[] = {
     "*.azurecr.io",
     "*.*.data.azurecr.io",
@@ -28,6 +29,8 @@ struct PolicySnapshot {
   // Every allowed prefix (--allow-cidr and tag prefixes) as text, sorted and unique: what a
   // reload compares to say which addresses it added or removed.
   std::vector<std::string> allowed_prefixes;
+  // Set when the host lists were given but empty (PolicyConfig::host_list_origin): no name passes.
+  std::optional<std::string> empty_host_list_origin;
   // Multi-line, human-readable summary of the effective policy (--check-config, logs).
   std::string summary() const;
 };

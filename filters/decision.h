@@ -33,6 +33,10 @@ enum class Reason : uint8_t {
   kAddressDenied,      // "address_denied": inside a --deny-cidr range
   kSniAddressMismatch,  // "sni_address_mismatch": a transparent destination outside the allowed
                         // set and not among the SNI's own DNS answers
+  kNoSni,  // "no_sni": a ClientHello without SNI (with --allow-no-sni: and its destination is not
+           // inside the allowed set; `detail` holds the address's own Reason, if one was judged)
+  kEsni,   // "esni": the ClientHello offers the obsolete ESNI extension (0xffce), which hides the
+           // real name from any proxy
 };
 std::string_view reasonName(Reason reason) noexcept;
 
@@ -43,10 +47,12 @@ struct Decision {
   Reason reason = Reason::kHostNotAllowed;
   const Rule* rule = nullptr;
   // kInvalidHost: the HostName::Status. kAddressNotAllowed: kDetailLiteral or kDetailStrict.
+  // kNoSni: kDetailNoAddress, or the Reason decideAddress gave the destination.
   uint8_t detail = 0;
 
   static constexpr uint8_t kDetailLiteral = 0;
   static constexpr uint8_t kDetailStrict = 1;
+  static constexpr uint8_t kDetailNoAddress = 0xff;
 
   bool allowed() const noexcept { return verdict == Verdict::kAllow; }
 };

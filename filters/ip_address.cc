@@ -80,6 +80,12 @@ std::optional<IpAddress> IpAddress::embeddedV4() const noexcept {
   if (high96 == ((Uint128{0x0064ff9b}) << 64)) {  // 64:ff9b::a.b.c.d (NAT64 well-known prefix)
     return v4(static_cast<uint32_t>(low32));
   }
+  // 64:ff9b:1::/48 (RFC 8215 local-use NAT64) read like the /96 above: the operator's /96 sits
+  // anywhere in the /48, with bits 64..95 zero (RFC 6052 "u" octet and suffix). Other RFC 6052
+  // layouts are not read here; SpecialRanges holds the whole /48 so that they are refused.
+  if ((value_ >> 80) == 0x0064ff9b0001 && ((value_ >> 32) & 0xffffffffu) == 0) {
+    return v4(static_cast<uint32_t>(low32));
+  }
   if ((value_ >> 112) == 0x2002) {  // 2002:AABB:CCDD::/48 (6to4)
     return v4(static_cast<uint32_t>(value_ >> 80));
   }

@@ -36,8 +36,9 @@ class IpAddress {
   std::array<uint8_t, 16> v6Bytes() const noexcept;
 
   // The IPv4 address an IPv6 address carries inside it, judged as that IPv4 address by the policy:
-  // IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96 (except :: and ::1), NAT64 64:ff9b::/96 and
-  // 6to4 2002::/16. Empty for IPv4 addresses and for every other IPv6 address.
+  // IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96 (except :: and ::1), NAT64 64:ff9b::/96,
+  // local-use NAT64 64:ff9b:1::/48 with the IPv4 address in the last 32 bits (bits 64..95 zero)
+  // and 6to4 2002::/16. Empty for IPv4 addresses and for every other IPv6 address.
   std::optional<IpAddress> embeddedV4() const noexcept;
 
   // Writes the canonical text form (RFC 5952 for IPv6) to `out` and returns its length.

@@ -1,5 +1,8 @@
 #include "filters/policy.h"
 
+#include <array>
+
+#include "filters/client_hello_parser.h"
 #include "filters/host_name.h"
 #include "filters/special_ranges.h"
 
@@ -27,9 +30,57 @@ std::string_view reasonName(Reason reason) noexcept {
       return "address_denied";
     case Reason::kSniAddressMismatch:
       return "sni_address_mismatch";
+    case Reason::kNoSni:
+      return "no_sni";
+    case Reason::kEsni:
+      return "esni";
   }
   return "unknown";
 }
+
+namespace {
+
+// The spellings of one address that ranges are compared with: the address as written, the IPv4
+// address it embeds (IpAddress::embeddedV4), and the IPv4-mapped form ::ffff:a.b.c.d of that IPv4
+// address (the same host on a dual-stack socket). So a range written in any of these forms
+// matches an address written in any other, and "deny always wins" holds for every spelling.
+class Spellings {
+ public:
+  explicit Spellings(const IpAddress& address) noexcept {
+    add(address);
+    const std::optional<IpAddress> v4 =
+        address.isV4() ? std::optional<IpAddress>(address) : address.embeddedV4();
+    if (v4) {
+      add(*v4);
+      add(IpAddress::v6((Uint128{0xffff} << 32) | v4->v4Value()));
+    }
+  }
+  // The value of the most specific range of `set` holding the first spelling that any range
+  // holds, or CidrSet::kNoMatch.
+  uint32_t lookup(const CidrSet& set) const noexcept {
+    for (size_t i = 0; i < count_; ++i) {
+      if (const uint32_t rule = set.lookup(items_[i]); rule != CidrSet::kNoMatch) {
+        return rule;
+      }
+    }
+    return CidrSet::kNoMatch;
+  }
+
+ private:
+  void add(const IpAddress& address) noexcept {
+    for (size_t i = 0; i < count_; ++i) {
+      if (items_[i] == address) {
+        return;
+      }
+    }
+    items_[count_++] = address;
+  }
+
+  std::array<IpAddress, 3> items_;
+  size_t count_ = 0;
+};
+
+}  // namespace
 
 Decision Policy::allow(Reason reason, uint32_t rule) const noexcept {
   return {Verdict::kAllow, reason, rule == CidrSet::kNoMatch ? nullptr : &rules_[rule], 0};
@@ -66,24 +117,26 @@ Decision Policy::decideLiteral(const IpAddress& address, uint16_t port) const no
   if (!portAllowed(port)) {
     return deny(Reason::kPortNotAllowed, nullptr);
   }
-  const IpAddress judged = address.embeddedV4().value_or(address);
-  if (const uint32_t rule = denied_.lookup(judged); rule != CidrSet::kNoMatch) {
+  const Spellings spellings(address);
+  if (const uint32_t rule = spellings.lookup(denied_); rule != CidrSet::kNoMatch) {
     return deny(Reason::kAddressDenied, &rules_[rule]);
   }
-  if (const uint32_t rule = allowed_.lookup(judged); rule != CidrSet::kNoMatch) {
+  if (const uint32_t rule = spellings.lookup(allowed_); rule != CidrSet::kNoMatch) {
     return allow(Reason::kAddressAllowed, rule);
   }
   return deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailLiteral);
 }
 
 Decision Policy::decideAddress(const IpAddress& address) const noexcept {
-  const IpAddress judged = address.embeddedV4().value_or(address);
-  if (const uint32_t rule = denied_.lookup(judged); rule != CidrSet::kNoMatch) {
+  const Spellings spellings(address);
+  if (const uint32_t rule = spellings.lookup(denied_); rule != CidrSet::kNoMatch) {
     return deny(Reason::kAddressDenied, &rules_[rule]);
   }
-  if (const uint32_t rule = allowed_.lookup(judged); rule != CidrSet::kNoMatch) {
+  if (const uint32_t rule = spellings.lookup(allowed_); rule != CidrSet::kNoMatch) {
     return allow(Reason::kAddressAllowed, rule);
   }
+  // Special ranges judge what the address really reaches: the IPv4 address it embeds, if any.
+  const IpAddress judged = address.embeddedV4().value_or(address);
   if (const Rule* special = SpecialRanges::instance().find(judged)) {
     return deny(Reason::kAddressSpecial, special);
   }
@@ -106,6 +159,28 @@ Decision Policy::decideOriginalDestination(const IpAddress& destination,
     }
   }
   return deny(Reason::kSniAddressMismatch, nullptr);
+}
+
+Decision Policy::decideSni(const ClientHello& hello, uint16_t port) const noexcept {
+  if (hello.esni_offered) {
+    return deny(Reason::kEsni, nullptr);
+  }
+  if (!hello.has_sni) {
+    return deny(Reason::kNoSni, nullptr, Decision::kDetailNoAddress);
+  }
+  return decideName(hello.sni, port);
+}
+
+Decision Policy::decideWithoutSni(const IpAddress& destination, uint16_t port) const noexcept {
+  if (!portAllowed(port)) {
+    return deny(Reason::kPortNotAllowed, nullptr);
+  }
+  const Decision address = decideAddress(destination);
+  if (address.reason == Reason::kAddressAllowed) {
+    return address;
+  }
+  // Without a name only a range or tag can vouch for the destination: "public" is not enough.
+  return deny(Reason::kNoSni, address.rule, static_cast<uint8_t>(address.reason));
 }
 
 std::vector<uint16_t> Policy::ports() const {
@@ -193,6 +268,21 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
     case Reason::kSniAddressMismatch:
       return "denied: " + addressText(subject) + " is not among the addresses of " +
              printable(subject.host) + " and in no allowed range";
+    case Reason::kNoSni: {
+      const auto inner = static_cast<Reason>(decision.detail);
+      if (decision.detail == Decision::kDetailNoAddress || !subject.address) {
+        return "denied: the ClientHello carries no SNI";
+      }
+      if (inner == Reason::kAddressSpecial || inner == Reason::kAddressDenied) {
+        // "denied: X is ..." of the address's own decision, after "no SNI, and".
+        const std::string why = describe({Verdict::kDeny, inner, decision.rule, 0}, subject);
+        return "denied: no SNI, and " + why.substr(std::string_view("denied: ").size());
+      }
+      return "denied: no SNI, and " + addressText(subject) + " is in no allowed range";
+    }
+    case Reason::kEsni:
+      return "denied: the ClientHello offers the obsolete ESNI extension (0xffce), which hides "
+             "the server name";
   }
   return "denied";
 }

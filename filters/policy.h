@@ -16,6 +16,8 @@
 
 namespace acr {
 
+struct ClientHello;
+
 // What a decision was about, for its sentence: the host or IP literal as the client gave it, the
 // address checked (if any) and the port.
 struct DecisionSubject {
@@ -33,9 +35,13 @@ struct DecisionSubject {
 //   matches it. Names are never resolved here.
 // - An IP-literal target passes only when its port is allowed and it is inside the allowed set
 //   (--allow-cidr plus the prefixes of the chosen service tags) and not inside --deny-cidr.
-// - An address to dial (resolved, or the original destination) is judged by its embedded IPv4
-//   address when it carries one: --deny-cidr denies; the allowed set allows; a special-purpose
-//   range denies; --strict-ip denies whatever is left; otherwise it is allowed as public.
+// - Ranges are compared with every spelling of an address: as written, the IPv4 address it
+//   embeds (IpAddress::embeddedV4) and that IPv4 address's ::ffff: mapped form. A --deny-cidr
+//   holding any spelling denies, whatever range allows another one.
+// - An address to dial (resolved, or the original destination): --deny-cidr denies; the allowed
+//   set allows; a special-purpose range holding its embedded IPv4 address (or, without one, the
+//   address itself) denies; --strict-ip denies whatever is left; otherwise it is allowed as
+//   public.
 class Policy {
  public:
   class Builder;
@@ -52,6 +58,16 @@ class Policy {
   // what stops an allowed name from being sent to an attacker's address.
   Decision decideOriginalDestination(const IpAddress& destination,
                                      std::span<const IpAddress> answers) const noexcept;
+  // A ClientHello (transparent and sni listeners, and the tunnel's first bytes): one offering the
+  // obsolete ESNI extension is denied kEsni whatever its SNI (ESNI hides the real name and no
+  // current client sends it); one without SNI is denied kNoSni (kDetailNoAddress); otherwise its
+  // SNI goes to decideName. ECH (0xfe0d) is not judged: it may be GREASE, and with real ECH the
+  // outer SNI, which is judged here, is all any proxy can see.
+  Decision decideSni(const ClientHello& hello, uint16_t port) const noexcept;
+  // Transparent listener with --allow-no-sni, a hello without SNI: the port rule first
+  // (kPortNotAllowed), then only an address inside the allowed set passes (kAddressAllowed);
+  // anything else is kNoSni with `detail` the Reason decideAddress gave and its rule.
+  Decision decideWithoutSni(const IpAddress& destination, uint16_t port) const noexcept;
 
   // One plain sentence, e.g. "allowed: host matches *.blob.core.windows.net" or
   // "denied: 10.0.0.5 is private (RFC 1918) and in no allowed range".

@@ -76,7 +76,7 @@ void AccessLog::write(const AccessRecord& r) const {
         LogEscaper::appendText(line, attempt, true);
       }
     }
-    line += ' ';
+    line += r.ech ? " ech=true " : " ";
     LogEscaper::appendText(line, r.sentence, false);
     logger_->info(line);
     return;
@@ -140,6 +140,9 @@ void AccessLog::write(const AccessRecord& r) const {
   number("total_ms", r.total_ms);
   field("closed_by", r.closed_by);
   field("phase", r.phase);
+  if (r.ech) {
+    line += ",\"ech\":true";
+  }
   line += "}";
   logger_->info(line);
 }

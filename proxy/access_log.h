@@ -38,6 +38,9 @@ struct AccessRecord {
   double decision_ms = -1;     // accept -> verdict (relay started); -1 before one (metrics only)
   std::string_view closed_by;  // "client", "upstream", "proxy"
   std::string_view phase;      // state when it ended: "head", "hello", "dns", "connect", ...
+  // The ClientHello offered ECH (0xfe0d): its SNI is the outer, public name; the inner one is
+  // encrypted and invisible to any proxy. Also set for GREASE ECH (indistinguishable).
+  bool ech = false;
 };
 
 // What a record's `decision` field and the connections_total `decision` label say.

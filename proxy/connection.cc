@@ -290,28 +290,27 @@ void Connection::decideHello(const ClientHello& hello) {
     }
   }
   record_.port = port_;
-  if (!hello.has_sni) {
-    if (kind_ == ListenerKind::kTransparent && settings.allow_no_sni) {
-      // Without a name only the allowed set can vouch for the destination.
-      const IpAddress destination = toIpAddress(*original_dst_);
-      const Decision decision = policy_->decideAddress(destination);
-      record_.sentence = policy_->describe(decision, {"", destination, port_});
-      if (decision.reason != Reason::kAddressAllowed) {
-        deny("no_sni", "denied: no SNI, and " + record_.sentence.substr(0));
-        return;
-      }
-      record_.reason = reasonName(decision.reason);
-      if (refusedAsSelf(destination)) {
-        return;
-      }
-      candidates_ = {destination};
-      dial(false);
+  record_.ech = hello.ech_offered;
+  if (!hello.has_sni && !hello.esni_offered && kind_ == ListenerKind::kTransparent &&
+      settings.allow_no_sni) {
+    // Without a name only the allowed set can vouch for the destination, on an allowed port.
+    const IpAddress destination = toIpAddress(*original_dst_);
+    const Decision decision = policy_->decideWithoutSni(destination, port_);
+    record_.sentence = policy_->describe(decision, {"", destination, port_});
+    if (!decision.allowed()) {
+      deny(reasonName(decision.reason), record_.sentence,
+           decision.rule != nullptr ? decision.rule->text : std::string());
       return;
     }
-    deny("no_sni", "denied: the ClientHello carries no SNI");
+    record_.reason = reasonName(decision.reason);
+    if (refusedAsSelf(destination)) {
+      return;
+    }
+    candidates_ = {destination};
+    dial(false);
     return;
   }
-  const Decision name = policy_->decideName(hello.sni, port_);
+  const Decision name = policy_->decideSni(hello, port_);
   record_.reason = reasonName(name.reason);
   record_.rule = name.rule != nullptr ? name.rule->text : std::string();
   record_.sentence = policy_->describe(name, {hello.sni, std::nullopt, port_});
@@ -607,6 +606,12 @@ void Connection::readTunnelHello() {
     return;
   }
   const ClientHello& hello = hello_parser_->hello();
+  record_.ech = hello.ech_offered;
+  if (hello.esni_offered) {
+    const Decision esni = policy_->decideSni(hello, port_);
+    deny(reasonName(esni.reason), policy_->describe(esni, {hello.sni, std::nullopt, port_}));
+    return;
+  }
   if (hello.has_sni && normalizedName(hello.sni) != host_) {
     deny("sni_mismatch", "denied: the tunnel's SNI names another host than the CONNECT target");
     return;

@@ -33,6 +33,38 @@ TEST(PolicyFactoryTest, DefaultOnlyWithoutHostOptions) {
   EXPECT_EQ(custom->rules().front().origin, "--opt");
 }
 
+// Issue 10 defect 5: an explicitly empty host list (allow_hosts = [] with registries = [], or
+// either alone) allows no name at all; only an absent key brings the embedded default back, and
+// --check-config's summary says that no name is allowed and where the list was emptied.
+TEST(PolicyFactoryTest, ExplicitlyEmptyHostListAllowsNoName) {
+  for (const char* text : {"[policy]\nallow_hosts = []\nregistries = []\n",
+                           "[policy]\nallow_hosts = []\n", "[policy]\nregistries = []\n"}) {
+    SCOPED_TRACE(text);
+    const Config config = parseConfigText(text, "empty.toml");
+    const PolicySnapshot snapshot = buildPolicy(config.policy);
+    EXPECT_EQ(snapshot.policy->decide("x.blob.core.windows.net", 443).reason,
+              Reason::kHostNotAllowed);
+    EXPECT_EQ(snapshot.policy->decide("myreg.azurecr.io", 443).reason, Reason::kHostNotAllowed);
+    const std::string summary = snapshot.summary();
+    EXPECT_NE(summary.find("host patterns: 0 (the host list is explicitly empty at empty.toml:"),
+              std::string::npos)
+        << summary;
+    EXPECT_NE(summary.find("no host name is allowed"), std::string::npos) << summary;
+  }
+  // The command line adds to an emptied list; a file without the keys keeps the default.
+  Config emptied = parseConfigText("[policy]\nallow_hosts = []\n", "empty.toml");
+  Config extra;
+  extra.policy.registries = {value("myreg", "--registry")};
+  mergeConfig(emptied, extra);
+  const auto merged = buildPolicy(emptied.policy).policy;
+  EXPECT_TRUE(merged->decide("myreg.azurecr.io", 443).allowed());
+  EXPECT_FALSE(merged->decide("x.blob.core.windows.net", 443).allowed());
+  const Config absent = parseConfigText("[policy]\nports = [443]\n", "absent.toml");
+  const PolicySnapshot defaults = buildPolicy(absent.policy);
+  EXPECT_TRUE(defaults.policy->decide("x.blob.core.windows.net", 443).allowed());
+  EXPECT_EQ(defaults.summary().find("explicitly empty"), std::string::npos);
+}
+
 // Every invalid value is refused with its origin and what is wrong.
 TEST(PolicyFactoryTest, RefusesInvalidValuesNamingTheOrigin) {
   struct Case {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "conf/policy_factory.h"
+#include "filters/client_hello_parser.h"
 #include "test_data.h"
 
 namespace acr {
@@ -250,6 +251,206 @@ TEST(PolicyTest, SentencesNameTheRule) {
   EXPECT_NE(decision.rule->text.find("168.63.129.16"), std::string::npos);
 }
 
+// Issue 10 defect 4: --deny-cidr and --allow-cidr ranges written over an IPv4-embedding IPv6 form
+// (NAT64 64:ff9b::/96, IPv4-mapped ::ffff:0:0/96, 6to4 2002::/16) match addresses written in that
+// form, and an IPv4 range still matches every spelling of its addresses: each spelling is looked
+// up in both sets, and a denial of any spelling wins.
+TEST(PolicyTest, RangesMatchEverySpellingAndDenyWins) {
+  const auto ip = [](const char* text) { return *IpAddress::parse(text); };
+  struct Case {
+    const char* label;
+    std::vector<const char*> allow;
+    std::vector<const char*> deny;
+    const char* address;
+    Reason literal;  // decideLiteral (CONNECT or `check` of an IP literal)
+    Reason dial;     // decideAddress (a resolved address or an original destination)
+  };
+  const Case cases[] = {
+      {"nat64 range denies nat64 spelling",
+       {"0.0.0.0/0"},
+       {"64:ff9b::/96"},
+       "64:ff9b::1414:101",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"mapped range denies mapped spelling",
+       {"0.0.0.0/0"},
+       {"::ffff:0:0/96"},
+       "::ffff:20.20.1.1",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"6to4 range denies 6to4 spelling",
+       {"0.0.0.0/0"},
+       {"2002::/16"},
+       "2002:1414:101::1",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"mapped range denies the plain IPv4 address",
+       {"0.0.0.0/0"},
+       {"::ffff:20.20.0.0/112"},
+       "20.20.1.1",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"v4 range denies nat64 spelling",
+       {"::/0"},
+       {"20.20.0.0/16"},
+       "64:ff9b::1414:101",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"v4 deny beats nat64 allow",
+       {"64:ff9b::/96"},
+       {"20.20.0.0/16"},
+       "64:ff9b::1414:101",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"nat64 deny beats v4 allow",
+       {"20.20.0.0/16"},
+       {"64:ff9b::/96"},
+       "64:ff9b::1414:101",
+       Reason::kAddressDenied,
+       Reason::kAddressDenied},
+      {"nat64 allow range admits its spelling",
+       {"64:ff9b::/96"},
+       {},
+       "64:ff9b::1414:101",
+       Reason::kAddressAllowed,
+       Reason::kAddressAllowed},
+      {"v4 allow range admits nat64 spelling",
+       {"20.20.0.0/16"},
+       {},
+       "64:ff9b::1414:101",
+       Reason::kAddressAllowed,
+       Reason::kAddressAllowed},
+      {"nat64 deny leaves plain IPv4 alone",
+       {"0.0.0.0/0"},
+       {"64:ff9b::/96"},
+       "20.20.1.1",
+       Reason::kAddressAllowed,
+       Reason::kAddressAllowed},
+  };
+  for (const Case& c : cases) {
+    PolicyConfig config;
+    for (const char* cidr : c.allow) {
+      config.allow_cidrs.push_back(value(cidr));
+    }
+    for (const char* cidr : c.deny) {
+      config.deny_cidrs.push_back(value(cidr));
+    }
+    const auto policy = buildPolicy(config).policy;
+    const Decision literal = policy->decideLiteral(ip(c.address), 443);
+    EXPECT_EQ(literal.reason, c.literal) << c.label << ": " << reasonName(literal.reason);
+    const Decision dial = policy->decideAddress(ip(c.address));
+    EXPECT_EQ(dial.reason, c.dial) << c.label << ": " << reasonName(dial.reason);
+    const Decision original =
+        policy->decideOriginalDestination(ip(c.address), std::vector{ip(c.address)});
+    EXPECT_EQ(original.reason, c.dial) << c.label << ": " << reasonName(original.reason);
+  }
+  PolicyConfig config;
+  config.allow_cidrs = {value("0.0.0.0/0")};
+  config.deny_cidrs = {value("64:ff9b::/96")};
+  const auto policy = buildPolicy(config).policy;
+  const Decision denied = policy->decide("64:ff9b::1414:101", 443);
+  EXPECT_EQ(policy->describe(denied, {"64:ff9b::1414:101", ip("64:ff9b::1414:101"), 443}),
+            "denied: 64:ff9b::1414:101 (embedding 20.20.1.1) is in denied range 64:ff9b::/96");
+}
+
+// Issue 10 defect 8: the RFC 8215 local-use NAT64 prefix 64:ff9b:1::/48 carries its IPv4 address
+// like 64:ff9b::/96 (in the last 32 bits), so the metadata address behind a local NAT64 is
+// special; a layout the policy cannot read is special as a whole. 3fff::/20 (RFC 9637) is
+// documentation.
+TEST(PolicyTest, LocalUseNat64AndNewDocumentationRangeAreSpecial) {
+  const auto policy = defaultPolicy();
+  const AddressCase cases[] = {
+      {"local nat64 metadata", "64:ff9b:1::a9fe:a9fe", Reason::kAddressSpecial},
+      {"local nat64 metadata in a /64", "64:ff9b:1:ab::a9fe:a9fe", Reason::kAddressSpecial},
+      {"local nat64 private", "64:ff9b:1:ffff::a00:5", Reason::kAddressSpecial},
+      {"local nat64 loopback", "64:ff9b:1::7f00:1", Reason::kAddressSpecial},
+      {"local nat64 public", "64:ff9b:1::1414:101", Reason::kAddressPublic},
+      {"local nat64 other layout", "64:ff9b:1:a9fe:a9:fe00::", Reason::kAddressSpecial},
+      {"documentation 3fff::/20", "3fff::1", Reason::kAddressSpecial},
+      {"documentation 3fff::/20 top", "3fff:fff:ffff::1", Reason::kAddressSpecial},
+      {"just past 3fff::/20", "3fff:1000::1", Reason::kAddressPublic},
+  };
+  for (const AddressCase& c : cases) {
+    const Decision decision = policy->decideAddress(*IpAddress::parse(c.address));
+    EXPECT_EQ(decision.reason, c.reason) << c.label << ": " << reasonName(decision.reason);
+  }
+  const IpAddress metadata = *IpAddress::parse("64:ff9b:1::a9fe:a9fe");
+  EXPECT_EQ(policy->describe(policy->decideAddress(metadata), {"", metadata, 443}),
+            "denied: 64:ff9b:1::a9fe:a9fe (embedding 169.254.169.254) is the instance metadata "
+            "service (link-local) and in no allowed range");
+}
+
+// Issue 10 defect 3: with --allow-no-sni, a hello without SNI is held to the port rule first
+// (as one with an SNI is), then only an address inside the allowed set passes.
+TEST(PolicyTest, WithoutSniThePortRuleComesFirst) {
+  PolicyConfig config;
+  config.allow_cidrs = {value("192.0.2.0/24")};
+  config.deny_cidrs = {value("192.0.2.128/25")};
+  const auto policy = buildPolicy(config).policy;
+  const auto ip = [](const char* text) { return *IpAddress::parse(text); };
+  struct Case {
+    const char* label;
+    const char* destination;
+    uint16_t port;
+    Reason reason;
+    const char* sentence;
+  };
+  const Case cases[] = {
+      {"allowed range, allowed port", "192.0.2.10", 443, Reason::kAddressAllowed,
+       "allowed: 192.0.2.10 is in allowed range 192.0.2.0/24"},
+      {"allowed range, other port", "192.0.2.10", 8443, Reason::kPortNotAllowed,
+       "denied: port 8443 is not allowed (allowed: 443)"},
+      {"allowed range, ssh", "192.0.2.10", 22, Reason::kPortNotAllowed,
+       "denied: port 22 is not allowed (allowed: 443)"},
+      {"public address", "20.60.1.1", 443, Reason::kNoSni,
+       "denied: no SNI, and 20.60.1.1 is in no allowed range"},
+      {"special address", "10.0.0.5", 443, Reason::kNoSni,
+       "denied: no SNI, and 10.0.0.5 is private (RFC 1918) and in no allowed range"},
+      {"denied range", "192.0.2.200", 443, Reason::kNoSni,
+       "denied: no SNI, and 192.0.2.200 is in denied range 192.0.2.128/25"},
+      {"denied range, other port", "192.0.2.200", 8443, Reason::kPortNotAllowed,
+       "denied: port 8443 is not allowed (allowed: 443)"},
+  };
+  for (const Case& c : cases) {
+    const Decision decision = policy->decideWithoutSni(ip(c.destination), c.port);
+    EXPECT_EQ(decision.reason, c.reason) << c.label << ": " << reasonName(decision.reason);
+    EXPECT_EQ(decision.allowed(), c.reason == Reason::kAddressAllowed) << c.label;
+    EXPECT_EQ(policy->describe(decision, {"", ip(c.destination), c.port}), c.sentence) << c.label;
+  }
+}
+
+// Issue 10 defect 9: a hello offering ESNI is denied "esni" whatever its SNI; one offering ECH is
+// judged by its outer SNI like any other; a hello without SNI is "no_sni".
+TEST(PolicyTest, EsniIsDeniedAndEchIsJudgedByTheOuterSni) {
+  const auto policy = defaultPolicy();
+  ClientHello hello;
+  hello.has_sni = true;
+  hello.sni = "myreg.azurecr.io";
+  EXPECT_EQ(policy->decideSni(hello, 443).reason, Reason::kHostAllowed);
+  hello.ech_offered = true;
+  EXPECT_EQ(policy->decideSni(hello, 443).reason, Reason::kHostAllowed);
+  hello.sni = "cloudflare-ech.com";
+  EXPECT_EQ(policy->decideSni(hello, 443).reason, Reason::kHostNotAllowed);
+  hello.sni = "myreg.azurecr.io";
+  EXPECT_EQ(policy->decideSni(hello, 22).reason, Reason::kPortNotAllowed);
+  hello.ech_offered = false;
+  hello.esni_offered = true;
+  const Decision esni = policy->decideSni(hello, 443);
+  EXPECT_EQ(esni.reason, Reason::kEsni);
+  EXPECT_FALSE(esni.allowed());
+  EXPECT_EQ(policy->describe(esni, {hello.sni, std::nullopt, 443}),
+            "denied: the ClientHello offers the obsolete ESNI extension (0xffce), which hides the "
+            "server name");
+  hello.has_sni = false;
+  hello.sni = {};
+  EXPECT_EQ(policy->decideSni(hello, 443).reason, Reason::kEsni);
+  hello.esni_offered = false;
+  const Decision no_sni = policy->decideSni(hello, 443);
+  EXPECT_EQ(no_sni.reason, Reason::kNoSni);
+  EXPECT_EQ(policy->describe(no_sni, {"", std::nullopt, 443}),
+            "denied: the ClientHello carries no SNI");
+}
+
 // Reason names are the stable identifiers logs and metrics use.
 TEST(PolicyTest, ReasonNamesAreStable) {
   EXPECT_EQ(reasonName(Reason::kHostNotAllowed), "host_not_allowed");
@@ -259,6 +460,8 @@ TEST(PolicyTest, ReasonNamesAreStable) {
   EXPECT_EQ(reasonName(Reason::kAddressNotAllowed), "address_not_allowed");
   EXPECT_EQ(reasonName(Reason::kAddressDenied), "address_denied");
   EXPECT_EQ(reasonName(Reason::kHostAllowed), "host_allowed");
+  EXPECT_EQ(reasonName(Reason::kNoSni), "no_sni");
+  EXPECT_EQ(reasonName(Reason::kEsni), "esni");
 }
 
 }  // namespace

@@ -1055,6 +1055,32 @@ def reframe_hello(data, sizes):
     return bytes(out)
 
 
+def add_extension(data, ext_type, body):
+    """`data` (the first flight of client_hello(): one TLS record holding a whole ClientHello)
+    with one more extension appended (type `ext_type`, contents `body`), every length on the way
+    (record, handshake, extensions) adjusted. For hellos no real client here sends: ESNI
+    (0xffce), ECH (0xfe0d)."""
+    ctype, version, length = struct.unpack("!BHH", data[:5])
+    msg, rest = data[5:5 + length], data[5 + length:]
+    if len(msg) != length or msg[0] != 1 or 4 + int.from_bytes(msg[1:4], "big") != length:
+        raise ValueError("add_extension needs one record holding the whole ClientHello")
+    hello = msg[4:]
+    i = 2 + 32
+    i += 1 + hello[i]
+    i += 2 + int.from_bytes(hello[i:i + 2], "big")
+    i += 1 + hello[i]
+    extensions = hello[i + 2:] + struct.pack("!HH", ext_type, len(body)) + body
+    hello = hello[:i] + struct.pack("!H", len(extensions)) + extensions
+    msg = b"\x01" + len(hello).to_bytes(3, "big") + hello
+    return struct.pack("!BHH", ctype, version, len(msg)) + msg + rest
+
+
+# A well-formed outer encrypted_client_hello body (type outer, HKDF-SHA256/AES-128-GCM,
+# config_id 7, 1-byte enc, 2-byte payload): what the parser accepts as ECH.
+ECH_OUTER = bytes([0x00, 0x00, 0x01, 0x00, 0x01, 0x07, 0x00, 0x01, 0xee, 0x00, 0x02, 0x12, 0x34])
+ESNI_BODY = bytes([0x13, 0x01])
+
+
 def hello_sni(data):
     """The server_name (str) of the ClientHello in `data` (TLS records), or None without one.
     A minimal parser for test bookkeeping, not a reference implementation."""

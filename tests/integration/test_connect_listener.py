@@ -692,6 +692,29 @@ class ConnectListenerTest(unittest.TestCase):
                 self.assertIn(f"sni={ALLOWED}".encode(), self.tls_over(sock, ALLOWED))
                 self.assertEqual(self.log_for(sock)["decision"], "allow")
 
+    def test_esni_in_tunnel_closes_it(self):
+        """B15 (issue 10 defect 9): a tunnel whose ClientHello offers the obsolete ESNI
+        extension is closed with reason esni, although its SNI equals the CONNECT host, and the
+        upstream receives nothing."""
+        self.assert_tunnel_closed_with(
+            harness.add_extension(harness.client_hello(RAW), 0xffce, harness.ESNI_BODY), "esni")
+
+    def test_ech_in_tunnel_is_judged_by_outer_sni_and_logged(self):
+        """B14 (issue 10 defect 9): a tunnel ClientHello offering ECH whose outer SNI equals the
+        CONNECT host is forwarded byte-exact and logged "ech": true."""
+        hello = harness.add_extension(harness.client_hello(RAW), 0xfe0d, harness.ECH_OUTER)
+        before = self.raw.accepted
+        status, _, _, sock = self.connect(f"{RAW}:{self.port}")
+        self.assertEqual(status, 200)
+        sock.sendall(hello)
+        self.raw.wait_for_bytes(len(hello), index=before)
+        time.sleep(0.2)
+        self.assertEqual(self.raw.received(before), hello)
+        sock.close()
+        entry = self.log_for(sock)
+        self.assertEqual(entry["decision"], "allow", entry)
+        self.assertIs(entry.get("ech"), True, entry)
+
     def test_non_tls_tunnel_is_closed_without_allow_non_tls(self):
         """P1 (in-tunnel): plain HTTP inside a tunnel is closed not_tls and never forwarded."""
         self.assert_tunnel_closed_with(f"GET / HTTP/1.1\r\nHost: {RAW}\r\n\r\n".encode(),

@@ -20,7 +20,12 @@ CAPTURE_NAMES = ("myregistry.azurecr.io", "myregistry.eastus.data.azurecr.io",
 EVIL = "evil.example"            # in dnsmasq, denied by the policy
 NXDOMAIN = "missing.azurecr.io"
 SPECIAL = {"private.azurecr.io": "10.0.0.5", "metadata.azurecr.io": "169.254.169.254",
-           "loopback.azurecr.io": "127.0.0.5"}
+           "loopback.azurecr.io": "127.0.0.5",
+           # Issue 10 defect 8: the metadata address behind a local-use NAT64 (RFC 8215), and
+           # the RFC 9637 documentation range.
+           "nat64-local.azurecr.io": "64:ff9b:1::a9fe:a9fe",
+           "nat64-local-subnet.azurecr.io": "64:ff9b:1:ab::a9fe:a9fe",
+           "doc9637.azurecr.io": "3fff::10"}
 SELF = "self.azurecr.io"         # -> 127.0.0.1, the proxy's own listener address
 PROXY_IP, TLS_IP, RAW_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 PROXY2_IP = "127.0.0.4"  # a second proxy with a narrower policy
@@ -238,6 +243,49 @@ class SniListenerTest(unittest.TestCase):
         the upstream after it, exactly once."""
         self.assert_forwarded_exactly(harness.client_hello(RAW_NAME) + b"\x17\x03\x03" +
                                       bytes(range(256)) * 8)
+
+    # ---------------------------------------------------------------- ESNI and ECH
+
+    def test_esni_hello_is_reset_esni_without_dial(self):
+        """B15 (issue 10 defect 9): a ClientHello offering the obsolete ESNI extension (0xffce)
+        is reset with reason esni even though its SNI is allowed, and nothing is dialled."""
+        hello = harness.add_extension(harness.client_hello(RAW_NAME), 0xffce, harness.ESNI_BODY)
+        entry = self.assert_reset_without_dial(hello, "esni")
+        self.assertEqual(entry["target"], RAW_NAME, entry)
+        self.assertIn("ESNI", entry["message"], entry)
+
+    def test_ech_hello_is_judged_by_outer_sni_and_logged(self):
+        """B14 (issue 10 defect 9): Chromium's real ClientHello carries (GREASE) ECH: it is
+        judged by its outer SNI, forwarded byte-exact and logged with "ech": true; an ECH hello
+        whose outer SNI is not allowed is reset host_not_allowed (also logged "ech": true); a
+        hello without ECH has no "ech" field."""
+        chromium = harness.read_captures()["chromium156-default-acr"]
+        entry = self.assert_forwarded_exactly(chromium)
+        self.assertIs(entry.get("ech"), True, entry)
+        self.assertEqual(entry["target"], harness.hello_sni(chromium), entry)
+        plain = self.assert_forwarded_exactly(harness.client_hello(RAW_NAME))
+        self.assertNotIn("ech", plain)
+        outer_evil = harness.add_extension(harness.client_hello(EVIL), 0xfe0d, harness.ECH_OUTER)
+        denied = self.assert_reset_without_dial(outer_evil, "host_not_allowed")
+        self.assertIs(denied.get("ech"), True, denied)
+
+    def test_ech_is_marked_in_text_log(self):
+        """B14 (issue 10 defect 9): with --log-format text the line of an ECH hello says
+        ech=true; the line of a hello without ECH does not."""
+        with self.start_proxy(["--log-format", "text"], PROXY2_IP) as proxy:
+            for name, ech in (("chromium156-default-acr", True), ("curl-default-acr", False)):
+                with self.subTest(capture=name):
+                    data = harness.read_captures()[name]
+                    before = self.raw.accepted
+                    sock, client = self.open(PROXY2_IP)
+                    sock.sendall(data)
+                    self.raw.wait_for_bytes(len(data), index=before, timeout=15)
+                    sock.close()
+                    line = harness.wait_until(
+                        lambda: next((l for l in proxy.stdout_lines() if f" {client} " in l),
+                                     None), 10, 0.05, f"the text log line of {client}")
+                    self.assertIn(" allow ", line)
+                    self.assertEqual(" ech=true " in line, ech, line)
 
     # ---------------------------------------------------------------- real captures
 

@@ -11,6 +11,7 @@ Clients pin names with curl --resolve, or (skopeo) read /etc/netns/NAME/hosts.
 """
 
 import os
+import socket
 import subprocess
 import unittest
 
@@ -70,7 +71,7 @@ class TransparentTest(unittest.TestCase):
         cls.listen_port = harness.free_port("127.0.0.1")
         cls.firewall = cls.ns.redirect_443(cls.listen_port, MARK)
 
-    def start_proxy(self, allow_cidrs=(ALLOWED_V4_RANGE, ALLOWED_V6_RANGE), mark=MARK):
+    def start_proxy(self, allow_cidrs=(ALLOWED_V4_RANGE, ALLOWED_V6_RANGE), mark=MARK, extra=()):
         """acr-egress with transparent listeners on 127.0.0.1:T and [::1]:T (where the REDIRECT
         sends IPv4 and IPv6), --mark 1 (none if `mark` is None), registry myreg and
         `allow_cidrs`; stopped at test end."""
@@ -81,7 +82,7 @@ class TransparentTest(unittest.TestCase):
             args += ["--mark", str(mark)]
         for cidr in allow_cidrs:
             args += ["--allow-cidr", cidr]
-        proxy = harness.Proxy(args)
+        proxy = harness.Proxy(args + list(extra))
         proxy.start()
         self.addCleanup(proxy.stop)
         return proxy
@@ -264,6 +265,67 @@ class TransparentTest(unittest.TestCase):
         self.assertEqual(lines[0]["original_dst"], f"{UPSTREAM_V4}:443", lines[0])
         self.assertFalse(lines[0].get("dialled"), lines[0])
         self.assertEqual(self.upstream.accepted, accepted)
+
+    def redirect_extra_port(self, port):
+        """Redirects locally generated TCP to `port` to the transparent listener too (a table of
+        its own, removed at test end; the namespace goes with the class anyway)."""
+        table = f"acr_egress_test_{port}"
+        ruleset = f"""
+table inet {table} {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    meta l4proto tcp tcp dport {port} meta mark != {MARK} redirect to :{self.listen_port}
+  }}
+}}
+"""
+        result = self.ns.run(["nft", "-f", "-"], check=False, input_text=ruleset)
+        if result.returncode != 0:
+            self.skipTest("needs nftables: " + result.stderr)
+        self.addCleanup(self.ns.run, ["nft", "delete", "table", "inet", table], check=False)
+
+    # B3 with --allow-no-sni: a real `openssl s_client -noservername` to an allowed address on
+    # port 443 is relayed to it (the handshake completes with the upstream's certificate).
+    def test_allow_no_sni_relays_to_allowed_address_on_allowed_port(self):
+        proxy = self.start_proxy(extra=["--allow-no-sni"])
+        accepted = self.upstream.accepted
+        result = subprocess.run(["openssl", "s_client", "-connect", f"{UPSTREAM_V4}:443",
+                                 "-noservername", "-CAfile", self.certs["ca"]],
+                                input="", capture_output=True, text=True, timeout=20)
+        self.assertIn("BEGIN CERTIFICATE", result.stdout, result.stdout + result.stderr)
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["decision"], "allow", lines[0])
+        self.assertEqual(lines[0]["reason"], "address_allowed", lines[0])
+        self.assertEqual(lines[0]["dialled"], f"{UPSTREAM_V4}:443", lines[0])
+        self.assertEqual(self.upstream.accepted, accepted + 1)
+
+    # Issue 10 defect 3: with --allow-no-sni, a hello without SNI redirected from a port outside
+    # --port (8443 here; only 443 is allowed) is refused port_not_allowed, exactly as the same
+    # destination with an SNI is, and nothing is dialled.
+    def test_allow_no_sni_still_applies_the_port_rule(self):
+        self.redirect_extra_port(8443)
+        target = harness.RawServer(UPSTREAM_V4, 8443)
+        self.addCleanup(target.stop)
+        proxy = self.start_proxy(extra=["--allow-no-sni"])
+        for name, hello in (("no SNI", harness.read_captures()["openssl-nosni"]),
+                            ("SNI", harness.client_hello(ALLOWED_HOST))):
+            with self.subTest(hello=name):
+                sock = socket.create_connection((UPSTREAM_V4, 8443), timeout=10)
+                self.addCleanup(sock.close)
+                try:
+                    sock.sendall(hello)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                received, how = harness.recv_until_closed(sock, 10)
+                self.assertEqual((received, how), (b"", "rst"))
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 2, lines)
+        for line in lines:
+            self.assertEqual(line["decision"], "deny", line)
+            self.assertEqual(line["reason"], "port_not_allowed", line)
+            self.assertEqual(line["original_dst"], f"{UPSTREAM_V4}:8443", line)
+            self.assertFalse(line.get("dialled"), line)
+        self.assertEqual(target.accepted, 0)
 
 
 if __name__ == "__main__":
