@@ -23,8 +23,8 @@ std::string_view dnsStatusName(DnsStatus status) noexcept;
 // The outcome of resolving one name, handed to every waiter of that name.
 struct DnsAnswer {
   DnsStatus status = DnsStatus::kFailure;
-  // kOk only: the A and AAAA addresses in c-ares order (RFC 6724 destination sorting, so IPv6 and
-  // IPv4 may interleave), without duplicates, at most kMaxAddresses of them.
+  // kOk only: the AAAA addresses, then the A addresses, each family in c-ares order (RFC 6724
+  // destination sorting within the family), without duplicates, at most kMaxAddresses of them.
   std::vector<IpAddress> addresses;
   // How long the cache keeps this answer: for kOk the smallest TTL of the answer's records
   // (addresses and CNAMEs) clamped to [min_ttl, max_ttl]; for kNxDomain / kNoAddresses the

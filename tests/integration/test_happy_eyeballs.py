@@ -250,6 +250,42 @@ table inet acr_he_test {{
         self.assertEqual(entry["attempts"], [f"{endpoint(V4_UP)} connected"], entry)
         self.assertEqual(len(denied.connections), before)
 
+    # The sni listener dials the same way: with IPv6 black-holed, the ClientHello reaches the
+    # IPv4 upstream within the delay plus a little, and the log names both attempts.
+    def test_sni_listener_falls_back_after_the_delay(self):
+        sni_port = PORT  # the sni listener dials the port it listens on
+        proxy = harness.Proxy(["--sni", f"127.0.0.1:{sni_port}", "--allow-host", "*.he.example",
+                               "--allow-cidr", "192.0.2.0/24", "--allow-cidr", "2001:db8::/32",
+                               "--dns-server", self.dns.address, "--workers", "1"])
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        server = self.servers[V4_UP]
+        index = len(server.connections)
+        hello = harness.client_hello("v6-holed.he.example")
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", sni_port), timeout=10) as sock:
+            sock.sendall(hello)
+            server.wait_for_bytes(len(hello), index=index)
+            elapsed = time.monotonic() - started
+        self.assertEqual(server.received(index), hello)
+        self.assertLess(elapsed, 1.5)
+        entry = self.log_for(proxy, "v6-holed.he.example")
+        self.assertEqual(entry["listener"], "sni", entry)
+        self.assertEqual(entry["dialled"], endpoint(V4_UP), entry)
+        self.assertEqual(entry["attempts"],
+                         [f"{endpoint(V6_HOLE)} cancelled", f"{endpoint(V4_UP)} connected"], entry)
+
+    # The access log's text format lists the attempts too, as one space-free token.
+    def test_text_log_lists_attempts(self):
+        proxy = self.start_proxy("--log-format", "text")
+        status, _ = self.timed_connect("v6-refused.he.example")
+        self.assertEqual(status, 200, self.explain(proxy))
+        line = harness.wait_until(
+            lambda: next((l for l in proxy.stdout_lines() if "v6-refused.he.example" in l), None),
+            message="the text access-log line")
+        self.assertIn(f" attempts={endpoint(V6_REFUSED)}/refused,{endpoint(V4_UP)}/connected ",
+                      line)
+
     # The AAAA answer comes 1.5 s after the A answer: the proxy dials IPv4 after the 50 ms
     # resolution delay instead of waiting for both answers, and the late answer does not disturb
     # the tunnel that is relaying by then.

@@ -127,7 +127,11 @@ class TproxyTest(unittest.TestCase):
     # connection indeed goes nowhere.
     def test_without_net_admin_warns_and_tproxy_is_dropped(self):
         proxy = self.start_proxy(NOBODY)
-        log = proxy.stderr_text()
+        # The warnings follow the "listening:" line start_proxy waited for.
+        log = harness.wait_until(
+            lambda: (proxy.stderr_text()
+                     if proxy.stderr_text().count("cannot set IP_TRANSPARENT") >= 2 else None),
+            message="both listeners' IP_TRANSPARENT warnings")
         for listener in (f"0.0.0.0:{self.listen_port}", f"[::]:{self.listen_port}"):
             self.assertIn(f"transparent listener {listener} cannot set IP_TRANSPARENT", log)
         self.assertIn("CAP_NET_ADMIN", log)

@@ -103,11 +103,11 @@ class HappyEyeballsDialerTest : public ::testing::Test {
     return localAddress(listener_)->port();
   }
 
-  std::optional<DialResult> run(HappyEyeballsDialer& dialer, std::optional<DialResult>& result) {
+  // Runs the loop until the dial ended (bounded); returns its result.
+  std::optional<DialResult> run(std::optional<DialResult>& result) {
     for (int i = 0; i < 500 && !result; ++i) {
       event_base_loop(base_, EVLOOP_ONCE);
     }
-    (void)dialer;
     return std::move(result);
   }
 
@@ -136,7 +136,7 @@ TEST_F(HappyEyeballsDialerTest, RefusedMovesOnAtOnceAndWinnerIsHandedOver) {
   HappyEyeballsDialer dialer(base_, options, [&](DialResult r) { result = std::move(r); });
   const auto started = std::chrono::steady_clock::now();
   dialer.add(addresses({"127.0.0.1", "::1"}), false);
-  std::optional<DialResult> done = run(dialer, result);
+  std::optional<DialResult> done = run(result);
   ASSERT_TRUE(done);
   EXPECT_LT(std::chrono::steady_clock::now() - started, 2s);
   ASSERT_NE(done->upstream, nullptr);
@@ -164,7 +164,7 @@ TEST_F(HappyEyeballsDialerTest, AllRefusedFails) {
   std::optional<DialResult> result;
   HappyEyeballsDialer dialer(base_, options, [&](DialResult r) { result = std::move(r); });
   dialer.add(addresses({"127.0.0.1"}), false);
-  std::optional<DialResult> done = run(dialer, result);
+  std::optional<DialResult> done = run(result);
   ASSERT_TRUE(done);
   EXPECT_EQ(done->upstream, nullptr);
   EXPECT_EQ(done->error, ECONNREFUSED);
@@ -186,7 +186,7 @@ TEST_F(HappyEyeballsDialerTest, WaitsForMoreAndSkipsRepeats) {
   event_base_loop(base_, EVLOOP_NONBLOCK);
   EXPECT_FALSE(result);
   dialer.add(addresses({"127.0.0.1"}), true);
-  std::optional<DialResult> done = run(dialer, result);
+  std::optional<DialResult> done = run(result);
   ASSERT_TRUE(done);
   ASSERT_NE(done->upstream, nullptr);
   dialer.add(addresses({"127.0.0.1"}), false);  // finished: ignored
