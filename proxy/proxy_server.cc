@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <thread>
 
@@ -61,7 +62,8 @@ std::string jsonEscaped(std::string_view text) {
 }
 
 // True when stderr is the journal's stream: systemd sets JOURNAL_STREAM to its "device:inode".
-// Checked against stderr itself, so a child whose stderr was redirected does not inherit it.
+// Checked against stderr itself: a process started with a redirected stderr (a test reading a
+// pipe) but the variable inherited prints plain lines.
 bool stderrIsJournal() {
   const char* stream = std::getenv("JOURNAL_STREAM");
   unsigned long long device = 0;

@@ -8,7 +8,7 @@ tests (test_systemd_units.py).
 - The package goes in with `apt-get install ./acr-egress_*.deb` inside the booted container, so
   its Depends resolve as on a user's machine. The container has a private network (only `lo`),
   so the packages it needs are downloaded first (`apt-get install --download-only`, host network,
-  not booted) into $ACR_NSPAWN_CACHE/archives, which is bind-mounted as apt's archive folder.
+  not booted) into $ACR_NSPAWN_CACHE/archives and copied into the tree's own archive folder.
 - Booted with `systemd-nspawn --boot --register=no --keep-unit --private-network` (the host runs
   no system bus); commands run inside with `nsenter -t LEADER -a`, LEADER being the container's
   PID 1 seen from the host. `net()` runs a host program in the container's network namespace
@@ -195,21 +195,28 @@ class BootedTree:
         os.makedirs(os.path.join(self.tree, "deb"))
         shutil.copy(self.deb, os.path.join(self.tree, "deb"))
         self.deb_inside = "/deb/" + os.path.basename(self.deb)
+        # The shared download cache is bound only for the download, under the cache's lock
+        # (concurrent runs share it); the booted container gets its own copy of the files.
         archives = os.path.join(cache_dir(), "archives")
-        binds = [(archives, "/var/cache/apt/archives")]
-        download = ["apt-get", "install", "-y", "-qq", "--download-only", self.deb_inside]
-        try:
-            _nspawn_run(self.tree, download, binds)
-        except RuntimeError:
-            # Lists older than the mirror's packages: refresh them once.
-            _nspawn_run(self.tree, ["apt-get", "update", "-qq"])
-            _nspawn_run(self.tree, download, binds)
+        binds = [(archives, "/var/cache/acr-archives")]
+        download = ["apt-get", "install", "-y", "-qq", "--download-only",
+                    "-o", "Dir::Cache::Archives=/var/cache/acr-archives", self.deb_inside]
+        with _locked(os.path.join(cache_dir(), ".lock")):
+            try:
+                _nspawn_run(self.tree, download, binds)
+            except RuntimeError:
+                # Lists older than the mirror's packages: refresh them once.
+                _nspawn_run(self.tree, ["apt-get", "update", "-qq"])
+                _nspawn_run(self.tree, download, binds)
+            own = os.path.join(self.tree, "var/cache/apt/archives")
+            for name in os.listdir(archives):
+                if name.endswith(".deb"):
+                    shutil.copy(os.path.join(archives, name), own)
         self.log_path = os.path.join(self.tmp, "console.log")
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
              "--private-network", "--console=read-only", "-D", self.tree,
-             f"--bind={archives}:/var/cache/apt/archives",
              f"--machine=acr-egress-test-{os.getpid()}"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -222,13 +229,22 @@ class BootedTree:
             time.sleep(0.1)
         if self.leader is None:
             raise RuntimeError("the container's systemd did not start: " + self.console())
+        # A boot takes about 2 s on an idle machine; a loaded CI runner gets far more.
         private = f"/proc/{self.leader}/root/run/systemd/private"
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not os.path.exists(private):
+            if self.process.poll() is not None:
+                break
             time.sleep(0.1)
-        state = self.run(["systemctl", "is-system-running", "--wait"], check=False,
-                         timeout=120).stdout.strip()
+        if not os.path.exists(private):
+            raise RuntimeError("the container's systemd opened no private socket: " +
+                               self.console())
+        result = self.run(["systemctl", "is-system-running", "--wait"], check=False,
+                          timeout=180)
+        state = result.stdout.strip()
         if state not in ("running", "degraded"):
-            raise RuntimeError(f"the container did not boot: {state}\n{self.console()}")
+            raise RuntimeError(f"the container did not boot: {state} {result.stderr}\n"
+                               f"{self.console()}")
         self.boot_state = state
 
     def _find_leader(self):

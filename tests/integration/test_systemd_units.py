@@ -102,7 +102,8 @@ def show(prop, unit=UNIT):
 
 
 def journal(unit=UNIT, since_cursor=None, priority=None):
-    argv = ["journalctl", "--no-pager", "-o", "cat", "-u", unit]
+    """The journal of UNIT (None: the whole journal) after the cursor, as text."""
+    argv = ["journalctl", "--no-pager", "-o", "cat"] + (["-u", unit] if unit else [])
     if since_cursor:
         argv += ["--after-cursor", since_cursor]
     if priority:
@@ -279,8 +280,9 @@ class SystemdUnitsTest(unittest.TestCase):
         status, reason, sock = connect_request(f"{newly}:443")
         sock.close()
         self.assertNotEqual(reason, "host_not_allowed")
-        lines = [line for line in journal(since_cursor=mark).splitlines()
-                 if "acr-egress" not in line.split(":", 1)[0]]
+        wait_for(lambda: "reloaded the policy" in journal(since_cursor=mark), 20,
+                 "the reload's log line")
+        lines = journal(None, since_cursor=mark).splitlines()
         reloaded = [line for line in lines if "reloaded the policy" in line]
         self.assertEqual(len(reloaded), 1, lines)
         self.assertIn(newly, reloaded[0])
@@ -288,13 +290,22 @@ class SystemdUnitsTest(unittest.TestCase):
             self.assertFalse([line for line in lines if listing in line], lines)
 
         mark = cursor()
+        refused = "reload refused, keeping the old policy"
+        refused_before = journal(None, priority="err").count(refused)
         write_config(extra_policy='allow_hosts = ["[broken"]\nnot toml at all')
         result = BOX.run(["systemctl", "reload", UNIT], check=False, timeout=60)
         self.assertNotEqual(result.returncode, 0, "a bad configuration must fail the reload")
         self.assertEqual(show("ActiveState"), "active")
-        # The journal takes stream lines asynchronously: wait for the line, bounded.
-        wait_for(lambda: "reload refused, keeping the old policy" in
-                 journal(since_cursor=mark, priority="err"), 20, "'reload refused' at err")
+        # Counted in `journalctl -p err` as an operator reads it (on systemd 252, --after-cursor
+        # together with -p misses such stream lines); journald takes them asynchronously.
+        try:
+            wait_for(lambda: journal(None, priority="err").count(refused) > refused_before, 20,
+                     "'reload refused' at err")
+        except AssertionError:
+            verbose = BOX.run(["journalctl", "--no-pager", "-o", "verbose", "--after-cursor",
+                               mark], check=False).stdout
+            self.fail(f"no 'reload refused' at err; reload: {result.stdout} {result.stderr}\n"
+                      f"{verbose[-6000:]}")
         status, reason, sock = connect_request(f"{newly}:443")
         sock.close()
         self.assertNotEqual(reason, "host_not_allowed")
@@ -303,12 +314,10 @@ class SystemdUnitsTest(unittest.TestCase):
         self.assertEqual(reason, "host_not_allowed")
 
         # The proxy's own error lines carry priority err ("<3>" on its journal stream).
-        mark = cursor()
+        failed_before = journal(priority="err").count("reload failed")
         BOX.run(["systemctl", "kill", "-s", "HUP", "--kill-who=main", UNIT])
-        wait_for(lambda: "reload failed" in journal(since_cursor=mark, priority="err"), 20,
+        wait_for(lambda: journal(priority="err").count("reload failed") > failed_before, 20,
                  "'reload failed' at priority err")
-        self.assertNotIn("reload failed", journal(since_cursor=mark, priority="warning").replace(
-            journal(since_cursor=mark, priority="err"), ""))
         self.assertEqual(show("ActiveState"), "active")
 
     def restarted_by_watchdog(self, freeze):
@@ -348,8 +357,9 @@ class SystemdUnitsTest(unittest.TestCase):
                 tracer.wait(10)
                 tracer.stdout.close()
         self.addCleanup(release)
-        mark = self.restarted_by_watchdog(freeze)
-        self.assertIn("an event loop is stuck", journal(since_cursor=mark, priority="err"))
+        stuck_before = journal(priority="err").count("an event loop is stuck")
+        self.restarted_by_watchdog(freeze)
+        self.assertGreater(journal(priority="err").count("an event loop is stuck"), stuck_before)
 
     # systemctl stop drains: an open tunnel keeps relaying until it closes, and the stop then
     # completes well before TimeoutStopSec; new connections are refused meanwhile.
