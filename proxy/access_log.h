@@ -20,7 +20,7 @@ struct AccessRecord {
   uint16_t port = 0;
   std::string original_dst;  // transparent only
   std::string dialled;       // upstream address actually connected
-  bool allowed = false;  // the tunnel was relayed
+  bool allowed = false;      // the tunnel was relayed
   // The policy let it through but it ended before relaying (the client closed after the 200,
   // a drain during dns/connect/tunnel_hello): decision "incomplete", never "deny", so that a
   // refusal count and an "allowed:" sentence never describe the same connection.
@@ -45,8 +45,9 @@ enum class Outcome : uint8_t {
   kIncomplete,  // "incomplete": allowed, ended before relaying (reason client_closed, shutdown)
 };
 inline Outcome outcomeOf(const AccessRecord& record) noexcept {
-  return record.allowed ? Outcome::kAllow : record.incomplete ? Outcome::kIncomplete
-                                                              : Outcome::kDeny;
+  return record.allowed      ? Outcome::kAllow
+         : record.incomplete ? Outcome::kIncomplete
+                             : Outcome::kDeny;
 }
 std::string_view outcomeName(Outcome outcome) noexcept;
 inline std::string_view decisionName(const AccessRecord& record) noexcept {
