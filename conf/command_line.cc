@@ -48,6 +48,8 @@ constexpr std::string_view kProxyHelp =
     "  --max-connections N        concurrent connections (4096)\n"
     "  --max-head-size N          CONNECT head cap in bytes (8192)\n"
     "  --max-client-hello-size N  ClientHello cap in bytes (16384)\n"
+    "  --max-buffer-memory N      bytes all tunnels may buffer for slow readers (64 MiB)\n"
+    "  --max-handshake-memory N   bytes all unfinished heads/ClientHellos may hold (16 MiB)\n"
     "  --dns-min-ttl T, --dns-max-ttl T, --dns-negative-ttl T, --dns-cache-size N\n"
     "  --log-format json|text     access log format (json)\n"
     "  --deny-log-rate N          access-log lines for refused connections per second; the rest\n"
@@ -82,6 +84,8 @@ constexpr SettingOption kSettingOptions[] = {
     {"--max-connections", "limits.max_connections", true},
     {"--max-head-size", "limits.max_head_size", true},
     {"--max-client-hello-size", "limits.max_client_hello_size", true},
+    {"--max-buffer-memory", "limits.max_buffer_memory", true},
+    {"--max-handshake-memory", "limits.max_handshake_memory", true},
     {"--dns-min-ttl", "dns.min_ttl", true},
     {"--dns-max-ttl", "dns.max_ttl", true},
     {"--dns-negative-ttl", "dns.negative_ttl", true},

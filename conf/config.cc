@@ -23,6 +23,7 @@ constexpr std::string_view kScalarSettings[] = {
     "dns.max_ttl",           "dns.negative_ttl",
     "dns.cache_size",        "log.format",
     "log.deny_rate",         "limits.happy_eyeballs_delay",
+    "limits.max_buffer_memory", "limits.max_handshake_memory",
 };
 
 std::string where(const std::string& source, const toml::source_region& region) {

@@ -252,6 +252,10 @@ ProxySettings buildProxySettings(const Config& config) {
   readNumber<size_t>(config, "limits.max_head_size", 256, 65536, settings.max_head_size);
   readNumber<size_t>(config, "limits.max_client_hello_size", 512, 16384,
                      settings.max_client_hello_size);
+  readNumber<size_t>(config, "limits.max_buffer_memory", size_t{1} << 20, size_t{1} << 36,
+                     settings.max_buffer_memory);
+  readNumber<size_t>(config, "limits.max_handshake_memory", size_t{1} << 18, size_t{1} << 34,
+                     settings.max_handshake_memory);
   readDuration(config, "dns.timeout", milliseconds(100), milliseconds(60'000),
                settings.dns_timeout);
   auto readSeconds = [&](const char* key, std::chrono::seconds& out) {

@@ -58,6 +58,12 @@ struct ProxySettings {
   size_t max_connections = 4096;
   size_t max_head_size = 8192;
   size_t max_client_hello_size = 16384;
+  // Bytes all tunnels together may hold waiting for a slow reader (README "Relay"); past it the
+  // tunnels holding the most stop being read first.
+  size_t max_buffer_memory = 64 * 1024 * 1024;
+  // Bytes all unfinished CONNECT heads and ClientHellos together may hold (THREATS R8); a
+  // connection whose bytes would pass it is refused (handshake_memory).
+  size_t max_handshake_memory = 16 * 1024 * 1024;
   std::chrono::milliseconds dns_timeout{5'000};
   std::chrono::seconds dns_min_ttl{5};
   std::chrono::seconds dns_max_ttl{300};

@@ -50,8 +50,9 @@ enum class Outcome : uint8_t {
   kIncomplete,  // "incomplete": allowed, ended before relaying (reason client_closed, shutdown)
 };
 inline Outcome outcomeOf(const AccessRecord& record) noexcept {
-  return record.allowed ? Outcome::kAllow : record.incomplete ? Outcome::kIncomplete
-                                                              : Outcome::kDeny;
+  return record.allowed      ? Outcome::kAllow
+         : record.incomplete ? Outcome::kIncomplete
+                             : Outcome::kDeny;
 }
 std::string_view outcomeName(Outcome outcome) noexcept;
 inline std::string_view decisionName(const AccessRecord& record) noexcept {

@@ -3,6 +3,7 @@
 #include <event2/buffer.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -16,8 +17,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Relay flow control: stop reading a side once this much waits for the other side, resume at
-// half (Envoy's watermark buffers). Bounds memory per tunnel at about 2 x kHighWater.
-constexpr size_t kHighWater = 256 * 1024;
+// half (Envoy's watermark buffers). Bounds memory per tunnel at about 2 x (kHighWater + one read
+// of at most 16 KiB, libevent's default); --max-buffer-memory bounds all tunnels together.
+constexpr size_t kHighWater = 64 * 1024;
 constexpr auto kRelaxed = std::memory_order_relaxed;
 // How long a refused CONNECT client may keep sending before we close anyway.
 constexpr std::chrono::milliseconds kRefuseLinger{2000};
@@ -74,7 +76,10 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       policy_(std::move(policy)),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
       last_activity_(Clock::now()),
-      looped_(worker.context().guardsLoops() && worker.context().ownUpstreams().contains(peer)),
+      peer_(peer),
+      destination_(originalDestination(fd)),
+      looped_(worker.context().guardsLoops() && destination_ &&
+              worker.context().ownUpstreams().contains(peer, *destination_)),
       started_(Clock::now()) {
   record_.listener = listenerKindName(kind);
   record_.client = peer.toString();
@@ -112,11 +117,8 @@ void Connection::start() {
   }
   if (looped_) {
     // On every listener kind: closed with a reset at once, before reading a byte.
-    record_.reason = "proxy_loop";
-    record_.sentence =
-        "denied: this is the proxy's own upstream connection redirected back to it; exclude the "
-        "proxy's traffic from the redirect rule (--mark)";
-    finish("proxy", true);
+    loop_rechecked_ = true;
+    refusedAsLoop();
     return;
   }
   bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
@@ -191,9 +193,33 @@ void Connection::onClientRead(bufferevent*, void* self) {
   }
 }
 
+bool Connection::refusedAsLoop() {
+  if (!loop_rechecked_) {
+    loop_rechecked_ = true;
+    if (!worker_.context().guardsLoops() || !destination_ ||
+        !worker_.context().ownUpstreams().contains(peer_, *destination_)) {
+      return false;
+    }
+  }
+  record_.reason = "proxy_loop";
+  record_.sentence =
+      "denied: this is the proxy's own upstream connection redirected back to it; exclude the "
+      "proxy's traffic from the redirect rule (--mark)";
+  finish("proxy", true);
+  return true;
+}
+
 void Connection::readHead() {
+  if (!loop_rechecked_ && refusedAsLoop()) {
+    return;
+  }
   evbuffer* input = bufferevent_get_input(client_);
   const size_t length = evbuffer_get_length(input);
+  if (!holdHandshake(length)) {
+    refuse(503, "handshake_memory",
+           "denied: the memory for unfinished requests (--max-handshake-memory) is used up");
+    return;
+  }
   const auto* data = reinterpret_cast<const char*>(evbuffer_pullup(input, -1));
   const ConnectStatus status = connect_parser_->parse(std::string_view(data, length));
   switch (status) {
@@ -226,6 +252,7 @@ void Connection::readHead() {
   record_.target = host_;
   record_.port = port_;
   evbuffer_drain(input, request.head_length);  // what is left is early tunnel data
+  holdHandshake(evbuffer_get_length(input));
   connect_parser_.reset();
   bufferevent_disable(client_, EV_READ);
   evtimer_del(timer_);
@@ -251,8 +278,16 @@ void Connection::readHead() {
 }
 
 void Connection::readHello() {
+  if (!loop_rechecked_ && refusedAsLoop()) {
+    return;
+  }
   evbuffer* input = bufferevent_get_input(client_);
   const size_t length = evbuffer_get_length(input);
+  if (!holdHandshake(length)) {
+    deny("handshake_memory",
+         "denied: the memory for unfinished ClientHellos (--max-handshake-memory) is used up");
+    return;
+  }
   const auto* data = evbuffer_pullup(input, -1);
   const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
   if (status == ClientHelloStatus::kNeedMore) {
@@ -464,11 +499,10 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses, bool 
   }
   if (candidates_.empty()) {
     const Decision& denial = *first_address_denial_;
-    std::string sentence =
-        denial.rule == nullptr && denial.reason == Reason::kAddressDenied
-            ? "denied: " + first_denied_address_.toString() + " port " + std::to_string(port_) +
-                  " is one of this proxy's own listeners"
-            : policy_->describe(denial, {host_, first_denied_address_, port_});
+    std::string sentence = denial.rule == nullptr && denial.reason == Reason::kAddressDenied
+                               ? "denied: " + first_denied_address_.toString() + " port " +
+                                     std::to_string(port_) + " is one of this proxy's own listeners"
+                               : policy_->describe(denial, {host_, first_denied_address_, port_});
     const std::string_view reason =
         denial.rule == nullptr && denial.reason == Reason::kAddressDenied
             ? "self_connection"
@@ -519,6 +553,9 @@ void Connection::onDialed(DialResult result) {
   if (result.upstream != nullptr) {
     upstream_ = result.upstream;
     upstream_local_ = result.local;
+    if (result.endpoint) {
+      upstream_remote_ = *result.endpoint;
+    }
     bufferevent_setcb(upstream_, &Connection::onUpstreamRead, &Connection::onUpstreamWrite,
                       &Connection::onUpstreamEvent, this);
     onUpstreamConnected();
@@ -545,7 +582,7 @@ void Connection::closeUpstream(bool reset) {
     dialer_->cancel();
   }
   if (upstream_local_) {
-    worker_.context().ownUpstreams().remove(*upstream_local_);
+    worker_.context().ownUpstreams().remove(*upstream_local_, upstream_remote_);
     upstream_local_.reset();
   }
   if (upstream_ != nullptr) {
@@ -581,6 +618,11 @@ void Connection::readTunnelHello() {
   evbuffer* input = bufferevent_get_input(client_);
   const size_t length = evbuffer_get_length(input);
   if (length == 0) {
+    return;
+  }
+  if (!holdHandshake(length)) {
+    deny("handshake_memory",
+         "denied: the memory for unfinished ClientHellos (--max-handshake-memory) is used up");
     return;
   }
   const auto* data = evbuffer_pullup(input, -1);
@@ -632,6 +674,16 @@ void Connection::startRelay() {
   hello_parser_.reset();
   record_.allowed = true;
   record_.decision_ms = msSince(started_);
+  // From here the buffered head bytes are relay data, counted by the output buffers.
+  releaseHandshake();
+  evbuffer* client_output = bufferevent_get_output(client_);
+  evbuffer* upstream_output = bufferevent_get_output(upstream_);
+  const auto already = static_cast<int64_t>(evbuffer_get_length(client_output) +
+                                            evbuffer_get_length(upstream_output));
+  relay_buffered_ = already;
+  worker_.context().stats().relay_buffered.fetch_add(already, kRelaxed);
+  client_output_cb_ = evbuffer_add_cb(client_output, &Connection::onOutputChanged, this);
+  upstream_output_cb_ = evbuffer_add_cb(upstream_output, &Connection::onOutputChanged, this);
   bufferevent_setwatermark(client_, EV_READ, 0, 0);
   relay(client_, upstream_, false);  // the buffered head bytes / ClientHello, byte-exact, once
   bufferevent_enable(client_, EV_READ);
@@ -653,10 +705,60 @@ void Connection::relay(bufferevent* from, bufferevent* to, bool upstream_to_clie
   (upstream_to_client ? stats.bytes_down : stats.bytes_up).fetch_add(length, kRelaxed);
   evbuffer_add_buffer(sink, source);
   last_activity_ = Clock::now();
-  if (evbuffer_get_length(sink) >= kHighWater) {
+  const size_t queued = evbuffer_get_length(sink);
+  if (queued >= kHighWater || (queued > 0 && overBufferBudget(queued))) {
+    // Resumed by the sink's write callback once it has drained to the low watermark.
     bufferevent_disable(from, EV_READ);
-    bufferevent_setwatermark(to, EV_WRITE, kHighWater / 2, 0);
+    bufferevent_setwatermark(to, EV_WRITE, std::min(kHighWater / 2, queued / 2), 0);
   }
+}
+
+bool Connection::overBufferBudget(size_t queued) const noexcept {
+  const ProxyStats& stats = worker_.context().stats();
+  const auto limit = static_cast<int64_t>(worker_.context().settings().max_buffer_memory);
+  const int64_t used = stats.relay_buffered.load(kRelaxed);
+  if (used <= limit) {
+    return false;
+  }
+  // Past the budget, the tunnels holding at least an equal share stop first; the ones holding
+  // less (readers that keep up) go on until the budget is exceeded by a quarter, where every
+  // side with bytes queued stops. Total: at most 1.25 x the budget plus one read per tunnel.
+  const uint64_t tunnels = std::max<uint64_t>(1, stats.active_tunnels.load(kRelaxed));
+  return queued >= static_cast<uint64_t>(limit) / tunnels || used > limit + limit / 4;
+}
+
+void Connection::onOutputChanged(evbuffer*, const evbuffer_cb_info* info, void* self) {
+  auto* c = static_cast<Connection*>(self);
+  const auto delta = static_cast<int64_t>(info->n_added) - static_cast<int64_t>(info->n_deleted);
+  c->relay_buffered_ += delta;
+  c->worker_.context().stats().relay_buffered.fetch_add(delta, kRelaxed);
+}
+
+void Connection::releaseRelayBuffers() {
+  if (client_output_cb_ != nullptr) {
+    evbuffer_remove_cb_entry(bufferevent_get_output(client_), client_output_cb_);
+    client_output_cb_ = nullptr;
+  }
+  if (upstream_output_cb_ != nullptr) {
+    evbuffer_remove_cb_entry(bufferevent_get_output(upstream_), upstream_output_cb_);
+    upstream_output_cb_ = nullptr;
+  }
+  worker_.context().stats().relay_buffered.fetch_sub(relay_buffered_, kRelaxed);
+  relay_buffered_ = 0;
+}
+
+bool Connection::holdHandshake(size_t length) {
+  const int64_t delta = static_cast<int64_t>(length) - handshake_held_;
+  handshake_held_ = static_cast<int64_t>(length);
+  const int64_t used =
+      worker_.context().stats().handshake_buffered.fetch_add(delta, kRelaxed) + delta;
+  return delta <= 0 ||
+         used <= static_cast<int64_t>(worker_.context().settings().max_handshake_memory);
+}
+
+void Connection::releaseHandshake() {
+  worker_.context().stats().handshake_buffered.fetch_sub(handshake_held_, kRelaxed);
+  handshake_held_ = 0;
 }
 
 void Connection::onUpstreamRead(bufferevent*, void* self) {
@@ -790,6 +892,7 @@ void Connection::refuse(int status, std::string_view reason, const std::string& 
   record_.allowed = false;
   record_.reason = reason;
   record_.sentence = sentence;
+  releaseHandshake();  // the input is drained below and never read again
   if (dns_ticket_ != 0) {
     worker_.resolver().cancel(dns_ticket_);
     dns_ticket_ = 0;
@@ -868,6 +971,8 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   record_.phase = phaseName();
   record_.closed_by = record_.closed_by.empty() ? closed_by : record_.closed_by;
   record_.total_ms = msSince(started_);
+  releaseHandshake();
+  releaseRelayBuffers();
   if (client_ != nullptr) {
     if (reset) {
       setResetOnClose(bufferevent_getfd(client_));

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
@@ -66,6 +67,11 @@ class Connection {
   static void onUpstreamEvent(bufferevent* bev, short events, void* self);
   static void onTimer(evutil_socket_t, short, void* self);
 
+  // True (after refusing it: proxy_loop) when the peer is one of the proxy's own upstream
+  // sockets. Checked at accept and again at the first bytes: on loopback the handshake completes
+  // inside the dialler's connect(), so another loop may accept the copy before the dialler has
+  // registered its endpoint, but never receive bytes before it.
+  bool refusedAsLoop();
   void readHead();
   void readHello();
   void readTunnelHello();
@@ -94,6 +100,17 @@ class Connection {
   void onUpstreamConnected();
   void startRelay();
   void relay(bufferevent* from, bufferevent* to, bool upstream_to_client);
+  // Memory accounting (README "Relay", THREATS R8). While relaying, every change of the two
+  // output buffers is added to ProxyStats::relay_buffered; overBufferBudget() says whether a side
+  // whose sink holds `queued` bytes must stop being read because the process is past
+  // --max-buffer-memory and this tunnel holds at least its fair share.
+  static void onOutputChanged(evbuffer* buffer, const evbuffer_cb_info* info, void* self);
+  bool overBufferBudget(size_t queued) const noexcept;
+  void releaseRelayBuffers();
+  // Records that the unfinished head/ClientHello now holds `length` bytes; false when that
+  // takes the process past --max-handshake-memory (the caller refuses: handshake_memory).
+  bool holdHandshake(size_t length);
+  void releaseHandshake();
   void onEof(bool from_client);
   void refuse(int status, std::string_view reason, const std::string& sentence);
   void deny(std::string_view reason, const std::string& sentence, std::string rule = {});
@@ -125,11 +142,17 @@ class Connection {
   uint16_t port_ = 0;
   std::optional<SocketAddress> original_dst_;
   std::optional<SocketAddress> upstream_local_;  // registered in OwnUpstreams while open
+  SocketAddress upstream_remote_;                // the endpoint upstream_local_ was dialling
   std::vector<IpAddress> candidates_;
   std::optional<Decision> first_address_denial_;
   IpAddress first_denied_address_;
   std::vector<IpAddress> first_family_;          // addresses of the family that answered first
   std::unique_ptr<HappyEyeballsDialer> dialer_;  // from the first dial to the end
+
+  evbuffer_cb_entry* client_output_cb_ = nullptr;
+  evbuffer_cb_entry* upstream_output_cb_ = nullptr;
+  int64_t relay_buffered_ = 0;  // this tunnel's share of ProxyStats::relay_buffered
+  int64_t handshake_held_ = 0;  // this connection's share of ProxyStats::handshake_buffered
 
   // Half-close bookkeeping for the relay.
   bool client_eof_ = false;
@@ -139,7 +162,12 @@ class Connection {
   std::chrono::steady_clock::time_point last_activity_;
 
   // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
+  const SocketAddress peer_;
+  // Where the client's connection was headed: SO_ORIGINAL_DST after a REDIRECT, else the local
+  // address (OwnUpstreams matches it with the dialled endpoint).
+  const std::optional<SocketAddress> destination_;
   const bool looped_;
+  bool loop_rechecked_ = false;
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point dns_started_;
   std::chrono::steady_clock::time_point connect_started_;

@@ -73,7 +73,8 @@ struct HappyEyeballsDialer::Live {
   HappyEyeballsDialer* dialer = nullptr;
   size_t index = 0;  // into attempts_
   bufferevent* bev = nullptr;
-  std::optional<SocketAddress> local;  // registered in own_upstreams
+  std::optional<SocketAddress> local;  // registered in own_upstreams, with `remote`
+  SocketAddress remote;                // the address this attempt dials
 };
 
 HappyEyeballsDialer::HappyEyeballsDialer(event_base* base, DialOptions options, Callback done)
@@ -200,8 +201,9 @@ bool HappyEyeballsDialer::startNext() {
       // connect() has bound the local port already: register it before the kernel can deliver a
       // redirected copy of this connection to our own transparent listener.
       live->local = localAddress(fd);
+      live->remote = endpoint;
       if (live->local) {
-        options_.own_upstreams->add(*live->local);
+        options_.own_upstreams->add(*live->local, live->remote);
       }
     }
     live_.push_back(std::move(live));
@@ -234,7 +236,7 @@ void HappyEyeballsDialer::closeLive(Live& live, AttemptOutcome outcome, int erro
   attempt.outcome = outcome;
   attempt.error = error;
   if (live.local && options_.own_upstreams != nullptr) {
-    options_.own_upstreams->remove(*live.local);
+    options_.own_upstreams->remove(*live.local, live.remote);
   }
   if (live.bev != nullptr) {
     bufferevent_free(live.bev);

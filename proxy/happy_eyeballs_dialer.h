@@ -66,8 +66,8 @@ struct DialResult {
   // The winner, or null when every attempt failed. Owned by the receiver from now on
   // (BEV_OPT_CLOSE_ON_FREE); its callbacks are unset and reading is not enabled.
   bufferevent* upstream = nullptr;
-  // The winner's local endpoint, still registered in own_upstreams: the receiver removes it when
-  // it frees `upstream`.
+  // The winner's local endpoint, still registered in own_upstreams with `endpoint`: the receiver
+  // removes that pair when it frees `upstream`.
   std::optional<SocketAddress> local;
   // The winner, or the last address attempted (unset when nothing was attempted).
   std::optional<SocketAddress> endpoint;

@@ -117,8 +117,8 @@ std::vector<Cidr> LocalAddresses::interfaceAddresses() {
       continue;
     }
     SocketAddress socket_address;
-    const size_t size = entry->ifa_addr->sa_family == AF_INET ? sizeof(sockaddr_in)
-                                                              : sizeof(sockaddr_in6);
+    const size_t size =
+        entry->ifa_addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
     std::memcpy(&socket_address.storage, entry->ifa_addr, size);
     socket_address.length = static_cast<socklen_t>(size);
     const IpAddress address = toIpAddress(socket_address);
@@ -169,7 +169,8 @@ LocalAddressMonitor::~LocalAddressMonitor() {
 }
 
 void LocalAddressMonitor::refresh() {
-  publish_(std::make_shared<const LocalAddresses>(listeners_, LocalAddresses::interfaceAddresses()));
+  publish_(
+      std::make_shared<const LocalAddresses>(listeners_, LocalAddresses::interfaceAddresses()));
 }
 
 void LocalAddressMonitor::onNetlink(evutil_socket_t fd, short, void* self) {

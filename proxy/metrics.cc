@@ -245,8 +245,7 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
                "Connections ended, by listener, decision (allow: the tunnel was relayed; "
                "incomplete: allowed, ended before relaying) and reason (the access log's reason).");
   connections_.forEach(
-      [&out](std::string_view listener, Outcome decision, std::string_view reason,
-             uint64_t count) {
+      [&out](std::string_view listener, Outcome decision, std::string_view reason, uint64_t count) {
         out += "acr_egress_connections_total{listener=\"";
         appendLabelValue(out, listener);
         out += "\",decision=\"";
@@ -278,6 +277,13 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
                "Refused connections not written to the access log (past deny_log_rate per second; "
                "still counted in acr_egress_connections_total).",
                stats.log_suppressed.load(kRelaxed));
+  appendScalar(out, "acr_egress_relay_buffered_bytes", "gauge",
+               "Bytes waiting in the tunnels' buffers for a slow side (max_buffer_memory).",
+               static_cast<uint64_t>(std::max<int64_t>(0, stats.relay_buffered.load(kRelaxed))));
+  appendScalar(
+      out, "acr_egress_handshake_buffered_bytes", "gauge",
+      "Bytes held by unfinished CONNECT heads and ClientHellos (max_handshake_memory).",
+      static_cast<uint64_t>(std::max<int64_t>(0, stats.handshake_buffered.load(kRelaxed))));
   appendScalar(out, "acr_egress_accept_errors_total", "counter",
                "accept() failures (descriptor exhaustion and others).",
                stats.accept_errors.load(kRelaxed));

@@ -11,59 +11,77 @@
 
 namespace acr {
 
-// The local endpoints (address and port) of the proxy's own open upstream sockets. A connection
-// arriving on a transparent listener from one of them is the proxy's own traffic redirected back
-// to itself (a firewall rule without the `--mark` exclusion): it is refused at once, so a missing
-// rule costs one refused connection instead of a loop that eats every descriptor. Shared by all
-// workers (a redirected connection may land on any of them); used only when a transparent
-// listener exists.
+// The proxy's own open upstream sockets, each as (local endpoint, remote endpoint). A connection
+// arriving on any listener whose peer is such a local endpoint and whose original destination
+// (SO_ORIGINAL_DST after a REDIRECT, else its local address) is that socket's remote endpoint is
+// the proxy's own traffic handed back to itself (a firewall rule without the `--mark` exclusion):
+// it is refused at once, so a missing rule costs one refused connection instead of a loop that
+// eats every descriptor. The remote is part of the key because Linux lets sockets to different
+// destinations share a local address and port: a client may legitimately come from the same
+// 127.0.0.1:port as an upstream socket to elsewhere. Shared by all workers (a redirected
+// connection may land on any of them).
 class OwnUpstreams {
  public:
-  void add(const SocketAddress& local) {
+  void add(const SocketAddress& local, const SocketAddress& remote) {
     std::lock_guard lock(mutex_);
-    endpoints_.insert(keyOf(local));
+    endpoints_.insert(keyOf(local, remote));
   }
-  void remove(const SocketAddress& local) {
+  void remove(const SocketAddress& local, const SocketAddress& remote) {
     std::lock_guard lock(mutex_);
-    endpoints_.erase(keyOf(local));
+    endpoints_.erase(keyOf(local, remote));
   }
-  bool contains(const SocketAddress& peer) const {
+  bool contains(const SocketAddress& peer, const SocketAddress& destination) const {
     std::lock_guard lock(mutex_);
-    return endpoints_.contains(keyOf(peer));
+    return endpoints_.contains(keyOf(peer, destination));
   }
 
  private:
-  struct Key {
+  struct Endpoint {
     uint8_t address[16];
     uint16_t port;
+  };
+  struct Key {
+    Endpoint local;
+    Endpoint remote;
     bool operator==(const Key& other) const noexcept {
-      return port == other.port && std::memcmp(address, other.address, 16) == 0;
+      return local.port == other.local.port && remote.port == other.remote.port &&
+             std::memcmp(local.address, other.local.address, 16) == 0 &&
+             std::memcmp(remote.address, other.remote.address, 16) == 0;
     }
   };
   struct KeyHash {
     size_t operator()(const Key& key) const noexcept {
-      uint64_t high;
-      uint64_t low;
-      std::memcpy(&high, key.address, 8);
-      std::memcpy(&low, key.address + 8, 8);
-      return std::hash<uint64_t>()(high * 0x9E3779B97F4A7C15ULL ^ low ^ key.port);
+      uint64_t words[4];
+      std::memcpy(&words[0], key.local.address, 8);
+      std::memcpy(&words[1], key.local.address + 8, 8);
+      std::memcpy(&words[2], key.remote.address, 8);
+      std::memcpy(&words[3], key.remote.address + 8, 8);
+      uint64_t hash = (uint64_t{key.local.port} << 16) | key.remote.port;
+      for (const uint64_t word : words) {
+        hash = (hash ^ word) * 0x9E3779B97F4A7C15ULL;
+      }
+      return std::hash<uint64_t>()(hash);
     }
   };
-  // IPv4 is keyed as IPv4-mapped IPv6, so both families share one table.
-  static Key keyOf(const SocketAddress& endpoint) noexcept {
-    Key key{};
+  // IPv4 is keyed as IPv4-mapped IPv6, so both families share one table (a dial to
+  // [::ffff:a.b.c.d] arrives from and at IPv4 endpoints).
+  static Endpoint endpointOf(const SocketAddress& endpoint) noexcept {
+    Endpoint out{};
     if (endpoint.family() == AF_INET) {
       const auto& v4 = reinterpret_cast<const sockaddr_in&>(endpoint.storage);
-      key.address[10] = 0xff;
-      key.address[11] = 0xff;
-      std::memcpy(key.address + 12, &v4.sin_addr, 4);
-      key.port = v4.sin_port;
+      out.address[10] = 0xff;
+      out.address[11] = 0xff;
+      std::memcpy(out.address + 12, &v4.sin_addr, 4);
+      out.port = v4.sin_port;
     } else if (endpoint.family() == AF_INET6) {
       const auto& v6 = reinterpret_cast<const sockaddr_in6&>(endpoint.storage);
-      std::memcpy(key.address, &v6.sin6_addr, 16);
-      key.port = v6.sin6_port;
+      std::memcpy(out.address, &v6.sin6_addr, 16);
+      out.port = v6.sin6_port;
     }
-    return key;
+    return out;
+  }
+  static Key keyOf(const SocketAddress& local, const SocketAddress& remote) noexcept {
+    return {endpointOf(local), endpointOf(remote)};
   }
 
   mutable std::mutex mutex_;

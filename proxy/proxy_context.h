@@ -30,6 +30,11 @@ struct ProxyStats {
   std::atomic<uint64_t> bytes_down{0};
   std::atomic<uint64_t> accept_errors{0};
   std::atomic<uint64_t> log_suppressed{0};  // refusals not written to the access log
+  // Bytes held now in the tunnels' output buffers (settings().max_buffer_memory), and in
+  // unfinished CONNECT heads and ClientHellos (settings().max_handshake_memory). Signed: the
+  // updates of different loops may cross.
+  std::atomic<int64_t> relay_buffered{0};
+  std::atomic<int64_t> handshake_buffered{0};
 };
 
 // What every worker shares: settings (immutable after start), the current policy snapshot

@@ -33,9 +33,7 @@ TEST(LogEscaperTest, TextEscapesControlAndNonAsciiBytes) {
 }
 
 // The backslash is escaped too, so that "\x0a" typed by a client stays distinguishable.
-TEST(LogEscaperTest, TextEscapesBackslash) {
-  EXPECT_EQ(text("a\\x0ab", false), "a\\\\x0ab");
-}
+TEST(LogEscaperTest, TextEscapesBackslash) { EXPECT_EQ(text("a\\x0ab", false), "a\\\\x0ab"); }
 
 // A token field keeps its one word: a space would let a target forge the next fields.
 TEST(LogEscaperTest, TokenEscapesSpaceSentenceKeepsIt) {
