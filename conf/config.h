@@ -35,6 +35,7 @@ struct PolicyConfig {
   std::vector<ConfigValue> ports;  // empty: 443 only
   bool strict_ip = false;
   std::vector<ConfigValue> presets;  // names of conf/presets/ bundles (--preset, policy.presets)
+  std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 
 // Every other setting, keyed "table.key" as in the TOML file ("listeners.connect",

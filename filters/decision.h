@@ -9,7 +9,14 @@ namespace acr {
 // A rule of the policy that can decide: a host pattern, an allowed or denied range, a service tag
 // or one of the built-in special-purpose ranges. Decisions point at the rule that decided.
 struct Rule {
-  enum class Kind : uint8_t { kHostPattern, kAllowCidr, kServiceTag, kDenyCidr, kSpecialRange };
+  enum class Kind : uint8_t {
+    kHostPattern,
+    kAllowCidr,
+    kServiceTag,
+    kDenyCidr,
+    kSpecialRange,
+    kClientCidr,  // --client-cidr: a range of clients that may use the proxy
+  };
   Kind kind;
   std::string text;    // the pattern, the CIDR, the tag name, or what the special range is
   std::string origin;  // where the rule came from ("--registry myreg", "embedded default", ...)
@@ -33,6 +40,8 @@ enum class Reason : uint8_t {
   kAddressDenied,      // "address_denied": inside a --deny-cidr range
   kSniAddressMismatch,  // "sni_address_mismatch": a transparent destination outside the allowed
                         // set and not among the SNI's own DNS answers
+  kClientAllowed,       // "client_allowed": the client is in a --client-cidr range, or none is set
+  kClientNotAllowed,    // "client_not_allowed": client rules exist and none holds the client
 };
 std::string_view reasonName(Reason reason) noexcept;
 

@@ -27,6 +27,10 @@ std::string_view reasonName(Reason reason) noexcept {
       return "address_denied";
     case Reason::kSniAddressMismatch:
       return "sni_address_mismatch";
+    case Reason::kClientAllowed:
+      return "client_allowed";
+    case Reason::kClientNotAllowed:
+      return "client_not_allowed";
   }
   return "unknown";
 }
@@ -106,6 +110,20 @@ Decision Policy::decideOriginalDestination(const IpAddress& destination,
     }
   }
   return deny(Reason::kSniAddressMismatch, nullptr);
+}
+
+Decision Policy::decideClient(const IpAddress& client) const noexcept {
+  if (!has_client_rules_) {
+    return {Verdict::kAllow, Reason::kClientAllowed, nullptr, 0};
+  }
+  IpAddress judged = client;
+  if (!client.isV4() && (client.v6Value() >> 32) == 0xffff) {
+    judged = IpAddress::v4(static_cast<uint32_t>(client.v6Value()));
+  }
+  if (const uint32_t rule = clients_.lookup(judged); rule != CidrSet::kNoMatch) {
+    return {Verdict::kAllow, Reason::kClientAllowed, &rules_[rule], 0};
+  }
+  return {Verdict::kDeny, Reason::kClientNotAllowed, nullptr, 0};
 }
 
 std::vector<uint16_t> Policy::ports() const {
@@ -193,6 +211,13 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
     case Reason::kSniAddressMismatch:
       return "denied: " + addressText(subject) + " is not among the addresses of " +
              printable(subject.host) + " and in no allowed range";
+    case Reason::kClientAllowed:
+      if (decision.rule == nullptr) {
+        return "allowed: no client rule is set";
+      }
+      return "allowed: client " + addressText(subject) + " is in client range " + rule;
+    case Reason::kClientNotAllowed:
+      return "denied: client " + addressText(subject) + " is in no client range (--client-cidr)";
   }
   return "denied";
 }
@@ -220,6 +245,11 @@ void Policy::Builder::addDenyCidr(const Cidr& cidr, std::string origin) {
   rules_.push_back({Rule::Kind::kDenyCidr, cidr.toString(), std::move(origin)});
 }
 
+void Policy::Builder::addClientCidr(const Cidr& cidr, std::string origin) {
+  client_cidrs_.push_back({cidr, static_cast<uint32_t>(rules_.size())});
+  rules_.push_back({Rule::Kind::kClientCidr, cidr.toString(), std::move(origin)});
+}
+
 void Policy::Builder::addServiceTag(std::string_view name, std::span<const Cidr> prefixes,
                                     std::string origin) {
   const uint32_t id = static_cast<uint32_t>(rules_.size());
@@ -243,6 +273,8 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->hosts_ = std::move(hosts_);
   policy->ports_ = ports_;
   policy->strict_ip_ = strict_ip_;
+  policy->clients_ = CidrSet(client_cidrs_);
+  policy->has_client_rules_ = !client_cidrs_.empty();
   return policy;
 }
 
