@@ -22,6 +22,8 @@ constexpr std::string_view kHelp =
     "  --preset NAME          allow a documented bundle of hosts: acr, mcr, iotedge,\n"
     "                         azure-login (README \"Presets\")\n"
     "  --strict-ip            every address must be inside the allowed ranges (once)\n"
+    "  --client-cidr CIDR     clients that may use the proxy; required for a listener on a\n"
+    "                         non-loopback address (0.0.0.0/0, ::/0: anyone)\n"
     "  --config FILE          TOML configuration; command-line options add to it (once);\n"
     "                         default /etc/acr-egress/acr-egress.toml if it exists\n"
     "With no --registry, --allow-host or --preset, the hosts allowed are *.azurecr.io,\n"
@@ -152,6 +154,8 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       policy.ports.push_back(value());
     } else if (name == "--preset") {
       policy.presets.push_back(value());
+    } else if (name == "--client-cidr") {
+      policy.client_cidrs.push_back(value());
     } else if (name == "--config") {
       config_path = value().text;
     } else if (name == "--strict-ip" && !inline_value) {

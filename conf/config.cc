@@ -72,6 +72,8 @@ void readPolicy(const std::string& source, const std::string& base_directory,
       policy.service_tags = stringList(source, key, node);
     } else if (key == "presets") {
       policy.presets = stringList(source, key, node);
+    } else if (key == "client_cidrs") {
+      policy.client_cidrs = stringList(source, key, node);
     } else if (key == "service_tags_file") {
       const auto* text = node.as_string();
       if (text == nullptr || text->get().empty()) {
@@ -224,6 +226,7 @@ void mergeConfig(Config& base, const Config& extra) {
   append(to.service_tags, from.service_tags);
   append(to.ports, from.ports);
   append(to.presets, from.presets);
+  append(to.client_cidrs, from.client_cidrs);
   if (from.service_tags_file) {
     to.service_tags_file = from.service_tags_file;
   }

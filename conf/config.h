@@ -39,6 +39,7 @@ struct PolicyConfig {
   // given. The embedded default host patterns apply only when no host list was given anywhere:
   // `allow_hosts = []` means "no host name is allowed", not "the default".
   std::optional<std::string> host_list_origin;
+  std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 
 // Every other setting, keyed "table.key" as in the TOML file ("listeners.connect",

@@ -135,6 +135,9 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
   for (const ConfigValue& cidr : config.deny_cidrs) {
     builder.addDenyCidr(parseCidr(cidr), cidr.origin);
   }
+  for (const ConfigValue& cidr : config.client_cidrs) {
+    builder.addClientCidr(parseCidr(cidr), cidr.origin);
+  }
   builder.setStrictIp(config.strict_ip);
   if (!config.service_tags.empty() && !config.service_tags_file) {
     fail(config.service_tags.front(),
@@ -176,6 +179,7 @@ std::string PolicySnapshot::summary() const {
   std::string hosts;
   std::string allow_cidrs;
   std::string deny_cidrs;
+  std::string client_cidrs;
   for (const Rule& rule : policy->rules()) {
     switch (rule.kind) {
       case Rule::Kind::kHostPattern:
@@ -189,6 +193,9 @@ std::string PolicySnapshot::summary() const {
         break;
       case Rule::Kind::kDenyCidr:
         deny_cidrs += "  deny " + rule.text + "    (" + rule.origin + ")\n";
+        break;
+      case Rule::Kind::kClientCidr:
+        client_cidrs += "  client " + rule.text + "    (" + rule.origin + ")\n";
         break;
       default:
         break;
@@ -218,6 +225,11 @@ std::string PolicySnapshot::summary() const {
   }
   out += "allowed prefixes: " + std::to_string(policy->allowedPrefixCount()) + "\n";
   out += std::string("strict-ip: ") + (policy->strictIp() ? "on" : "off") + "\n";
+  if (policy->hasClientRules()) {
+    out += "clients:\n" + client_cidrs;
+  } else {
+    out += "clients: anyone who reaches a listener (no --client-cidr)\n";
+  }
   return out;
 }
 
@@ -239,6 +251,9 @@ std::set<std::string> ruleKeys(const Policy& policy) {
         break;
       case Rule::Kind::kServiceTag:
         keys.insert("tag " + rule.text);
+        break;
+      case Rule::Kind::kClientCidr:
+        keys.insert("client-cidr " + rule.text);
         break;
       case Rule::Kind::kSpecialRange:
         break;

@@ -187,6 +187,27 @@ std::string SocketAddress::toString() const {
   return "[" + std::string(buffer) + "]:" + std::to_string(port());
 }
 
+void checkListenerExposure(const Config& config) {
+  if (!config.policy.client_cidrs.empty()) {
+    return;
+  }
+  for (const char* key : {"listeners.connect", "listeners.transparent", "listeners.sni"}) {
+    const auto it = config.settings.find(key);
+    if (it == config.settings.end()) {
+      continue;
+    }
+    for (const ConfigValue& value : it->second) {
+      const auto address = SocketAddress::parse(value.text);
+      if (address && !address->isLoopback()) {
+        fail(value, std::string(key).substr(10) + " listener " + address->toString() +
+                        " is not on a loopback address and no client rule says who may use it: "
+                        "add --client-cidr CIDR (policy.client_cidrs) with your clients' range, "
+                        "or --client-cidr 0.0.0.0/0 to serve anyone");
+      }
+    }
+  }
+}
+
 ProxySettings buildProxySettings(const Config& config) {
   ProxySettings settings;
   const std::pair<const char*, ListenerKind> kinds[] = {

@@ -82,6 +82,13 @@ struct ProxySettings {
 // Validates `config.settings`. Throws ConfigError naming the origin of a bad value.
 ProxySettings buildProxySettings(const Config& config);
 
+// Secure by default: a listener on a loopback address serves the host itself; one on any other
+// address (0.0.0.0, [::], a LAN address) would serve whoever reaches it, so it needs a client
+// rule (--client-cidr, policy.client_cidrs; 0.0.0.0/0 says "anyone" explicitly). Throws
+// ConfigError naming the listener, its origin and the option to add. For startup,
+// --check-config and every reload.
+void checkListenerExposure(const Config& config);
+
 // "10s", "250ms", "15m", "1h"; a bare number is refused (the unit is not guessable).
 std::optional<std::chrono::milliseconds> parseDuration(std::string_view text) noexcept;
 

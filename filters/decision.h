@@ -9,7 +9,14 @@ namespace acr {
 // A rule of the policy that can decide: a host pattern, an allowed or denied range, a service tag
 // or one of the built-in special-purpose ranges. Decisions point at the rule that decided.
 struct Rule {
-  enum class Kind : uint8_t { kHostPattern, kAllowCidr, kServiceTag, kDenyCidr, kSpecialRange };
+  enum class Kind : uint8_t {
+    kHostPattern,
+    kAllowCidr,
+    kServiceTag,
+    kDenyCidr,
+    kSpecialRange,
+    kClientCidr,  // --client-cidr: a range of clients that may use the proxy
+  };
   Kind kind;
   std::string text;    // the pattern, the CIDR, the tag name, or what the special range is
   std::string origin;  // where the rule came from ("--registry myreg", "embedded default", ...)
@@ -37,6 +44,8 @@ enum class Reason : uint8_t {
            // inside the allowed set; `detail` holds the address's own Reason, if one was judged)
   kEsni,   // "esni": the ClientHello offers the obsolete ESNI extension (0xffce), which hides the
            // real name from any proxy
+  kClientAllowed,       // "client_allowed": the client is in a --client-cidr range, or none is set
+  kClientNotAllowed,    // "client_not_allowed": client rules exist and none holds the client
 };
 std::string_view reasonName(Reason reason) noexcept;
 

@@ -34,6 +34,10 @@ std::string_view reasonName(Reason reason) noexcept {
       return "no_sni";
     case Reason::kEsni:
       return "esni";
+    case Reason::kClientAllowed:
+      return "client_allowed";
+    case Reason::kClientNotAllowed:
+      return "client_not_allowed";
   }
   return "unknown";
 }
@@ -183,6 +187,20 @@ Decision Policy::decideWithoutSni(const IpAddress& destination, uint16_t port) c
   return deny(Reason::kNoSni, address.rule, static_cast<uint8_t>(address.reason));
 }
 
+Decision Policy::decideClient(const IpAddress& client) const noexcept {
+  if (!has_client_rules_) {
+    return {Verdict::kAllow, Reason::kClientAllowed, nullptr, 0};
+  }
+  IpAddress judged = client;
+  if (!client.isV4() && (client.v6Value() >> 32) == 0xffff) {
+    judged = IpAddress::v4(static_cast<uint32_t>(client.v6Value()));
+  }
+  if (const uint32_t rule = clients_.lookup(judged); rule != CidrSet::kNoMatch) {
+    return {Verdict::kAllow, Reason::kClientAllowed, &rules_[rule], 0};
+  }
+  return {Verdict::kDeny, Reason::kClientNotAllowed, nullptr, 0};
+}
+
 std::vector<uint16_t> Policy::ports() const {
   std::vector<uint16_t> ports;
   for (uint32_t port = 0; port < 65536; ++port) {
@@ -283,6 +301,13 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
     case Reason::kEsni:
       return "denied: the ClientHello offers the obsolete ESNI extension (0xffce), which hides "
              "the server name";
+    case Reason::kClientAllowed:
+      if (decision.rule == nullptr) {
+        return "allowed: no client rule is set";
+      }
+      return "allowed: client " + addressText(subject) + " is in client range " + rule;
+    case Reason::kClientNotAllowed:
+      return "denied: client " + addressText(subject) + " is in no client range (--client-cidr)";
   }
   return "denied";
 }
@@ -310,6 +335,11 @@ void Policy::Builder::addDenyCidr(const Cidr& cidr, std::string origin) {
   rules_.push_back({Rule::Kind::kDenyCidr, cidr.toString(), std::move(origin)});
 }
 
+void Policy::Builder::addClientCidr(const Cidr& cidr, std::string origin) {
+  client_cidrs_.push_back({cidr, static_cast<uint32_t>(rules_.size())});
+  rules_.push_back({Rule::Kind::kClientCidr, cidr.toString(), std::move(origin)});
+}
+
 void Policy::Builder::addServiceTag(std::string_view name, std::span<const Cidr> prefixes,
                                     std::string origin) {
   const uint32_t id = static_cast<uint32_t>(rules_.size());
@@ -333,6 +363,8 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->hosts_ = std::move(hosts_);
   policy->ports_ = ports_;
   policy->strict_ip_ = strict_ip_;
+  policy->clients_ = CidrSet(client_cidrs_);
+  policy->has_client_rules_ = !client_cidrs_.empty();
   return policy;
 }
 

@@ -68,6 +68,14 @@ class Policy {
   // (kPortNotAllowed), then only an address inside the allowed set passes (kAddressAllowed);
   // anything else is kNoSni with `detail` the Reason decideAddress gave and its rule.
   Decision decideWithoutSni(const IpAddress& destination, uint16_t port) const noexcept;
+  // May `client` (a connection's source address) use the proxy at all? Allowed (rule null) when
+  // there is no client rule: whether that is acceptable depends on the listener's address, which
+  // conf/ checks at startup. Otherwise allowed by the most specific --client-cidr range holding
+  // it, kClientNotAllowed if none does. An IPv4-mapped client (::ffff:a.b.c.d) is judged as its
+  // IPv4 address; no other embedded form is unwrapped, since a client may choose its 6to4 or
+  // NAT64 address freely.
+  Decision decideClient(const IpAddress& client) const noexcept;
+  bool hasClientRules() const noexcept { return has_client_rules_; }
 
   // One plain sentence, e.g. "allowed: host matches *.blob.core.windows.net" or
   // "denied: 10.0.0.5 is private (RFC 1918) and in no allowed range".
@@ -93,6 +101,8 @@ class Policy {
   CidrSet denied_;
   bool strict_ip_ = false;
   size_t allowed_prefix_count_ = 0;
+  CidrSet clients_;
+  bool has_client_rules_ = false;
 };
 
 // Collects rules, then produces a Policy. Validation of user text (patterns, CIDRs) happens in
@@ -109,6 +119,7 @@ class Policy::Builder {
   // so that a sentence names the most specific tag.
   void addServiceTag(std::string_view name, std::span<const Cidr> prefixes, std::string origin);
   void setStrictIp(bool strict) { strict_ip_ = strict; }
+  void addClientCidr(const Cidr& cidr, std::string origin);
 
   std::shared_ptr<const Policy> build();
 
@@ -121,6 +132,7 @@ class Policy::Builder {
   std::vector<CidrSet::Entry> global_tags_;
   std::vector<CidrSet::Entry> deny_cidrs_;
   bool strict_ip_ = false;
+  std::vector<CidrSet::Entry> client_cidrs_;
 };
 
 }  // namespace acr

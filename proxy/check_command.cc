@@ -77,9 +77,32 @@ std::optional<CheckTarget> parseTarget(const std::string& text) {
 
 int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   try {
-    const CommandLine command_line = parseCommandLine(args);
+    // --client ADDR (check only): judge the targets as a connection from ADDR would be judged.
+    std::optional<IpAddress> client;
+    std::vector<std::string> policy_args;
+    for (size_t i = 0; i < args.size(); ++i) {
+      std::optional<std::string> text;
+      if (args[i] == "--client" && i + 1 < args.size()) {
+        text = args[++i];
+      } else if (args[i].starts_with("--client=")) {
+        text = args[i].substr(9);
+      } else if (args[i] == "--client") {
+        throw ConfigError("--client: missing value");
+      }
+      if (!text) {
+        policy_args.push_back(args[i]);
+        continue;
+      }
+      client = IpAddress::parse(*text);
+      if (!client) {
+        throw ConfigError("--client: invalid address '" + *text +
+                          "': expected an IPv4 or IPv6 address");
+      }
+    }
+    const CommandLine command_line = parseCommandLine(policy_args);
     if (command_line.positional.empty()) {
-      err << "usage: acr-egress check [policy options] TARGET...\n" << policyOptionsHelp();
+      err << "usage: acr-egress check [--client ADDR] [policy options] TARGET...\n"
+          << policyOptionsHelp();
       return 2;
     }
     std::vector<CheckTarget> targets;
@@ -97,6 +120,16 @@ int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std
     bool all_allowed = true;
     for (size_t i = 0; i < targets.size(); ++i) {
       const CheckTarget& target = targets[i];
+      if (client) {
+        const Decision admitted = policy.decideClient(*client);
+        if (!admitted.allowed()) {
+          all_allowed = false;
+          out << "deny " << command_line.positional[i] << " "
+              << policy.describe(admitted, {"", client, 0}) << " [" << reasonName(admitted.reason)
+              << "]\n";
+          continue;
+        }
+      }
       const Decision decision = policy.decide(target.host, target.port);
       DecisionSubject subject{target.host, IpAddress::parse(target.host), target.port};
       all_allowed = all_allowed && decision.allowed();
@@ -120,6 +153,7 @@ int runCheckConfig(const std::vector<std::string>& args, std::ostream& out, std:
     }
     // listeners, limits, --admin: refused here too
     const ProxySettings settings = buildProxySettings(command_line.config);
+    checkListenerExposure(command_line.config);
     const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
     out << "configuration OK\n" << snapshot.summary();
     for (const ListenerSettings& listener : settings.listeners) {

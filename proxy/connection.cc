@@ -134,6 +134,16 @@ void Connection::start() {
   armTimer(settings.head_timeout);
 }
 
+void Connection::refuseClient(const std::string& sentence) {
+  if (client_ == nullptr || timer_ == nullptr) {
+    finish("proxy", true);
+    return;
+  }
+  bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
+                    &Connection::onClientEvent, this);
+  deny("client_not_allowed", sentence);  // connect: 403 (refuse), others: reset
+}
+
 void Connection::armTimer(std::chrono::milliseconds timeout) {
   const timeval tv{static_cast<time_t>(timeout.count() / 1000),
                    static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};

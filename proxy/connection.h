@@ -54,6 +54,9 @@ class Connection {
   Connection& operator=(const Connection&) = delete;
 
   void start();
+  // Instead of start(), for a client the client rules refuse (Policy::decideClient): connect
+  // listener 403 with reason client_not_allowed, other listeners a reset; never reads a request.
+  void refuseClient(const std::string& sentence);
   // Ends the connection now (shutdown): RST to both sides, log line written.
   void abort(std::string_view reason);
   State state() const noexcept { return state_; }

@@ -32,10 +32,12 @@ int runProxy(const std::vector<std::string>& args) {
       return 2;
     }
     acr::ProxySettings settings = acr::buildProxySettings(command_line.config);
+    acr::checkListenerExposure(command_line.config);
     acr::PolicySnapshot snapshot = acr::buildPolicy(command_line.config.policy);
     // SIGHUP re-reads the same command line and configuration file.
     auto reload = [args] {
       const acr::CommandLine again = acr::parseCommandLine(args);
+      acr::checkListenerExposure(again.config);  // a reload may not drop the last client rule
       return acr::buildPolicy(again.config.policy);
     };
     acr::ProxyServer server(std::move(settings), std::move(snapshot), reload);

@@ -223,10 +223,18 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
     return;
   }
   stats.active.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<const Policy> policy = context_.policy();
+  const IpAddress client = toIpAddress(peer_address);
+  const Decision admitted = policy->decideClient(client);
   auto connection = std::make_unique<Connection>(*this, listener.kind, listener.address, fd,
-                                                 peer_address, context_.policy());
+                                                 peer_address, policy);
   Connection* raw = connection.get();
   connections_.emplace(raw, std::move(connection));
+  if (!admitted.allowed()) {
+    // Refused before a byte is read; logged and counted like every refusal.
+    raw->refuseClient(policy->describe(admitted, {"", client, 0}));
+    return;
+  }
   raw->start();
 }
 

@@ -1,6 +1,7 @@
 #include "conf/proxy_settings.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -225,6 +226,44 @@ TEST(CommandLineTest, DefaultConfigFileFromTheEnvironment) {
     unsetenv("ACR_EGRESS_CONFIG");
   }
   std::remove(path.c_str());
+}
+
+// Secure by default: a listener on a non-loopback address needs a client rule; the error names
+// the listener, where it was set and the option to add. Loopback listeners need none.
+TEST(ProxySettingsTest, NonLoopbackListenerNeedsAClientRule) {
+  auto exposure = [](const std::vector<std::string>& args) -> std::string {
+    try {
+      checkListenerExposure(parseCommandLine(args).config);
+    } catch (const ConfigError& error) {
+      return error.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(exposure({"--connect", "127.0.0.1:3128", "--sni", "127.0.0.5:443", "--transparent",
+                      "[::1]:15001"}),
+            "");
+  EXPECT_EQ(exposure({"--connect", "127.0.0.1:3128", "--connect", "0.0.0.0:3128"}),
+            "--connect: connect listener 0.0.0.0:3128 is not on a loopback address and no client "
+            "rule says who may use it: add --client-cidr CIDR (policy.client_cidrs) with your "
+            "clients' range, or --client-cidr 0.0.0.0/0 to serve anyone");
+  EXPECT_NE(exposure({"--transparent", "[::]:15001"}).find("transparent listener [::]:15001"),
+            std::string::npos);
+  EXPECT_NE(exposure({"--sni", "192.0.2.1:443"}).find("sni listener 192.0.2.1:443"),
+            std::string::npos);
+  EXPECT_EQ(exposure({"--connect", "0.0.0.0:3128", "--client-cidr", "10.0.0.0/8"}), "");
+  EXPECT_EQ(exposure({"--connect", "0.0.0.0:3128", "--client-cidr", "0.0.0.0/0"}), "");
+
+  char path[] = "/tmp/acr-exposure-XXXXXX.toml";
+  const int fd = mkstemps(path, 5);
+  ASSERT_GE(fd, 0);
+  const std::string text = "[listeners]\nconnect = [\"10.20.0.1:3128\"]\n";
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(fd);
+  EXPECT_EQ(exposure({"--config", path}).rfind(std::string(path) + ":2:12: connect listener", 0),
+            0u)
+      << exposure({"--config", path});
+  EXPECT_EQ(exposure({"--config", path, "--client-cidr", "10.20.0.0/16"}), "");
+  std::remove(path);
 }
 
 }  // namespace

@@ -464,5 +464,51 @@ TEST(PolicyTest, ReasonNamesAreStable) {
   EXPECT_EQ(reasonName(Reason::kEsni), "esni");
 }
 
+// Client rules: without any, every client is allowed (the listener's address decides at startup);
+// with some, the most specific range that holds the client allows it and anything else is
+// client_not_allowed. IPv4-mapped clients are judged as IPv4, 6to4 ones are not unwrapped.
+TEST(PolicyTest, ClientRules) {
+  const auto open = defaultPolicy();
+  EXPECT_FALSE(open->hasClientRules());
+  const Decision anyone = open->decideClient(*IpAddress::parse("203.0.113.7"));
+  EXPECT_TRUE(anyone.allowed());
+  EXPECT_EQ(anyone.rule, nullptr);
+
+  PolicyConfig config;
+  config.client_cidrs = {value("10.20.0.0/16"), value("10.20.30.0/24"), value("2001:db8::/48")};
+  const auto policy = buildPolicy(config).policy;
+  EXPECT_TRUE(policy->hasClientRules());
+  struct Case {
+    const char* label;
+    const char* client;
+    Reason reason;
+    const char* rule;
+  };
+  const Case cases[] = {
+      {"in_range", "10.20.1.2", Reason::kClientAllowed, "10.20.0.0/16"},
+      {"most_specific", "10.20.30.4", Reason::kClientAllowed, "10.20.30.0/24"},
+      {"outside", "10.21.0.1", Reason::kClientNotAllowed, nullptr},
+      {"v6_in_range", "2001:db8:0:1::5", Reason::kClientAllowed, "2001:db8::/48"},
+      {"v6_outside", "2001:db8:1::5", Reason::kClientNotAllowed, nullptr},
+      {"v4_mapped", "::ffff:10.20.1.2", Reason::kClientAllowed, "10.20.0.0/16"},
+      {"6to4_not_unwrapped", "2002:a14:102::1", Reason::kClientNotAllowed, nullptr},
+      {"nat64_not_unwrapped", "64:ff9b::a14:102", Reason::kClientNotAllowed, nullptr},
+  };
+  for (const Case& c : cases) {
+    const Decision decision = policy->decideClient(*IpAddress::parse(c.client));
+    EXPECT_EQ(decision.reason, c.reason) << c.label;
+    EXPECT_EQ(decision.allowed(), c.reason == Reason::kClientAllowed) << c.label;
+    EXPECT_EQ(decision.rule == nullptr ? std::string() : decision.rule->text,
+              c.rule == nullptr ? "" : c.rule)
+        << c.label;
+  }
+  const IpAddress outsider = *IpAddress::parse("192.0.2.9");
+  EXPECT_EQ(policy->describe(policy->decideClient(outsider), {"", outsider, 0}),
+            "denied: client 192.0.2.9 is in no client range (--client-cidr)");
+  EXPECT_EQ(reasonName(Reason::kClientNotAllowed), "client_not_allowed");
+  // Client ranges allow no destination.
+  EXPECT_FALSE(policy->decide("10.20.1.2", 443).allowed());
+}
+
 }  // namespace
 }  // namespace acr

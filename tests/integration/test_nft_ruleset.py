@@ -61,6 +61,7 @@ class RedirectedTrafficCase(unittest.TestCase):
 
     LISTEN_HOSTS = ()
     ALLOW_CIDRS = ()
+    CLIENT_CIDRS = ()
 
     def start_proxy(self):
         args = ["--mark", str(MARK), "--registry", "myreg", "--dns-server", self.dns.address,
@@ -69,6 +70,8 @@ class RedirectedTrafficCase(unittest.TestCase):
             args += ["--transparent", f"{host}:{self.listen_port}"]
         for cidr in self.ALLOW_CIDRS:
             args += ["--allow-cidr", cidr]
+        for cidr in self.CLIENT_CIDRS:
+            args += ["--client-cidr", cidr]
         proxy = harness.Proxy(args)
         proxy.start()
         self.addCleanup(proxy.stop)
@@ -304,6 +307,8 @@ class NftGatewayTest(RedirectedTrafficCase):
     # address of the interface it came in on, so the proxy listens on the wildcard.
     LISTEN_HOSTS = ("0.0.0.0", "[::]")
     ALLOW_CIDRS = ("203.0.113.0/24", "2001:db8::/32")
+    # A wildcard listener needs a client rule (secure default): the LAN's own ranges.
+    CLIENT_CIDRS = ("198.51.100.0/24", "2001:db8:c::/64")
 
     @classmethod
     def setUpClass(cls):

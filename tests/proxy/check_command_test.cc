@@ -186,5 +186,28 @@ TEST(CheckCommandTest, BinaryCarriesThePresets) {
   EXPECT_EQ(run("check --preset nope x.azurecr.io").first, 2);
 }
 
+// check --client judges as that client would be judged: refused clients get client_not_allowed
+// for every target; admitted ones the usual decision. Without client rules any client passes.
+TEST(CheckCommandTest, JudgesAsAClient) {
+  const Result inside =
+      check({"--client-cidr", "10.20.0.0/16", "--client", "10.20.1.2", "myreg.azurecr.io"});
+  EXPECT_EQ(inside.code, 0) << inside.err;
+  EXPECT_EQ(inside.out,
+            "allow myreg.azurecr.io allowed: host matches *.azurecr.io [host_allowed]\n");
+  const Result outside = check({"--client-cidr", "10.20.0.0/16", "--client=192.0.2.7",
+                                "myreg.azurecr.io", "evil.example.com"});
+  EXPECT_EQ(outside.code, 1);
+  EXPECT_EQ(outside.out,
+            "deny myreg.azurecr.io denied: client 192.0.2.7 is in no client range (--client-cidr) "
+            "[client_not_allowed]\n"
+            "deny evil.example.com denied: client 192.0.2.7 is in no client range (--client-cidr) "
+            "[client_not_allowed]\n");
+  EXPECT_EQ(check({"--client", "192.0.2.7", "myreg.azurecr.io"}).code, 0);
+  const Result bad = check({"--client", "not-an-ip", "myreg.azurecr.io"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("--client: invalid address 'not-an-ip'"), std::string::npos) << bad.err;
+  EXPECT_EQ(check({"myreg.azurecr.io", "--client"}).code, 2);
+}
+
 }  // namespace
 }  // namespace acr
