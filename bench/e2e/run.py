@@ -314,6 +314,7 @@ table ip acr_bench {{
             return self.bench.wrap + [
                 self.bench.acr, f"--{self.role}", f"{self.proxy_ip}:{port}", "--registry", label,
                 "--allow-cidr", f"{SINK_IP}/32", "--dns-server", "127.0.0.1:53",
+                "--client-cidr", f"{self.client_ip}/32",
                 "--max-connections", "8000", "--workers", str(self.bench.workers)]
         if self.kind == "haproxy":
             bind = f"bind {self.proxy_ip}:{port}"

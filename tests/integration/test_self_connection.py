@@ -56,7 +56,8 @@ class SelfConnectionTest(unittest.TestCase):
         """An sni listener on 0.0.0.0 and an allowed name that resolves to a local address
         (127.0.0.9, on lo's 127.0.0.0/8) give one refused connection, not a loop of thousands."""
         port = harness.free_port()
-        proxy = self.start_proxy("--sni", f"0.0.0.0:{port}", "--allow-cidr", "127.0.0.0/8",
+        proxy = self.start_proxy("--sni", f"0.0.0.0:{port}", "--client-cidr", "127.0.0.0/8",
+                                 "--allow-cidr", "127.0.0.0/8",
                                  "--port", str(port))
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.sendall(harness.client_hello(SELF_NAME))
@@ -93,7 +94,8 @@ class SelfConnectionTest(unittest.TestCase):
         """With a connect listener on 0.0.0.0, an address added to lo after the start
         (192.0.2.77) is recognised as local: CONNECT 192.0.2.77:P is refused self_connection."""
         port = harness.free_port()
-        proxy = self.start_proxy("--connect", f"0.0.0.0:{port}", "--allow-cidr", "192.0.2.0/24",
+        proxy = self.start_proxy("--connect", f"0.0.0.0:{port}", "--client-cidr", "127.0.0.0/8",
+                                 "--allow-cidr", "192.0.2.0/24",
                                  "--port", str(port))
         self.ns.run(["ip", "addr", "add", ADDED_V4 + "/32", "dev", "lo"])
         self.addCleanup(self.ns.run, ["ip", "addr", "del", ADDED_V4 + "/32", "dev", "lo"],

@@ -78,6 +78,7 @@ class TproxyTest(unittest.TestCase):
     def proxy_args(self):
         return ["--transparent", f"0.0.0.0:{self.listen_port}",
                 "--transparent", f"[::]:{self.listen_port}",
+                "--client-cidr", f"{CLIENT_V4}/32", "--client-cidr", f"{CLIENT_V6}/128",
                 "--registry", "myreg", "--allow-cidr", "203.0.113.0/24",
                 "--allow-cidr", "2001:db8::/32", "--dns-server", "127.0.0.1:53",
                 "--workers", "1"]
