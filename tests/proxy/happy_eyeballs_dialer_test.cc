@@ -141,13 +141,13 @@ TEST_F(HappyEyeballsDialerTest, RefusedMovesOnAtOnceAndWinnerIsHandedOver) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, 2s);
   ASSERT_NE(done->upstream, nullptr);
   ASSERT_TRUE(done->local);
-  EXPECT_TRUE(own.contains(*done->local));
+  EXPECT_TRUE(own.contains(*done->local, *done->endpoint));
   EXPECT_EQ(done->endpoint->toString(), "127.0.0.1:" + std::to_string(port));
   ASSERT_EQ(dialer.attempts().size(), 2u);
   EXPECT_EQ(dialer.attempts()[0].toString(), "[::1]:" + std::to_string(port) + " refused");
   EXPECT_EQ(dialer.attempts()[1].toString(), "127.0.0.1:" + std::to_string(port) + " connected");
   EXPECT_TRUE(dialer.finished());
-  own.remove(*done->local);
+  own.remove(*done->local, *done->endpoint);
   bufferevent_free(done->upstream);
 }
 
