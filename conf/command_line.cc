@@ -22,6 +22,8 @@ constexpr std::string_view kHelp =
     "  --preset NAME          allow a documented bundle of hosts: acr, mcr, iotedge,\n"
     "                         azure-login (README \"Presets\")\n"
     "  --strict-ip            every address must be inside the allowed ranges (once)\n"
+    "  --report-only          log and count denials by host, port and address-set rules but\n"
+    "                         let them through (rollout); special ranges stay refused (once)\n"
     "  --client-cidr CIDR     clients that may use the proxy; required for a listener on a\n"
     "                         non-loopback address (0.0.0.0/0, ::/0: anyone)\n"
     "  --config FILE          TOML configuration; command-line options add to it (once);\n"
@@ -153,6 +155,8 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       config_path = value().text;
     } else if (name == "--strict-ip" && !inline_value) {
       policy.strict_ip = true;
+    } else if (name == "--report-only" && !inline_value) {
+      policy.report_only = true;
     } else if (const auto option =
                    std::find_if(std::begin(kSettingOptions), std::end(kSettingOptions),
                                 [&](const SettingOption& o) { return o.flag == name; });

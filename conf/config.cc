@@ -71,6 +71,12 @@ void readPolicy(const std::string& source, const std::string& base_directory,
       policy.presets = stringList(source, key, node);
     } else if (key == "client_cidrs") {
       policy.client_cidrs = stringList(source, key, node);
+    } else if (key == "report_only") {
+      const auto* flag = node.as_boolean();
+      if (flag == nullptr) {
+        fail(source, node, "'report_only' must be true or false");
+      }
+      policy.report_only = flag->get();
     } else if (key == "service_tags_file") {
       const auto* text = node.as_string();
       if (text == nullptr || text->get().empty()) {
@@ -228,6 +234,7 @@ void mergeConfig(Config& base, const Config& extra) {
     to.service_tags_file = from.service_tags_file;
   }
   to.strict_ip = to.strict_ip || from.strict_ip;
+  to.report_only = to.report_only || from.report_only;
   for (const auto& [key, values] : extra.settings) {
     auto& target = base.settings[key];
     if (isListSetting(key)) {

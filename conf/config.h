@@ -35,6 +35,7 @@ struct PolicyConfig {
   std::vector<ConfigValue> ports;  // empty: 443 only
   bool strict_ip = false;
   std::vector<ConfigValue> presets;  // names of conf/presets/ bundles (--preset, policy.presets)
+  bool report_only = false;          // --report-only, policy.report_only: see Policy::reportOnly
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 

@@ -135,6 +135,7 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     builder.addClientCidr(parseCidr(cidr), cidr.origin);
   }
   builder.setStrictIp(config.strict_ip);
+  builder.setReportOnly(config.report_only);
   if (!config.service_tags.empty() && !config.service_tags_file) {
     fail(config.service_tags.front(),
          "service tag '" + config.service_tags.front().text +
@@ -196,6 +197,11 @@ std::string PolicySnapshot::summary() const {
       default:
         break;
     }
+  }
+  if (policy->reportOnly()) {
+    out +=
+        "REPORT-ONLY: enforcement is OFF: denials by host, port and address-set rules are "
+        "logged (would_deny) and let through\n";
   }
   out += "host patterns: " + std::to_string(patterns) + "\n" + hosts;
   if (patterns > 20) {
@@ -295,6 +301,10 @@ std::string describePolicyChange(const PolicySnapshot& before, const PolicySnaps
   if (added + removed > 0) {
     out += "; allowed prefixes " + std::to_string(before.allowed_prefixes.size()) + " -> " +
            std::to_string(after.allowed_prefixes.size());
+  }
+  if (before.policy->reportOnly() != after.policy->reportOnly()) {
+    out += out.empty() ? "" : "; ";
+    out += std::string("report-only ") + (after.policy->reportOnly() ? "on" : "off");
   }
   if (before.policy->strictIp() != after.policy->strictIp()) {
     out += out.empty() ? "" : "; ";

@@ -57,7 +57,8 @@ void AccessLog::write(const AccessRecord& r) const {
   line.reserve(512);
   if (!json_) {
     line = timestamp() + " " + std::string(r.listener) + " " + r.client + " -> " + r.target + ":" +
-           std::to_string(r.port) + " " + (r.allowed ? "allow " : "deny ") + std::string(r.reason) +
+           std::to_string(r.port) + " " + (r.allowed ? "allow " : "deny ") +
+           (r.allowed && r.would_deny ? "would_deny " : "") + std::string(r.reason) +
            " up=" + std::to_string(r.bytes_up) + " down=" + std::to_string(r.bytes_down) +
            " closed_by=" + std::string(r.closed_by) + " phase=" + std::string(r.phase) + " " +
            r.sentence;
@@ -97,6 +98,9 @@ void AccessLog::write(const AccessRecord& r) const {
     field("dialled", r.dialled);
   }
   field("decision", r.allowed ? "allow" : "deny");
+  if (r.allowed && r.would_deny) {
+    line += ",\"would_deny\":true";
+  }
   field("reason", r.reason);
   if (!r.rule.empty()) {
     field("rule", r.rule);

@@ -21,6 +21,8 @@ struct AccessRecord {
   std::string original_dst;  // transparent only
   std::string dialled;       // upstream address actually connected
   bool allowed = false;
+  // Report-only: let through although the rules deny; `reason` is the reason it would have had.
+  bool would_deny = false;
   std::string_view reason;  // stable reason identifier
   std::string rule;         // the rule or tag that decided, if any
   std::string sentence;     // Policy::describe text, or a plain explanation

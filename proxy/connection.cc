@@ -247,6 +247,7 @@ void Connection::readHead() {
     refuse(403, reasonName(decision.reason), record_.sentence);
     return;
   }
+  noteWouldDeny(decision, {host_, literal, port_});
   if (literal) {
     chooseCandidates({*literal});
     return;
@@ -321,6 +322,7 @@ void Connection::decideHello(const ClientHello& hello) {
     deny(reasonName(name.reason), record_.sentence, record_.rule);
     return;
   }
+  noteWouldDeny(name, {hello.sni, std::nullopt, port_});
   host_ = normalizedName(hello.sni);
   if (kind_ == ListenerKind::kTransparent) {
     const IpAddress destination = toIpAddress(*original_dst_);
@@ -380,6 +382,7 @@ void Connection::onResolved(const DnsAnswer& answer) {
            decision.rule != nullptr ? decision.rule->text : std::string());
       return;
     }
+    noteWouldDeny(decision, {host_, destination, port_});
     candidates_ = {destination};
     dialNext();
     return;
@@ -401,6 +404,7 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses) {
     }
     if (decision.allowed()) {
       candidates_.push_back(address);
+      noteWouldDeny(decision, {host_, address, port_});
     } else if (!first_address_denial_) {
       first_address_denial_ = decision;
       first_denied_address_ = address;
@@ -785,6 +789,16 @@ void Connection::deny(std::string_view reason, const std::string& sentence, std:
     record_.rule = std::move(rule);
   }
   finish("proxy", true);
+}
+
+void Connection::noteWouldDeny(const Decision& decision, const DecisionSubject& subject) {
+  if (!decision.would_deny || record_.would_deny) {
+    return;
+  }
+  record_.would_deny = true;
+  record_.reason = reasonName(decision.reason);
+  record_.rule = decision.rule != nullptr ? decision.rule->text : std::string();
+  record_.sentence = policy_->describe(decision, subject);
 }
 
 void Connection::abort(std::string_view reason) {

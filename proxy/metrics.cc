@@ -140,11 +140,11 @@ LatencyHistogram::Snapshot LatencyHistogram::snapshot() const noexcept {
 
 // ---- ConnectionCounters ----
 
-void ConnectionCounters::add(std::string_view listener, bool allowed,
-                             std::string_view reason) noexcept {
+void ConnectionCounters::add(std::string_view listener, bool allowed, std::string_view reason,
+                             bool would_deny) noexcept {
   listener = listener.substr(0, kMaxLabel);
   reason = reason.substr(0, kMaxLabel);
-  const size_t start = hashKey(listener, allowed, reason) % kSlots;
+  const size_t start = (hashKey(listener, allowed, reason) + (would_deny ? 1 : 0)) % kSlots;
   for (size_t probe = 0; probe < kSlots; ++probe) {
     Slot& slot = slots_[(start + probe) % kSlots];
     uint8_t state = slot.state.load(std::memory_order_acquire);
@@ -152,6 +152,7 @@ void ConnectionCounters::add(std::string_view listener, bool allowed,
       uint8_t expected = kEmpty;
       if (slot.state.compare_exchange_strong(expected, kClaimed, std::memory_order_acquire)) {
         slot.allowed = allowed;
+        slot.would_deny = would_deny;
         slot.listener_length = static_cast<uint8_t>(listener.size());
         std::memcpy(slot.listener, listener.data(), listener.size());
         slot.reason_length = static_cast<uint8_t>(reason.size());
@@ -167,7 +168,7 @@ void ConnectionCounters::add(std::string_view listener, bool allowed,
       std::this_thread::yield();
       state = slot.state.load(std::memory_order_acquire);
     }
-    if (slot.allowed == allowed &&
+    if (slot.allowed == allowed && slot.would_deny == would_deny &&
         std::string_view(slot.listener, slot.listener_length) == listener &&
         std::string_view(slot.reason, slot.reason_length) == reason) {
       slot.count.fetch_add(1, kRelaxed);
@@ -180,7 +181,8 @@ void ConnectionCounters::add(std::string_view listener, bool allowed,
 // ---- Metrics ----
 
 void Metrics::recordConnection(const AccessRecord& record) noexcept {
-  connections_.add(record.listener, record.allowed, record.reason);
+  connections_.add(record.listener, record.allowed, record.reason,
+                   record.allowed && record.would_deny);
   double decision_ms = record.decision_ms;
   if (decision_ms < 0 && !record.allowed) {
     decision_ms = record.total_ms;
@@ -229,18 +231,21 @@ void Metrics::appendLabelValue(std::string& out, std::string_view value) {
 void Metrics::render(std::string& out, const ProxyStats& stats,
                      std::chrono::system_clock::time_point now) const {
   appendFamily(out, "acr_egress_connections_total", "counter",
-               "Connections ended, by listener, decision (allow: the tunnel was relayed) and "
-               "reason (the access log's reason).");
-  connections_.forEach(
-      [&out](std::string_view listener, bool allowed, std::string_view reason, uint64_t count) {
-        out += "acr_egress_connections_total{listener=\"";
-        appendLabelValue(out, listener);
-        out += allowed ? "\",decision=\"allow\",reason=\"" : "\",decision=\"deny\",reason=\"";
-        appendLabelValue(out, reason);
-        out += "\"} ";
-        appendNumber(out, count);
-        out += '\n';
-      });
+               "Connections ended, by listener, decision (allow: the tunnel was relayed; "
+               "would_deny: relayed only because of report-only) and reason (the access log's "
+               "reason).");
+  connections_.forEachDecision([&out](std::string_view listener, std::string_view decision,
+                                      std::string_view reason, uint64_t count) {
+    out += "acr_egress_connections_total{listener=\"";
+    appendLabelValue(out, listener);
+    out += "\",decision=\"";
+    out += decision;
+    out += "\",reason=\"";
+    appendLabelValue(out, reason);
+    out += "\"} ";
+    appendNumber(out, count);
+    out += '\n';
+  });
   appendScalar(out, "acr_egress_active_connections", "gauge",
                "Connections open now (being judged, dialling or relaying).",
                stats.active.load(kRelaxed));

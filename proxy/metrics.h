@@ -49,16 +49,22 @@ class ConnectionCounters {
   static constexpr size_t kSlots = 512;
   static constexpr size_t kMaxLabel = 47;
 
-  void add(std::string_view listener, bool allowed, std::string_view reason) noexcept;
+  // `would_deny`: allowed only because of report-only (counted apart, decision="would_deny").
+  void add(std::string_view listener, bool allowed, std::string_view reason,
+           bool would_deny = false) noexcept;
   // Calls fn(listener, allowed, reason, count) for every key counted so far.
   template <class Fn>
   void forEach(Fn&& fn) const;
+  // Calls fn(listener, decision, reason, count), decision "allow", "deny" or "would_deny".
+  template <class Fn>
+  void forEachDecision(Fn&& fn) const;
 
  private:
   enum SlotState : uint8_t { kEmpty, kClaimed, kReady };
   struct Slot {
     std::atomic<uint8_t> state{kEmpty};
     bool allowed = false;
+    bool would_deny = false;
     uint8_t listener_length = 0;
     uint8_t reason_length = 0;
     char listener[kMaxLabel] = {};
@@ -131,6 +137,29 @@ void ConnectionCounters::forEach(Fn&& fn) const {
   for (const bool allowed : {true, false}) {
     if (const uint64_t count = overflow_[allowed].load(std::memory_order_relaxed); count != 0) {
       fn(std::string_view("other"), allowed, std::string_view("other"), count);
+    }
+  }
+}
+
+template <class Fn>
+void ConnectionCounters::forEachDecision(Fn&& fn) const {
+  for (const Slot& slot : slots_) {
+    if (slot.state.load(std::memory_order_acquire) != kReady) {
+      continue;
+    }
+    const uint64_t count = slot.count.load(std::memory_order_relaxed);
+    if (count != 0) {
+      const std::string_view decision = slot.would_deny ? "would_deny"
+                                        : slot.allowed  ? "allow"
+                                                        : "deny";
+      fn(std::string_view(slot.listener, slot.listener_length), decision,
+         std::string_view(slot.reason, slot.reason_length), count);
+    }
+  }
+  for (const bool allowed : {true, false}) {
+    if (const uint64_t count = overflow_[allowed].load(std::memory_order_relaxed); count != 0) {
+      fn(std::string_view("other"), std::string_view(allowed ? "allow" : "deny"),
+         std::string_view("other"), count);
     }
   }
 }

@@ -156,6 +156,10 @@ int ProxyServer::run() {
   }
   spdlog::info("{}", jsonEscaped("listening: " + listening + "; workers: " + std::to_string(count) +
                                  (inherited.empty() ? "" : "; socket activation")));
+  if (current_.policy->reportOnly()) {
+    spdlog::warn("{}", jsonEscaped("REPORT-ONLY: enforcement is OFF: denials by host, port and "
+                                   "address-set rules are logged (would_deny) and let through"));
+  }
   if (context_->guardsLoops() && !settings.mark) {
     spdlog::warn(
         "transparent listener without --mark: the firewall rule cannot exclude the proxy's own "
