@@ -36,6 +36,7 @@ constexpr std::string_view kProxyHelp =
     "  --connect ADDR:PORT        HTTP CONNECT listener (repeatable; default 127.0.0.1:3128)\n"
     "  --transparent ADDR:PORT    listener for TLS redirected by iptables/nftables (repeatable)\n"
     "  --sni ADDR:PORT            listener for DNS-steered TLS clients (repeatable)\n"
+    "  --sni-upstream-port N      the port sni listeners dial (default: their own port)\n"
     "  --dns-server ADDR[:PORT]   DNS server (repeatable; default: /etc/resolv.conf)\n"
     "  --workers N                event-loop threads (default: number of cores)\n"
     "  --mark N                   SO_MARK for upstream sockets (firewall exclusion)\n"
@@ -69,6 +70,7 @@ constexpr SettingOption kSettingOptions[] = {
     {"--connect", "listeners.connect", true},
     {"--transparent", "listeners.transparent", true},
     {"--sni", "listeners.sni", true},
+    {"--sni-upstream-port", "listeners.sni_upstream_port", true},
     {"--dns-server", "dns.servers", true},
     {"--workers", "proxy.workers", true},
     {"--mark", "proxy.mark", true},

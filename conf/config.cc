@@ -22,7 +22,7 @@ constexpr std::string_view kScalarSettings[] = {
     "dns.timeout",           "dns.min_ttl",
     "dns.max_ttl",           "dns.negative_ttl",
     "dns.cache_size",        "log.format",
-    "log.deny_rate",
+    "log.deny_rate",         "listeners.sni_upstream_port",
 };
 
 std::string where(const std::string& source, const toml::source_region& region) {

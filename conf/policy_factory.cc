@@ -167,6 +167,24 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
       std::unique(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end()),
       snapshot.allowed_prefixes.end());
   snapshot.policy = builder.build();
+  for (const Rule& rule : snapshot.policy->rules()) {
+    if (rule.kind == Rule::Kind::kHostPattern && rule.text.starts_with("*.") &&
+        rule.text.ends_with(".core.windows.net")) {
+      snapshot.warnings.push_back("host pattern " + rule.text + " (" + rule.origin +
+                                  ") admits every storage account in Azure, an attacker's "
+                                  "included: prefer the registry's dedicated data endpoints "
+                                  "(--registry NAME) or your own accounts' names");
+    }
+    if (rule.kind == Rule::Kind::kClientCidr && rule.text.ends_with("/0")) {
+      snapshot.warnings.push_back("client rule " + rule.text + " (" + rule.origin +
+                                  ") admits everyone who can reach a listener");
+    }
+  }
+  if (snapshot.policy->reportOnly()) {
+    snapshot.warnings.push_back(
+        "REPORT-ONLY: enforcement is OFF: denials by host, port and address-set rules are "
+        "logged (would_deny) and let through");
+  }
   return snapshot;
 }
 

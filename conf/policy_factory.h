@@ -28,6 +28,10 @@ struct PolicySnapshot {
   // Every allowed prefix (--allow-cidr and tag prefixes) as text, sorted and unique: what a
   // reload compares to say which addresses it added or removed.
   std::vector<std::string> allowed_prefixes;
+  // Broad rules an operator should know about, one sentence each (startup log, reload log,
+  // --check-config): a wildcard over every storage account, a client rule admitting everyone,
+  // report-only.
+  std::vector<std::string> warnings;
   // Multi-line, human-readable summary of the effective policy (--check-config, logs).
   std::string summary() const;
 };

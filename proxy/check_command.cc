@@ -154,6 +154,9 @@ int runCheckConfig(const std::vector<std::string>& args, std::ostream& out, std:
     checkListenerExposure(command_line.config);
     const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
     out << "configuration OK\n" << snapshot.summary();
+    for (const std::string& warning : snapshot.warnings) {
+      out << "warning: " << warning << "\n";
+    }
     return 0;
   } catch (const ConfigError& error) {
     err << "acr-egress: " << error.what() << "\n";

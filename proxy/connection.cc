@@ -281,7 +281,7 @@ void Connection::decideHello(const ClientHello& hello) {
   const ProxySettings& settings = worker_.context().settings();
   record_.target = std::string(hello.sni);
   if (kind_ == ListenerKind::kSni) {
-    port_ = listener_address_.port();
+    port_ = settings.sni_upstream_port.value_or(listener_address_.port());
   } else {
     if (!original_dst_) {
       deny("not_redirected", "denied: no original destination on a transparent connection");

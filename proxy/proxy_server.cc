@@ -156,9 +156,8 @@ int ProxyServer::run() {
   }
   spdlog::info("{}", jsonEscaped("listening: " + listening + "; workers: " + std::to_string(count) +
                                  (inherited.empty() ? "" : "; socket activation")));
-  if (current_.policy->reportOnly()) {
-    spdlog::warn("{}", jsonEscaped("REPORT-ONLY: enforcement is OFF: denials by host, port and "
-                                   "address-set rules are logged (would_deny) and let through"));
+  for (const std::string& warning : current_.warnings) {
+    spdlog::warn("{}", jsonEscaped(warning));
   }
   if (context_->guardsLoops() && !settings.mark) {
     spdlog::warn(
@@ -265,6 +264,9 @@ void ProxyServer::reload() {
     ++generation_;
     spdlog::info("{}", jsonEscaped("reloaded the policy (generation " +
                                    std::to_string(generation_) + "): " + change));
+    for (const std::string& warning : current_.warnings) {
+      spdlog::warn("{}", jsonEscaped(warning));
+    }
     notifyStatus("READY=1");
   } catch (const std::exception& error) {
     // ConfigError for a bad file or value; anything else (e.g. out of memory) is no better a

@@ -17,6 +17,7 @@ import harness
 ALLOWED = "myreg.azurecr.io"        # allowed by the host rules, -> 127.0.0.2
 UNLISTED = "unlisted.example"       # denied by the host rules, -> 127.0.0.2 (allowed range)
 METADATA = "metadata.example"       # denied by the host rules, -> 169.254.169.254
+DATA = "myreg.westeurope.data.azurecr.io"  # allowed by the host rules, -> 127.0.0.2
 DENIED = "denied.example"           # denied by the host rules, -> 127.0.0.3 (--deny-cidr)
 TLS_IP, DENIED_IP = "127.0.0.2", "127.0.0.3"
 
@@ -33,7 +34,7 @@ class ReportOnlyTest(unittest.TestCase):
         cls.tls = harness.TlsServer(TLS_IP, cls.port, cls.certs["cert"], cls.certs["key"],
                                     handler="http")
         cls.addClassCleanup(cls.tls.stop)
-        cls.dns = harness.Dnsmasq({ALLOWED: [TLS_IP], UNLISTED: [TLS_IP],
+        cls.dns = harness.Dnsmasq({ALLOWED: [TLS_IP], UNLISTED: [TLS_IP], DATA: [TLS_IP],
                                    METADATA: ["169.254.169.254"], DENIED: [DENIED_IP]})
         cls.dns.start()
         cls.addClassCleanup(cls.dns.stop)
@@ -110,6 +111,52 @@ class ReportOnlyTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("REPORT-ONLY: enforcement is OFF", result.stdout)
 
+
+    # suggest on a recorded log (this report-only proxy's, allowed, would-deny and refused lines
+    # alike) writes a policy under which check allows exactly the logged targets: each one passes,
+    # and neighbours that were not logged (another registry, region, name or port) do not.
+    def test_suggest_allows_exactly_the_logged_targets(self):
+        targets = [ALLOWED, DATA, UNLISTED, METADATA, "127.0.0.2"]
+        with harness.Proxy(["--connect", f"127.0.0.1:{harness.free_port()}",
+                            "--dns-server", self.dns.address, "--workers", "1"] +
+                           self.args) as proxy:
+            port = proxy.listen_address()[1]
+            for target in targets:
+                harness.curl("-x", f"http://127.0.0.1:{port}", "-k", "-o", "/dev/null",
+                             f"https://{target}:{self.port}/v2/")
+            proxy.wait_for_log_count(len(targets))
+            lines = proxy.stdout_lines()
+        self.assertTrue(any('"would_deny":true' in line for line in lines), lines)
+        tmp = harness.TempDir()
+        self.addCleanup(tmp.cleanup)
+        log = os.path.join(tmp.path, "access.log")
+        with open(log, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        env = dict(os.environ, ACR_EGRESS_CONFIG="")
+        suggested = subprocess.run([harness.binary_path(), "suggest", log], capture_output=True,
+                                   text=True, timeout=30, env=env)
+        self.assertEqual(suggested.returncode, 0, suggested.stderr)
+        self.assertIn('registries = [\n  "myreg",  # 2 connections\n]', suggested.stdout)
+        self.assertIn('"unlisted.example",  # 1 connection', suggested.stdout)
+        self.assertNotIn("metadata", suggested.stdout)
+        self.assertNotIn("*", suggested.stdout)
+        config = os.path.join(tmp.path, "suggested.toml")
+        with open(config, "w") as f:
+            f.write(suggested.stdout)
+
+        def check(target):
+            return subprocess.run([harness.binary_path(), "check", "--config", config, target],
+                                  capture_output=True, text=True, timeout=30, env=env)
+        logged = [ALLOWED, DATA, UNLISTED, "127.0.0.2"]
+        for target in logged:
+            result = check(f"{target}:{self.port}")
+            self.assertEqual(result.returncode, 0, (target, result.stdout, result.stderr))
+        for target in ["other.azurecr.io", "myreg.eastus.data.azurecr.io", "other.example",
+                       METADATA, "127.0.0.3", f"{ALLOWED}:443"]:
+            if ":" not in target:
+                target = f"{target}:{self.port}"
+            result = check(target)
+            self.assertEqual(result.returncode, 1, (target, result.stdout, result.stderr))
 
 if __name__ == "__main__":
     unittest.main()
