@@ -22,6 +22,8 @@ constexpr std::string_view kHelp =
     "  --preset NAME          allow a documented bundle of hosts: acr, mcr, iotedge,\n"
     "                         azure-login (README \"Presets\")\n"
     "  --strict-ip            every address must be inside the allowed ranges (once)\n"
+    "  --report-only          log and count denials by host, port and address-set rules but\n"
+    "                         let them through (rollout); special ranges stay refused (once)\n"
     "  --client-cidr CIDR     clients that may use the proxy; required for a listener on a\n"
     "                         non-loopback address (0.0.0.0/0, ::/0: anyone)\n"
     "  --config FILE          TOML configuration; command-line options add to it (once);\n"
@@ -34,6 +36,7 @@ constexpr std::string_view kProxyHelp =
     "  --connect ADDR:PORT        HTTP CONNECT listener (repeatable; default 127.0.0.1:3128)\n"
     "  --transparent ADDR:PORT    listener for TLS redirected by iptables/nftables (repeatable)\n"
     "  --sni ADDR:PORT            listener for DNS-steered TLS clients (repeatable)\n"
+    "  --sni-upstream-port N      the port sni listeners dial (default: their own port)\n"
     "  --dns-server ADDR[:PORT]   DNS server (repeatable; default: /etc/resolv.conf)\n"
     "  --workers N                event-loop threads (default: number of cores)\n"
     "  --mark N                   SO_MARK for upstream sockets (firewall exclusion)\n"
@@ -71,6 +74,7 @@ constexpr SettingOption kSettingOptions[] = {
     {"--connect", "listeners.connect", true},
     {"--transparent", "listeners.transparent", true},
     {"--sni", "listeners.sni", true},
+    {"--sni-upstream-port", "listeners.sni_upstream_port", true},
     {"--dns-server", "dns.servers", true},
     {"--workers", "proxy.workers", true},
     {"--mark", "proxy.mark", true},
@@ -160,6 +164,8 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       config_path = value().text;
     } else if (name == "--strict-ip" && !inline_value) {
       policy.strict_ip = true;
+    } else if (name == "--report-only" && !inline_value) {
+      policy.report_only = true;
     } else if (const auto option =
                    std::find_if(std::begin(kSettingOptions), std::end(kSettingOptions),
                                 [&](const SettingOption& o) { return o.flag == name; });

@@ -24,6 +24,7 @@ constexpr std::string_view kScalarSettings[] = {
     "dns.cache_size",        "log.format",
     "log.deny_rate",         "limits.happy_eyeballs_delay",
     "limits.max_buffer_memory", "limits.max_handshake_memory",
+    "listeners.sni_upstream_port",
 };
 
 std::string where(const std::string& source, const toml::source_region& region) {
@@ -74,6 +75,12 @@ void readPolicy(const std::string& source, const std::string& base_directory,
       policy.presets = stringList(source, key, node);
     } else if (key == "client_cidrs") {
       policy.client_cidrs = stringList(source, key, node);
+    } else if (key == "report_only") {
+      const auto* flag = node.as_boolean();
+      if (flag == nullptr) {
+        fail(source, node, "'report_only' must be true or false");
+      }
+      policy.report_only = flag->get();
     } else if (key == "service_tags_file") {
       const auto* text = node.as_string();
       if (text == nullptr || text->get().empty()) {
@@ -234,6 +241,7 @@ void mergeConfig(Config& base, const Config& extra) {
   if (!to.host_list_origin) {
     to.host_list_origin = from.host_list_origin;
   }
+  to.report_only = to.report_only || from.report_only;
   for (const auto& [key, values] : extra.settings) {
     auto& target = base.settings[key];
     if (isListSetting(key)) {

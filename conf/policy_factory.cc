@@ -139,6 +139,7 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     builder.addClientCidr(parseCidr(cidr), cidr.origin);
   }
   builder.setStrictIp(config.strict_ip);
+  builder.setReportOnly(config.report_only);
   if (!config.service_tags.empty() && !config.service_tags_file) {
     fail(config.service_tags.front(),
          "service tag '" + config.service_tags.front().text +
@@ -170,6 +171,24 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
       std::unique(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end()),
       snapshot.allowed_prefixes.end());
   snapshot.policy = builder.build();
+  for (const Rule& rule : snapshot.policy->rules()) {
+    if (rule.kind == Rule::Kind::kHostPattern && rule.text.starts_with("*.") &&
+        rule.text.ends_with(".core.windows.net")) {
+      snapshot.warnings.push_back("host pattern " + rule.text + " (" + rule.origin +
+                                  ") admits every storage account in Azure, an attacker's "
+                                  "included: prefer the registry's dedicated data endpoints "
+                                  "(--registry NAME) or your own accounts' names");
+    }
+    if (rule.kind == Rule::Kind::kClientCidr && rule.text.ends_with("/0")) {
+      snapshot.warnings.push_back("client rule " + rule.text + " (" + rule.origin +
+                                  ") admits everyone who can reach a listener");
+    }
+  }
+  if (snapshot.policy->reportOnly()) {
+    snapshot.warnings.push_back(
+        "REPORT-ONLY: enforcement is OFF: denials by host, port and address-set rules are "
+        "logged (would_deny) and let through");
+  }
   return snapshot;
 }
 
@@ -200,6 +219,11 @@ std::string PolicySnapshot::summary() const {
       default:
         break;
     }
+  }
+  if (policy->reportOnly()) {
+    out +=
+        "REPORT-ONLY: enforcement is OFF: denials by host, port and address-set rules are "
+        "logged (would_deny) and let through\n";
   }
   out += "host patterns: " + std::to_string(patterns);
   if (empty_host_list_origin) {
@@ -304,6 +328,10 @@ std::string describePolicyChange(const PolicySnapshot& before, const PolicySnaps
   if (added + removed > 0) {
     out += "; allowed prefixes " + std::to_string(before.allowed_prefixes.size()) + " -> " +
            std::to_string(after.allowed_prefixes.size());
+  }
+  if (before.policy->reportOnly() != after.policy->reportOnly()) {
+    out += out.empty() ? "" : "; ";
+    out += std::string("report-only ") + (after.policy->reportOnly() ? "on" : "off");
   }
   if (before.policy->strictIp() != after.policy->strictIp()) {
     out += out.empty() ? "" : "; ";

@@ -31,6 +31,10 @@ struct PolicySnapshot {
   std::vector<std::string> allowed_prefixes;
   // Set when the host lists were given but empty (PolicyConfig::host_list_origin): no name passes.
   std::optional<std::string> empty_host_list_origin;
+  // Broad rules an operator should know about, one sentence each (startup log, reload log,
+  // --check-config): a wildcard over every storage account, a client rule admitting everyone,
+  // report-only.
+  std::vector<std::string> warnings;
   // Multi-line, human-readable summary of the effective policy (--check-config, logs).
   std::string summary() const;
 };

@@ -242,6 +242,11 @@ ProxySettings buildProxySettings(const Config& config) {
       settings.dns_servers.push_back(address->toString());
     }
   }
+  unsigned sni_upstream_port = 0;
+  readNumber<unsigned>(config, "listeners.sni_upstream_port", 1, 65535, sni_upstream_port);
+  if (sni_upstream_port != 0) {
+    settings.sni_upstream_port = static_cast<uint16_t>(sni_upstream_port);
+  }
   readNumber<unsigned>(config, "proxy.workers", 0, 256, settings.workers);
   if (const ConfigValue* value = scalar(config, "proxy.mark")) {
     const auto mark = parseNumber<uint32_t>(value->text);

@@ -42,7 +42,10 @@ struct ListenerSettings {
 struct ProxySettings {
   std::vector<ListenerSettings> listeners;  // default: connect on 127.0.0.1:3128
   std::vector<std::string> dns_servers;     // empty: /etc/resolv.conf
-  unsigned workers = 0;                     // 0: one per core
+  // The port sni listeners dial (and the policy judges) instead of their own, so that an sni
+  // listener can sit on an unprivileged port; unset: the listener's port.
+  std::optional<uint16_t> sni_upstream_port;
+  unsigned workers = 0;  // 0: one per core
   std::optional<uint32_t> mark;
   bool allow_non_tls = false;
   bool allow_no_sni = false;

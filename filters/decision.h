@@ -58,6 +58,10 @@ struct Decision {
   // kInvalidHost: the HostName::Status. kAddressNotAllowed: kDetailLiteral or kDetailStrict.
   // kNoSni: kDetailNoAddress, or the Reason decideAddress gave the destination.
   uint8_t detail = 0;
+  // Report-only (--report-only): the rules deny (`reason` says why), but the verdict is kAllow
+  // because enforcement of that kind of rule is off. Only host, port and address-set denials
+  // (host_not_allowed, port_not_allowed, address_not_allowed, sni_address_mismatch) are waived.
+  bool would_deny = false;
 
   static constexpr uint8_t kDetailLiteral = 0;
   static constexpr uint8_t kDetailStrict = 1;

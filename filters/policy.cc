@@ -91,6 +91,11 @@ Decision Policy::allow(Reason reason, uint32_t rule) const noexcept {
 }
 
 Decision Policy::deny(Reason reason, const Rule* rule, uint8_t detail) const noexcept {
+  if (report_only_ &&
+      (reason == Reason::kHostNotAllowed || reason == Reason::kPortNotAllowed ||
+       reason == Reason::kAddressNotAllowed || reason == Reason::kSniAddressMismatch)) {
+    return {Verdict::kAllow, reason, rule, detail, true};
+  }
   return {Verdict::kDeny, reason, rule, detail};
 }
 
@@ -128,7 +133,14 @@ Decision Policy::decideLiteral(const IpAddress& address, uint16_t port) const no
   if (const uint32_t rule = spellings.lookup(allowed_); rule != CidrSet::kNoMatch) {
     return allow(Reason::kAddressAllowed, rule);
   }
-  return deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailLiteral);
+  const Decision denial = deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailLiteral);
+  if (denial.would_deny) {
+    // Report-only lets a literal outside the allowed set through, but never to a special range.
+    if (const Rule* special = SpecialRanges::instance().find(judged)) {
+      return {Verdict::kDeny, Reason::kAddressSpecial, special, 0};
+    }
+  }
+  return denial;
 }
 
 Decision Policy::decideAddress(const IpAddress& address) const noexcept {
@@ -246,6 +258,15 @@ std::string addressText(const DecisionSubject& subject) {
 }  // namespace
 
 std::string Policy::describe(const Decision& decision, const DecisionSubject& subject) const {
+  if (decision.would_deny) {
+    Decision enforced = decision;
+    enforced.verdict = Verdict::kDeny;
+    enforced.would_deny = false;
+    const std::string sentence = describe(enforced, subject);
+    constexpr std::string_view kDenied = "denied: ";
+    return "report-only, would be denied: " +
+           (sentence.starts_with(kDenied) ? sentence.substr(kDenied.size()) : sentence);
+  }
   const std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
   switch (decision.reason) {
     case Reason::kHostAllowed:
@@ -365,6 +386,7 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->strict_ip_ = strict_ip_;
   policy->clients_ = CidrSet(client_cidrs_);
   policy->has_client_rules_ = !client_cidrs_.empty();
+  policy->report_only_ = report_only_;
   return policy;
 }
 

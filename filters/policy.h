@@ -84,6 +84,11 @@ class Policy {
   bool portAllowed(uint16_t port) const noexcept { return ports_.test(port); }
   std::vector<uint16_t> ports() const;
   bool strictIp() const noexcept { return strict_ip_; }
+  // Report-only: host, port and address-set denials come back as kAllow with would_deny set.
+  // Everything else stays enforced: invalid names, --deny-cidr, special-purpose addresses, client
+  // rules (and, in proxy/, malformed requests, proxy_loop, self_connection and limits), so that
+  // report-only never opens a path to the metadata service or the local network.
+  bool reportOnly() const noexcept { return report_only_; }
   const std::vector<Rule>& rules() const noexcept { return rules_; }
   // Allowed-set prefixes per family, counted over every entry added (for summaries).
   size_t allowedPrefixCount() const noexcept { return allowed_prefix_count_; }
@@ -103,6 +108,7 @@ class Policy {
   size_t allowed_prefix_count_ = 0;
   CidrSet clients_;
   bool has_client_rules_ = false;
+  bool report_only_ = false;
 };
 
 // Collects rules, then produces a Policy. Validation of user text (patterns, CIDRs) happens in
@@ -120,6 +126,7 @@ class Policy::Builder {
   void addServiceTag(std::string_view name, std::span<const Cidr> prefixes, std::string origin);
   void setStrictIp(bool strict) { strict_ip_ = strict; }
   void addClientCidr(const Cidr& cidr, std::string origin);
+  void setReportOnly(bool report_only) { report_only_ = report_only; }
 
   std::shared_ptr<const Policy> build();
 
@@ -133,6 +140,7 @@ class Policy::Builder {
   std::vector<CidrSet::Entry> deny_cidrs_;
   bool strict_ip_ = false;
   std::vector<CidrSet::Entry> client_cidrs_;
+  bool report_only_ = false;
 };
 
 }  // namespace acr

@@ -20,6 +20,8 @@ std::string_view outcomeName(Outcome outcome) noexcept {
       return "allow";
     case Outcome::kIncomplete:
       return "incomplete";
+    case Outcome::kWouldDeny:
+      return "would_deny";
     case Outcome::kDeny:
       break;
   }
@@ -60,6 +62,9 @@ void AccessLog::write(const AccessRecord& r) const {
     line += " -> ";
     LogEscaper::appendText(line, r.target, true);
     line += ":" + std::to_string(r.port) + " " + std::string(decisionName(r)) + " ";
+    if (r.allowed && r.would_deny) {
+      line += "would_deny ";
+    }
     LogEscaper::appendText(line, r.reason, true);
     line += " up=" + std::to_string(r.bytes_up) + " down=" + std::to_string(r.bytes_down) +
             " closed_by=";
@@ -124,6 +129,9 @@ void AccessLog::write(const AccessRecord& r) const {
     line += ']';
   }
   field("decision", decisionName(r));
+  if (r.allowed && r.would_deny) {
+    line += ",\"would_deny\":true";
+  }
   field("reason", r.reason);
   if (!r.rule.empty()) {
     field("rule", r.rule);

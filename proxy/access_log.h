@@ -27,6 +27,8 @@ struct AccessRecord {
   // a drain during dns/connect/tunnel_hello): decision "incomplete", never "deny", so that a
   // refusal count and an "allowed:" sentence never describe the same connection.
   bool incomplete = false;
+  // Report-only: let through although the rules deny; `reason` is the reason it would have had.
+  bool would_deny = false;
   std::string_view reason;  // stable reason identifier
   std::string rule;         // the rule or tag that decided, if any
   std::string sentence;     // Policy::describe text, or a plain explanation
@@ -48,15 +50,19 @@ enum class Outcome : uint8_t {
   kDeny,        // "deny": refused (policy, malformed request, limits) or failed before relaying
   kAllow,       // "allow": relayed
   kIncomplete,  // "incomplete": allowed, ended before relaying (reason client_closed, shutdown)
+  kWouldDeny,   // "would_deny": relayed only because report-only waived a denial (metrics label;
+                // the log line says decision "allow" with would_deny true)
 };
 inline Outcome outcomeOf(const AccessRecord& record) noexcept {
-  return record.allowed      ? Outcome::kAllow
-         : record.incomplete ? Outcome::kIncomplete
-                             : Outcome::kDeny;
+  if (record.allowed) {
+    return record.would_deny ? Outcome::kWouldDeny : Outcome::kAllow;
+  }
+  return record.incomplete ? Outcome::kIncomplete : Outcome::kDeny;
 }
 std::string_view outcomeName(Outcome outcome) noexcept;
+// The log line's `decision`: a report-only pass is "allow" there (with would_deny true).
 inline std::string_view decisionName(const AccessRecord& record) noexcept {
-  return outcomeName(outcomeOf(record));
+  return record.allowed ? std::string_view("allow") : outcomeName(outcomeOf(record));
 }
 
 // Writes access records as one JSON object per line (or a plain text line) through spdlog.

@@ -117,7 +117,12 @@ void AdminServer::handle(evhttp_request* request) {
     } else if (context_.snapshot() == nullptr) {
       reply(request, HTTP_SERVUNAVAIL, "Service Unavailable", kTextType, "no policy loaded\n");
     } else {
-      reply(request, HTTP_OK, "OK", kTextType, "ready\n");
+      const auto snapshot = context_.snapshot();
+      reply(request, HTTP_OK, "OK", kTextType,
+            snapshot->policy->reportOnly()
+                ? "ready; REPORT-ONLY: enforcement is OFF (denials are logged as would_deny and "
+                  "let through)\n"
+                : "ready\n");
     }
   } else if (path == "/metrics") {
     std::string body;
@@ -218,6 +223,8 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
     string(warning);
   }
   writer.EndArray();
+  writer.Key("report_only");
+  writer.Bool(policy.reportOnly());
   writer.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }

@@ -162,6 +162,9 @@ int runCheckConfig(const std::vector<std::string>& args, std::ostream& out, std:
         out << "warning: " << transparentWarning(listener.text) << "\n";
       }
     }
+    for (const std::string& warning : snapshot.warnings) {
+      out << "warning: " << warning << "\n";
+    }
     return 0;
   } catch (const ConfigError& error) {
     err << "acr-egress: " << error.what() << "\n";

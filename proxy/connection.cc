@@ -279,6 +279,7 @@ void Connection::readHead() {
     refuse(403, reasonName(decision.reason), record_.sentence);
     return;
   }
+  noteWouldDeny(decision, {host_, literal, port_});
   if (literal) {
     chooseCandidates({*literal});
     return;
@@ -320,7 +321,7 @@ void Connection::decideHello(const ClientHello& hello) {
   const ProxySettings& settings = worker_.context().settings();
   record_.target = std::string(hello.sni);
   if (kind_ == ListenerKind::kSni) {
-    port_ = listener_address_.port();
+    port_ = settings.sni_upstream_port.value_or(listener_address_.port());
   } else {
     if (!original_dst_) {
       deny("not_redirected", "denied: no original destination on a transparent connection");
@@ -363,6 +364,7 @@ void Connection::decideHello(const ClientHello& hello) {
     deny(reasonName(name.reason), record_.sentence, record_.rule);
     return;
   }
+  noteWouldDeny(name, {hello.sni, std::nullopt, port_});
   host_ = normalizedName(hello.sni);
   if (kind_ == ListenerKind::kTransparent) {
     const IpAddress destination = toIpAddress(*original_dst_);
@@ -463,6 +465,7 @@ void Connection::onResolved(const DnsAnswer& answer) {
     if (refusedAsSelf(destination)) {
       return;
     }
+    noteWouldDeny(decision, {host_, destination, port_});
     candidates_ = {destination};
     dial(false);
     return;
@@ -496,6 +499,7 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses, bool 
     }
     if (decision.allowed()) {
       candidates_.push_back(address);
+      noteWouldDeny(decision, {host_, address, port_});
     } else if (!first_address_denial_) {
       first_address_denial_ = decision;
       first_denied_address_ = address;
@@ -937,6 +941,16 @@ void Connection::deny(std::string_view reason, const std::string& sentence, std:
     record_.rule = std::move(rule);
   }
   finish("proxy", true);
+}
+
+void Connection::noteWouldDeny(const Decision& decision, const DecisionSubject& subject) {
+  if (!decision.would_deny || record_.would_deny) {
+    return;
+  }
+  record_.would_deny = true;
+  record_.reason = reasonName(decision.reason);
+  record_.rule = decision.rule != nullptr ? decision.rule->text : std::string();
+  record_.sentence = policy_->describe(decision, subject);
 }
 
 void Connection::abort(std::string_view reason) {

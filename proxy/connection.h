@@ -117,6 +117,9 @@ class Connection {
   void onEof(bool from_client);
   void refuse(int status, std::string_view reason, const std::string& sentence);
   void deny(std::string_view reason, const std::string& sentence, std::string rule = {});
+  // Report-only: the first waived denial (Decision::would_deny) becomes the log line's reason,
+  // rule and sentence, and marks it would_deny. No-op for any other decision.
+  void noteWouldDeny(const Decision& decision, const DecisionSubject& subject);
   void finish(std::string_view closed_by, bool reset);
   // True in the states an allowed decision leads to before the relay (dns, connect,
   // tunnel_hello): ending there is "incomplete", not a refusal (README "Logs").

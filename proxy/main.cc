@@ -11,6 +11,7 @@
 #include "conf/proxy_settings.h"
 #include "proxy/check_command.h"
 #include "proxy/proxy_server.h"
+#include "proxy/suggest_command.h"
 #include "proxy/version.h"
 
 namespace {
@@ -19,6 +20,7 @@ constexpr const char* kUsage =
     "usage: acr-egress [policy options] [proxy options]     run the proxy\n"
     "       acr-egress check [policy options] TARGET...     judge targets without DNS\n"
     "       acr-egress --check-config [options]             validate and print the policy\n"
+    "       acr-egress suggest [--min-count N] LOGFILE...   a policy allowing what a log saw\n"
     "       acr-egress --version\n";
 
 // Building a policy from the service-tags file peaks at ~19 MB of temporaries (the file, the JSON
@@ -69,6 +71,10 @@ int main(int argc, char** argv) {
   if (!args.empty() && args[0] == "check") {
     args.erase(args.begin());
     return acr::runCheckCommand(args, std::cout, std::cerr);
+  }
+  if (!args.empty() && args[0] == "suggest") {
+    args.erase(args.begin());
+    return acr::runSuggestCommand(args, std::cout, std::cerr);
   }
   if (has(args, "--version")) {
     std::cout << "acr-egress " << acr::version() << "\n";

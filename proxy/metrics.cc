@@ -243,7 +243,8 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
                      std::chrono::system_clock::time_point now) const {
   appendFamily(out, "acr_egress_connections_total", "counter",
                "Connections ended, by listener, decision (allow: the tunnel was relayed; "
-               "incomplete: allowed, ended before relaying) and reason (the access log's reason).");
+               "incomplete: allowed, ended before relaying; would_deny: relayed only because of "
+               "report-only) and reason (the access log's reason).");
   connections_.forEach(
       [&out](std::string_view listener, Outcome decision, std::string_view reason, uint64_t count) {
         out += "acr_egress_connections_total{listener=\"";

@@ -68,7 +68,7 @@ class ConnectionCounters {
   };
 
   std::array<Slot, kSlots> slots_;
-  std::array<std::atomic<uint64_t>, 3> overflow_{};  // by Outcome
+  std::array<std::atomic<uint64_t>, 4> overflow_{};  // by Outcome
 };
 
 // The proxy's metrics (README "Admin endpoint and metrics"). Every record* and DnsObserver call is
@@ -138,7 +138,8 @@ void ConnectionCounters::forEach(Fn&& fn) const {
          std::string_view(slot.reason, slot.reason_length), count);
     }
   }
-  for (const Outcome decision : {Outcome::kAllow, Outcome::kDeny, Outcome::kIncomplete}) {
+  for (const Outcome decision :
+       {Outcome::kAllow, Outcome::kDeny, Outcome::kIncomplete, Outcome::kWouldDeny}) {
     const uint64_t count = overflow_[static_cast<size_t>(decision)].load(std::memory_order_relaxed);
     if (count != 0) {
       fn(std::string_view("other"), decision, std::string_view("other"), count);

@@ -230,6 +230,9 @@ int ProxyServer::run() {
   for (const std::string& warning : context_->listenerWarnings()) {
     spdlog::warn("{}", jsonEscaped(warning));
   }
+  for (const std::string& warning : current_.warnings) {
+    spdlog::warn("{}", jsonEscaped(warning));
+  }
   if (context_->hasTransparentListener() && !settings.mark) {
     spdlog::warn(
         "transparent listener without --mark: the firewall rule cannot exclude the proxy's own "
@@ -336,6 +339,9 @@ void ProxyServer::reload() {
     ++generation_;
     spdlog::info("{}", jsonEscaped("reloaded the policy (generation " +
                                    std::to_string(generation_) + "): " + change));
+    for (const std::string& warning : current_.warnings) {
+      spdlog::warn("{}", jsonEscaped(warning));
+    }
     notifyStatus("READY=1");
   } catch (const std::exception& error) {
     // ConfigError for a bad file or value; anything else (e.g. out of memory) is no better a

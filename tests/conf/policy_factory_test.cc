@@ -217,5 +217,26 @@ TEST(PolicyFactoryTest, RegistryAllowsItsGeoEndpoints) {
   EXPECT_FALSE(dnl->decide("contoso.azurecr.io", 443).allowed());
 }
 
+// Broad rules are named in warnings: a wildcard over every storage account (the embedded default
+// has one), a client rule admitting everyone, report-only. A narrow policy has none.
+TEST(PolicyFactoryTest, WarnsAboutBroadRules) {
+  const auto defaults = buildPolicy(PolicyConfig{});
+  ASSERT_EQ(defaults.warnings.size(), 1u);
+  EXPECT_EQ(defaults.warnings[0],
+            "host pattern *.blob.core.windows.net (embedded default) admits every storage account "
+            "in Azure, an attacker's included: prefer the registry's dedicated data endpoints "
+            "(--registry NAME) or your own accounts' names");
+  PolicyConfig config;
+  config.registries = {value("myreg")};
+  config.client_cidrs = {value("10.0.0.0/8")};
+  EXPECT_TRUE(buildPolicy(config).warnings.empty());
+  config.client_cidrs = {value("::/0", "f:4:1")};
+  config.report_only = true;
+  const auto broad = buildPolicy(config);
+  ASSERT_EQ(broad.warnings.size(), 2u);
+  EXPECT_EQ(broad.warnings[0], "client rule ::/0 (f:4:1) admits everyone who can reach a listener");
+  EXPECT_EQ(broad.warnings[1].rfind("REPORT-ONLY: enforcement is OFF", 0), 0u);
+}
+
 }  // namespace
 }  // namespace acr

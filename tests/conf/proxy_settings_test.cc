@@ -266,5 +266,19 @@ TEST(ProxySettingsTest, NonLoopbackListenerNeedsAClientRule) {
   std::remove(path);
 }
 
+// --sni-upstream-port / listeners.sni_upstream_port: a port from 1 to 65535; unset by default.
+TEST(ProxySettingsTest, SniUpstreamPort) {
+  EXPECT_FALSE(buildProxySettings(Config{}).sni_upstream_port);
+  const auto settings = buildProxySettings(
+      parseCommandLine({"--sni", "127.0.0.1:8443", "--sni-upstream-port", "443"}).config);
+  EXPECT_EQ(settings.sni_upstream_port, std::optional<uint16_t>(443));
+  const Config toml = parseConfigText("[listeners]\nsni_upstream_port = 8443\n", "t.toml");
+  EXPECT_EQ(buildProxySettings(toml).sni_upstream_port, std::optional<uint16_t>(8443));
+  EXPECT_NE(errorOf({"--sni-upstream-port", "0"}).find("invalid listeners.sni_upstream_port"),
+            std::string::npos);
+  EXPECT_NE(errorOf({"--sni-upstream-port", "65536"}).find("expected a number from 1 to 65535"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace acr

@@ -510,5 +510,77 @@ TEST(PolicyTest, ClientRules) {
   EXPECT_FALSE(policy->decide("10.20.1.2", 443).allowed());
 }
 
+// Report-only waives host, port and address-set denials (kAllow, would_deny, the reason kept) and
+// nothing else: invalid names, --deny-cidr, special ranges and client rules stay enforced, and an
+// IP literal outside the allowed set passes only if it is not special.
+TEST(PolicyTest, ReportOnlyWaivesOnlyRuleDenials) {
+  PolicyConfig config;
+  config.registries = {value("myreg")};
+  config.deny_cidrs = {value("198.51.100.0/24")};
+  config.client_cidrs = {value("10.0.0.0/8")};
+  config.strict_ip = true;
+  config.report_only = true;
+  const auto policy = buildPolicy(config).policy;
+  EXPECT_TRUE(policy->reportOnly());
+  struct Case {
+    const char* label;
+    Decision decision;
+    Verdict verdict;
+    Reason reason;
+    bool would_deny;
+  };
+  const IpAddress metadata = *IpAddress::parse("169.254.169.254");
+  const IpAddress denied = *IpAddress::parse("198.51.100.7");
+  const IpAddress public_v4 = *IpAddress::parse("20.60.1.1");  // not special, not allowed
+  const IpAddress answer = *IpAddress::parse("20.60.1.2");
+  const Case cases[] = {
+      {"host", policy->decide("evil.example.com", 443), Verdict::kAllow, Reason::kHostNotAllowed,
+       true},
+      {"port", policy->decide("myreg.azurecr.io", 22), Verdict::kAllow, Reason::kPortNotAllowed,
+       true},
+      {"allowed_host", policy->decide("myreg.azurecr.io", 443), Verdict::kAllow,
+       Reason::kHostAllowed, false},
+      {"literal_public", policy->decide("20.60.1.1", 443), Verdict::kAllow,
+       Reason::kAddressNotAllowed, true},
+      {"literal_metadata", policy->decide("169.254.169.254", 443), Verdict::kDeny,
+       Reason::kAddressSpecial, false},
+      {"literal_loopback", policy->decide("127.0.0.1", 443), Verdict::kDeny,
+       Reason::kAddressSpecial, false},
+      {"literal_mapped_metadata", policy->decide("::ffff:169.254.169.254", 443), Verdict::kDeny,
+       Reason::kAddressSpecial, false},
+      {"literal_denied", policy->decide("198.51.100.7", 443), Verdict::kDeny,
+       Reason::kAddressDenied, false},
+      {"invalid", policy->decide("a..b", 443), Verdict::kDeny, Reason::kInvalidHost, false},
+      {"resolved_metadata", policy->decideAddress(metadata), Verdict::kDeny,
+       Reason::kAddressSpecial, false},
+      {"resolved_denied", policy->decideAddress(denied), Verdict::kDeny, Reason::kAddressDenied,
+       false},
+      {"resolved_strict", policy->decideAddress(public_v4), Verdict::kAllow,
+       Reason::kAddressNotAllowed, true},
+      {"mismatch", policy->decideOriginalDestination(public_v4, std::span(&answer, 1)),
+       Verdict::kAllow, Reason::kAddressNotAllowed, true},
+      {"client", policy->decideClient(public_v4), Verdict::kDeny, Reason::kClientNotAllowed, false},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(c.decision.verdict, c.verdict) << c.label;
+    EXPECT_EQ(c.decision.reason, c.reason) << c.label;
+    EXPECT_EQ(c.decision.would_deny, c.would_deny) << c.label;
+  }
+  EXPECT_EQ(policy->describe(cases[0].decision, {"evil.example.com", std::nullopt, 443}),
+            "report-only, would be denied: host evil.example.com matches no allowed host pattern");
+
+  config.strict_ip = false;
+  const auto loose = buildPolicy(config).policy;
+  const Decision mismatch = loose->decideOriginalDestination(public_v4, std::span(&answer, 1));
+  EXPECT_TRUE(mismatch.allowed());
+  EXPECT_TRUE(mismatch.would_deny);
+  EXPECT_EQ(mismatch.reason, Reason::kSniAddressMismatch);
+
+  config.report_only = false;
+  const auto enforcing = buildPolicy(config).policy;
+  EXPECT_FALSE(enforcing->decide("evil.example.com", 443).allowed());
+  EXPECT_FALSE(enforcing->decide("evil.example.com", 443).would_deny);
+}
+
 }  // namespace
 }  // namespace acr

@@ -209,5 +209,22 @@ TEST(CheckCommandTest, JudgesAsAClient) {
   EXPECT_EQ(check({"myreg.azurecr.io", "--client"}).code, 2);
 }
 
+// check in report-only: what the proxy would let through says allow, with the sentence saying it
+// would be denied; special addresses stay denied; --check-config says enforcement is off.
+TEST(CheckCommandTest, ReportOnly) {
+  const Result result =
+      check({"--report-only", "--registry", "myreg", "evil.example.com", "169.254.169.254"});
+  EXPECT_EQ(result.code, 1);
+  EXPECT_EQ(result.out,
+            "allow evil.example.com report-only, would be denied: host evil.example.com matches "
+            "no allowed host pattern [host_not_allowed]\n"
+            "deny 169.254.169.254 denied: 169.254.169.254 is the instance metadata service "
+            "(link-local) and in no allowed range [address_special]\n");
+  std::ostringstream out;
+  std::ostringstream err;
+  EXPECT_EQ(runCheckConfig({"--check-config", "--report-only"}, out, err), 0) << err.str();
+  EXPECT_NE(out.str().find("REPORT-ONLY: enforcement is OFF"), std::string::npos) << out.str();
+}
+
 }  // namespace
 }  // namespace acr
