@@ -64,18 +64,20 @@ PolicySuggester::LineStatus PolicySuggester::addLine(std::string_view line) {
   if (document.HasParseError() || !document.IsObject()) {
     return LineStatus::kUnreadable;
   }
-  const auto decision = document.FindMember("decision");
-  if (decision == document.MemberEnd() || !decision->value.IsString() ||
+  // Const iterators on both sides: clang's C++20 reversed-operator check rejects mixing them.
+  const rapidjson::Document& doc = document;
+  const auto decision = doc.FindMember("decision");
+  if (decision == doc.MemberEnd() || !decision->value.IsString() ||
       std::string_view(decision->value.GetString()) != "allow") {
     return LineStatus::kIgnored;
   }
-  const auto target = document.FindMember("target");
-  const auto port = document.FindMember("port");
-  if (target == document.MemberEnd() || !target->value.IsString() ||
+  const auto target = doc.FindMember("target");
+  const auto port = doc.FindMember("port");
+  if (target == doc.MemberEnd() || !target->value.IsString() ||
       target->value.GetStringLength() == 0) {
     return LineStatus::kIgnored;  // e.g. a transparent connection allowed without SNI
   }
-  if (port == document.MemberEnd() || !port->value.IsUint() || port->value.GetUint() == 0 ||
+  if (port == doc.MemberEnd() || !port->value.IsUint() || port->value.GetUint() == 0 ||
       port->value.GetUint() > 65535) {
     return LineStatus::kUnreadable;
   }

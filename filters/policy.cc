@@ -135,7 +135,9 @@ Decision Policy::decideLiteral(const IpAddress& address, uint16_t port) const no
   }
   const Decision denial = deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailLiteral);
   if (denial.would_deny) {
-    // Report-only lets a literal outside the allowed set through, but never to a special range.
+    // Report-only lets a literal outside the allowed set through, but never to a special range
+    // (judged, as in decideAddress, by the IPv4 address it embeds, if any).
+    const IpAddress judged = address.embeddedV4().value_or(address);
     if (const Rule* special = SpecialRanges::instance().find(judged)) {
       return {Verdict::kDeny, Reason::kAddressSpecial, special, 0};
     }

@@ -535,13 +535,20 @@ class Proxy:
         """Every access-log line so far, parsed (lines that are not JSON objects are skipped)."""
         return [obj for obj in (_parse_json(l) for l in self.stdout_lines()) if obj]
 
-    def wait_for_log(self, predicate, timeout=10):
-        """The first access-log entry for which `predicate(entry)` is true, waiting up to
-        `timeout` seconds for it (AssertionError with the log so far otherwise)."""
+    def log_mark(self):
+        """The number of stdout lines so far: pass it as wait_for_log(since=) to skip them (the
+        kernel reuses client ports, so a client address alone can match an older line)."""
+        with self._changed:
+            return len(self._stdout)
+
+    def wait_for_log(self, predicate, timeout=10, since=0):
+        """The first access-log entry (among stdout lines from index `since` on) for which
+        `predicate(entry)` is true, waiting up to `timeout` seconds for it (AssertionError with
+        the log so far otherwise)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                for line in self._stdout:
+                for line in self._stdout[since:]:
                     obj = _parse_json(line)
                     if obj and predicate(obj):
                         return obj

@@ -96,10 +96,11 @@ class ClientRulesTest(unittest.TestCase):
             self.addCleanup(sock.close)
             sock.bind((source, 0))
             sock.settimeout(10)
+            client = "%s:%d" % sock.getsockname()  # bound: the port is known before connect
+            mark = self.proxy.log_mark()
             try:
                 # A timed connect is non-blocking plus poll: a reset at accept can beat its check.
                 sock.connect((SNI_IP, self.port))
-                client = "%s:%d" % sock.getsockname()
                 sock.sendall(harness.client_hello(NAME))
                 reset_early = False
             except ConnectionResetError:  # refused at accept: the reset may beat the hello
@@ -109,12 +110,12 @@ class ClientRulesTest(unittest.TestCase):
                 data = sock.recv(5)
                 self.assertEqual(data[:1], b"\x16", "no ServerHello from the upstream")
                 sock.close()
-                entry = self.proxy.wait_for_log(lambda e: e.get("client") == client)
+                entry = self.proxy.wait_for_log(lambda e: e.get("client") == client, since=mark)
                 self.assertEqual(entry["reason"], "host_allowed")
             else:
                 self.assertTrue(reset_early or harness.is_reset(sock),
                                 "a refused client was not reset")
-                entry = self.proxy.wait_for_log(lambda e: e.get("client") == client)
+                entry = self.proxy.wait_for_log(lambda e: e.get("client") == client, since=mark)
                 self.assertEqual(entry["decision"], "deny")
                 self.assertEqual(entry["reason"], "client_not_allowed")
                 self.assertEqual(entry["bytes_up"], 0)

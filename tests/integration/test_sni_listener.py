@@ -74,13 +74,15 @@ class SniListenerTest(unittest.TestCase):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, "%s:%d" % sock.getsockname()[:2]
 
-    def log_for(self, client, proxy=None, timeout=10):
-        return (proxy or self.proxy).wait_for_log(lambda e: e.get("client") == client, timeout)
+    def log_for(self, client, proxy=None, timeout=10, since=0):
+        return (proxy or self.proxy).wait_for_log(lambda e: e.get("client") == client, timeout,
+                                                  since)
 
     def assert_forwarded_exactly(self, data, send=None, proxy=None):
         """Sends `data` (with `send(sock, data)` if given) and asserts the raw upstream receives
         exactly `data` on one new connection; returns the access-log line."""
         before = self.raw.accepted
+        mark = (proxy or self.proxy).log_mark()
         sock, client = self.open(proxy.listen_address("sni")[0] if proxy else PROXY_IP)
         (send or (lambda s, d: s.sendall(d)))(sock, data)
         self.raw.wait_for_bytes(len(data), index=before, timeout=15)
@@ -89,7 +91,7 @@ class SniListenerTest(unittest.TestCase):
                          "ClientHello byte-exact")
         self.assertEqual(self.raw.accepted, before + 1)
         sock.close()
-        entry = self.log_for(client, proxy)
+        entry = self.log_for(client, proxy, since=mark)
         self.assertEqual(entry["decision"], "allow", entry)
         self.assertEqual(entry["dialled"], f"{RAW_IP}:{self.port}", entry)
         self.assertEqual(entry["bytes_up"], len(data), entry)
@@ -99,6 +101,7 @@ class SniListenerTest(unittest.TestCase):
         """Sends `data`, asserts the proxy answers with a TCP reset, dials nothing and logs
         decision deny with `reason`; returns the access-log line."""
         accepted = (self.tls.accepted, self.raw.accepted)
+        mark = (proxy or self.proxy).log_mark()
         sock, client = self.open(proxy.listen_address("sni")[0] if proxy else PROXY_IP)
         try:
             sock.sendall(data)
@@ -107,7 +110,7 @@ class SniListenerTest(unittest.TestCase):
         received, how = harness.recv_until_closed(sock, 10)
         self.assertEqual(how, "rst", f"expected a reset, got {how} after {received!r}")
         self.assertEqual(received, b"")
-        entry = self.log_for(client, proxy)
+        entry = self.log_for(client, proxy, since=mark)
         self.assertEqual(entry["listener"], "sni", entry)
         self.assertEqual(entry["decision"], "deny", entry)
         self.assertEqual(entry["reason"], reason, entry)
