@@ -39,7 +39,7 @@ struct PolicyConfig {
   // given. The embedded default host patterns apply only when no host list was given anywhere:
   // `allow_hosts = []` means "no host name is allowed", not "the default".
   std::optional<std::string> host_list_origin;
-  bool report_only = false;          // --report-only, policy.report_only: see Policy::reportOnly
+  bool report_only = false;  // --report-only, policy.report_only: see Policy::reportOnly
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 

@@ -22,7 +22,7 @@ struct AccessRecord {
   std::string original_dst;  // transparent only
   std::string dialled;       // upstream address that carried the tunnel (else the last tried)
   std::vector<std::string> attempts;  // every connection attempt: "ADDR:PORT outcome", in order
-  bool allowed = false;  // the tunnel was relayed
+  bool allowed = false;               // the tunnel was relayed
   // The policy let it through but it ended before relaying (the client closed after the 200,
   // a drain during dns/connect/tunnel_hello): decision "incomplete", never "deny", so that a
   // refusal count and an "allowed:" sentence never describe the same connection.

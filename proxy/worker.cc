@@ -129,6 +129,7 @@ void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>&
     listener->address = settings.address;
     // A socket-activated socket is listening already (backlog 0: libevent does not listen()).
     int fd = inheritedListener(settings, inherited, used);
+    listener->inherited = fd >= 0;
     const int backlog = fd >= 0 ? 0 : 1024;
     if (fd < 0) {
       fd = boundSocket(settings);
@@ -250,7 +251,7 @@ void Worker::onAcceptError(evconnlistener* evlistener, void* arg) {
 
 void Worker::onResume(evutil_socket_t, short, void* arg) {
   auto* listener = static_cast<Listener*>(arg);
-  if (listener->listener != nullptr) {
+  if (listener->listener != nullptr && !(listener->inherited && listener->worker->draining_)) {
     evconnlistener_enable(listener->listener);
   }
 }
@@ -290,9 +291,16 @@ void Worker::drain(std::chrono::milliseconds deadline) {
 
 void Worker::onDrain(evutil_socket_t, short, void* arg) {
   auto* worker = static_cast<Worker*>(arg);
-  // The listeners stay open until the drain ends, so that a new client is told (503 draining on
-  // connect, a reset elsewhere; see accept()) rather than refused by the kernel.
+  // Own listeners stay open until the drain ends, so that a new client is told (503 draining on
+  // connect, a reset elsewhere; see accept()) rather than refused by the kernel. A socket-activated
+  // listener stops accepting at once instead: systemd keeps the socket, and the connections that
+  // queue in it during a restart are the next process's to serve.
   worker->draining_ = true;
+  for (const auto& listener : worker->listeners_) {
+    if (listener->inherited && listener->listener != nullptr) {
+      evconnlistener_disable(listener->listener);
+    }
+  }
   worker->drain_deadline_ = std::chrono::steady_clock::now() + worker->drain_timeout_;
   event_add(worker->drain_tick_, &kDrainTick);
   onDrainTick(-1, 0, worker);

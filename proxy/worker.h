@@ -56,6 +56,7 @@ class Worker {
     SocketAddress address;
     evconnlistener* listener = nullptr;
     event* resume = nullptr;  // re-enables accepting after EMFILE backoff
+    bool inherited = false;   // passed by systemd (socket activation): the socket outlives us
   };
 
   static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int length, void* arg);
