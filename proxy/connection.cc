@@ -477,26 +477,31 @@ bool Connection::dialsSelf(const IpAddress& address) const {
   return worker_.context().localAddresses()->contains(address, port_);
 }
 
+std::string Connection::selfSentence(const IpAddress& address) const {
+  return "denied: " + address.toString() + " port " + std::to_string(port_) +
+         " is one of this proxy's own listeners";
+}
+
 bool Connection::refusedAsSelf(const IpAddress& address) {
   if (!dialsSelf(address)) {
     return false;
   }
-  deny("self_connection", "denied: " + address.toString() + " port " + std::to_string(port_) +
-                              " is one of this proxy's own listeners");
+  deny("self_connection", selfSentence(address));
   return true;
 }
 
 void Connection::chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming) {
   candidates_.clear();
   for (const IpAddress& address : addresses) {
-    const Decision decision = policy_->decideAddress(address);
     if (dialsSelf(address)) {
       if (!first_address_denial_) {
         first_address_denial_ = Decision{Verdict::kDeny, Reason::kAddressDenied, nullptr, 0};
         first_denied_address_ = address;
+        first_denial_is_self_ = true;
       }
       continue;  // never dial ourselves
     }
+    const Decision decision = policy_->decideAddress(address);
     if (decision.allowed()) {
       candidates_.push_back(address);
       noteWouldDeny(decision, {host_, address, port_});
@@ -513,14 +518,11 @@ void Connection::chooseCandidates(const std::vector<IpAddress>& addresses, bool 
   }
   if (candidates_.empty()) {
     const Decision& denial = *first_address_denial_;
-    std::string sentence = denial.rule == nullptr && denial.reason == Reason::kAddressDenied
-                               ? "denied: " + first_denied_address_.toString() + " port " +
-                                     std::to_string(port_) + " is one of this proxy's own listeners"
-                               : policy_->describe(denial, {host_, first_denied_address_, port_});
+    const std::string sentence =
+        first_denial_is_self_ ? selfSentence(first_denied_address_)
+                              : policy_->describe(denial, {host_, first_denied_address_, port_});
     const std::string_view reason =
-        denial.rule == nullptr && denial.reason == Reason::kAddressDenied
-            ? "self_connection"
-            : reasonName(denial.reason);
+        first_denial_is_self_ ? "self_connection" : reasonName(denial.reason);
     if (kind_ == ListenerKind::kConnect) {
       record_.rule = denial.rule != nullptr ? denial.rule->text : std::string();
       refuse(403, reason, sentence);

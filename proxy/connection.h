@@ -96,6 +96,7 @@ class Connection {
   bool dialsSelf(const IpAddress& address) const;
   // If dialsSelf(address), refuses the connection (self_connection) and returns true.
   bool refusedAsSelf(const IpAddress& address);
+  std::string selfSentence(const IpAddress& address) const;
   void onDialed(DialResult result);
   // Frees the upstream socket (RST if `reset`) and forgets its local endpoint; closes every
   // connection attempt still in flight.
@@ -152,7 +153,8 @@ class Connection {
   std::vector<IpAddress> candidates_;
   std::optional<Decision> first_address_denial_;
   IpAddress first_denied_address_;
-  std::vector<IpAddress> first_family_;          // addresses of the family that answered first
+  bool first_denial_is_self_ = false;    // the first denial is self_connection, not the policy's
+  std::vector<IpAddress> first_family_;  // addresses of the family that answered first
   std::unique_ptr<HappyEyeballsDialer> dialer_;  // from the first dial to the end
 
   evbuffer_cb_entry* client_output_cb_ = nullptr;
