@@ -128,24 +128,16 @@ class FaultDns(harness.UdpDnsServer):
         delay = SLOW_DELAY if label == "slow" else VERYSLOW_DELAY if label == "veryslow" else 0
         return delay, harness.dns_reply(query, end, 0, records, authoritative=True)
 
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                query, peer = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            delay, reply = self.reply(query, "udp")
-            if reply is None:
-                continue
-            if delay:
-                timer = threading.Timer(delay, self._send, (reply, peer))
-                timer.daemon = True
-                self._timers.append(timer)
-                timer.start()
-            else:
-                self._send(reply, peer)
+    def respond(self, query, peer):
+        """UdpDnsServer's hook: answers at once, or later from a timer (slow names)."""
+        delay, reply = self.reply(query, "udp")
+        if reply is None or not delay:
+            return reply
+        timer = threading.Timer(delay, self._send, (reply, peer))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+        return None
 
     def _send(self, reply, peer):
         with contextlib.suppress(OSError):
