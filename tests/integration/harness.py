@@ -939,6 +939,19 @@ def connect_via_proxy(proxy_addr, target, payload=b"", head=None, timeout=10):
     return status, headers, rest + tail, sock
 
 
+def recv_exact(sock, count, timeout=10):
+    """Up to `count` bytes from `sock`, fewer only if the peer closed or `timeout` ran out."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(count - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 def recv_until_closed(sock, timeout=10, limit=1 << 26):
     """Reads until EOF, reset or `timeout` seconds. Returns (data, how) with how in
     'fin', 'rst', 'timeout', 'limit'."""

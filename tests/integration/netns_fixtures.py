@@ -179,3 +179,29 @@ table inet acr_egress_test {{
             _run(["ip", "netns", "del", self.name], check=False)
             self.created = False
         shutil.rmtree(os.path.join(NETNS_ETC, self.name), ignore_errors=True)
+
+
+def forwarding_gateway(client_addresses, gateway_lan, wan_addresses, gateway_wan, lan_if):
+    """Three namespaces joined by veth pairs: client (eth0) -- gateway (`lan_if`, "acr-wan",
+    forwarding on) -- wan (eth0), each side's default routes via the gateway. Addresses are
+    (v4, v6) pairs without prefix (/24 and /64). Returns (client, gateway, wan), created; the
+    caller destroys them."""
+    client, gateway, wan = NetNs(), NetNs(), NetNs()
+    namespaces = (client, gateway, wan)
+    try:
+        for ns in namespaces:
+            ns.create()
+        veth(client, "eth0", [f"{client_addresses[0]}/24", f"{client_addresses[1]}/64"],
+             gateway, lan_if, [f"{gateway_lan[0]}/24", f"{gateway_lan[1]}/64"])
+        veth(wan, "eth0", [f"{wan_addresses[0]}/24", f"{wan_addresses[1]}/64"],
+             gateway, "acr-wan", [f"{gateway_wan[0]}/24", f"{gateway_wan[1]}/64"])
+        for ns, (v4, v6) in ((client, gateway_lan), (wan, gateway_wan)):
+            ns.run(["ip", "route", "add", "default", "via", v4])
+            ns.run(["ip", "-6", "route", "add", "default", "via", v6])
+        gateway.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        gateway.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+    except BaseException:
+        for ns in namespaces:
+            ns.destroy()
+        raise
+    return namespaces

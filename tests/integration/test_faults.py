@@ -155,10 +155,10 @@ class FaultDns(harness.UdpDnsServer):
                 conn.settimeout(5)
                 with contextlib.suppress(OSError):
                     for _ in range(16):  # bounded: a few queries per connection
-                        head = harness_recv_exact(conn, 2)
+                        head = harness.recv_exact(conn, 2)
                         if len(head) < 2:
                             break
-                        query = harness_recv_exact(conn, struct.unpack("!H", head)[0])
+                        query = harness.recv_exact(conn, struct.unpack("!H", head)[0])
                         _, reply = self.reply(query, "tcp")
                         if reply is None:
                             break
@@ -170,18 +170,6 @@ class FaultDns(harness.UdpDnsServer):
         super().stop()
         self._tcp_thread.join(timeout=5)
         self.tcp.close()
-
-
-def harness_recv_exact(sock, count, timeout=10):
-    got = b""
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(count - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 def reset_handler(conn, index, record):
@@ -258,7 +246,7 @@ table inet acr_faults {{
 
     def assert_echoes(self, sock, payload=b"ping"):
         sock.sendall(payload)
-        self.assertEqual(harness_recv_exact(sock, len(payload)), payload)
+        self.assertEqual(harness.recv_exact(sock, len(payload)), payload)
 
     def log_entry(self, proxy, sock):
         """The access-log line of the connection of `sock`, which is closed first (a tunnel's

@@ -19,7 +19,7 @@ import subprocess
 import unittest
 
 import harness
-from netns_fixtures import NetNs, veth
+from netns_fixtures import NetNs, forwarding_gateway
 
 ALLOWED_HOST = "myreg.azurecr.io"
 DENIED_HOST = "other.azurecr.io"
@@ -318,20 +318,11 @@ class NftGatewayTest(RedirectedTrafficCase):
         cls.addClassCleanup(cls.tmp.cleanup)
         cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"),
                                              [ALLOWED_HOST, DENIED_HOST], [WAN_V4, WAN_V6])
-        cls.client, cls.gateway, cls.wan = NetNs(), NetNs(), NetNs()
+        cls.client, cls.gateway, cls.wan = forwarding_gateway(
+            (CLIENT_V4, CLIENT_V6), (GATEWAY_LAN_V4, GATEWAY_LAN_V6), (WAN_V4, WAN_V6),
+            (GATEWAY_WAN_V4, GATEWAY_WAN_V6), LAN_IF)
         for ns in (cls.client, cls.gateway, cls.wan):
             cls.addClassCleanup(ns.destroy)
-            ns.create()
-        veth(cls.client, "eth0", [f"{CLIENT_V4}/24", f"{CLIENT_V6}/64"],
-             cls.gateway, LAN_IF, [f"{GATEWAY_LAN_V4}/24", f"{GATEWAY_LAN_V6}/64"])
-        veth(cls.wan, "eth0", [f"{WAN_V4}/24", f"{WAN_V6}/64"],
-             cls.gateway, "acr-wan", [f"{GATEWAY_WAN_V4}/24", f"{GATEWAY_WAN_V6}/64"])
-        for ns, v4, v6 in ((cls.client, GATEWAY_LAN_V4, GATEWAY_LAN_V6),
-                           (cls.wan, GATEWAY_WAN_V4, GATEWAY_WAN_V6)):
-            ns.run(["ip", "route", "add", "default", "via", v4])
-            ns.run(["ip", "-6", "route", "add", "default", "via", v6])
-        cls.gateway.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        cls.gateway.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
 
         with cls.wan.entered():  # the upstream's listening sockets belong to the WAN namespace
             cert, key = cls.certs["cert"], cls.certs["key"]

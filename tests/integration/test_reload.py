@@ -253,7 +253,7 @@ class ReloadTest(unittest.TestCase):
             for n, sock in enumerate(tunnels):
                 payload = f"reload {i} tunnel {n}".encode()
                 sock.sendall(payload)
-                self.assertEqual(harness_recv_exact(sock, len(payload)), payload)
+                self.assertEqual(harness.recv_exact(sock, len(payload)), payload)
 
         stop.set()
         streamer.join(timeout=30)
@@ -388,18 +388,6 @@ def _port_open(address):
             return True
     except OSError:
         return False
-
-
-def harness_recv_exact(sock, count, timeout=10):
-    got = b""
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(count - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import subprocess
 import unittest
 
 import harness
-from netns_fixtures import NetNs, veth
+from netns_fixtures import forwarding_gateway
 
 HOST = "myreg.azurecr.io"
 CLIENT_V4, GATEWAY_LAN_V4, GATEWAY_WAN_V4, WAN_V4 = ("198.51.100.2", "198.51.100.1",
@@ -40,20 +40,11 @@ class TproxyTest(unittest.TestCase):
         os.chmod(cls.tmp.path, 0o755)
         cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"), [HOST],
                                              [WAN_V4, WAN_V6])
-        cls.client, cls.gateway, cls.wan = NetNs(), NetNs(), NetNs()
+        cls.client, cls.gateway, cls.wan = forwarding_gateway(
+            (CLIENT_V4, CLIENT_V6), (GATEWAY_LAN_V4, GATEWAY_LAN_V6), (WAN_V4, WAN_V6),
+            (GATEWAY_WAN_V4, GATEWAY_WAN_V6), LAN_IF)
         for ns in (cls.client, cls.gateway, cls.wan):
             cls.addClassCleanup(ns.destroy)
-            ns.create()
-        veth(cls.client, "eth0", [f"{CLIENT_V4}/24", f"{CLIENT_V6}/64"],
-             cls.gateway, LAN_IF, [f"{GATEWAY_LAN_V4}/24", f"{GATEWAY_LAN_V6}/64"])
-        veth(cls.wan, "eth0", [f"{WAN_V4}/24", f"{WAN_V6}/64"],
-             cls.gateway, "acr-wan", [f"{GATEWAY_WAN_V4}/24", f"{GATEWAY_WAN_V6}/64"])
-        for ns, v4, v6 in ((cls.client, GATEWAY_LAN_V4, GATEWAY_LAN_V6),
-                           (cls.wan, GATEWAY_WAN_V4, GATEWAY_WAN_V6)):
-            ns.run(["ip", "route", "add", "default", "via", v4])
-            ns.run(["ip", "-6", "route", "add", "default", "via", v6])
-        cls.gateway.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        cls.gateway.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
 
         with cls.wan.entered():
             cls.upstream = harness.TlsServer(WAN_V4, 443, cls.certs["cert"], cls.certs["key"],
