@@ -26,6 +26,8 @@ install(FILES conf/examples/acr-egress.toml systemd/acr-egress.nft
 install(FILES systemd/acr-egress-servicetags.default DESTINATION ${ACR_SYSCONF_DIR}/default
         RENAME acr-egress-servicetags)
 install(FILES README.md DESTINATION ${ACR_DOC_DIR})
+# The reference (README.md links into it): docs/*.md, the generated tables included.
+install(DIRECTORY docs/ DESTINATION ${ACR_DOC_DIR}/docs FILES_MATCHING PATTERN "*.md")
 install(DIRECTORY conf/examples/ DESTINATION ${ACR_DOC_DIR}/examples
         FILES_MATCHING PATTERN "*.toml")
 # The drop-in that grants CAP_NET_ADMIN for transparent mode (--mark, TPROXY).

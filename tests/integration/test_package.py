@@ -72,6 +72,8 @@ class PackageTest(unittest.TestCase):
             "/usr/lib/sysusers.d/acr-egress.conf": "-rw-r--r--",
             "/usr/lib/tmpfiles.d/acr-egress.conf": "-rw-r--r--",
             "/usr/share/doc/acr-egress/README.md": "-rw-r--r--",
+            "/usr/share/doc/acr-egress/docs/configuration.md": "-rw-r--r--",
+            "/usr/share/doc/acr-egress/docs/troubleshooting.md": "-rw-r--r--",
             "/usr/share/doc/acr-egress/examples/systemd/transparent.conf": "-rw-r--r--",
         }
         for path in CONFFILES:
