@@ -389,6 +389,7 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->clients_ = CidrSet(client_cidrs_);
   policy->has_client_rules_ = !client_cidrs_.empty();
   policy->report_only_ = report_only_;
+  policy->revoke_on_reload_ = revoke_on_reload_;
   return policy;
 }
 
