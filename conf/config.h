@@ -42,6 +42,7 @@ struct PolicyConfig {
   bool report_only = false;  // --report-only, policy.report_only: see Policy::reportOnly
   // --revoke-on-reload, policy.revoke_on_reload: see Policy::revokeOnReload
   bool revoke_on_reload = false;
+  bool deny_ech = false;  // --deny-ech, policy.ech = "deny" ("allow_outer": the default)
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 

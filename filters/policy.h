@@ -93,6 +93,9 @@ class Policy {
   // the old one are judged again by this one and closed (reason revoked) if it denies them. Off:
   // they keep the policy they were accepted with until they end.
   bool revokeOnReload() const noexcept { return revoke_on_reload_; }
+  // ECH (THREATS B14): by default a hello offering ECH is judged by its outer SNI; with denyEch()
+  // it is denied kEch whatever that name (GREASE ECH included: it cannot be told apart).
+  bool denyEch() const noexcept { return deny_ech_; }
   const std::vector<Rule>& rules() const noexcept { return rules_; }
   // Allowed-set prefixes per family, counted over every entry added (for summaries).
   size_t allowedPrefixCount() const noexcept { return allowed_prefix_count_; }
@@ -114,6 +117,7 @@ class Policy {
   bool has_client_rules_ = false;
   bool report_only_ = false;
   bool revoke_on_reload_ = false;
+  bool deny_ech_ = false;
 };
 
 // Collects rules, then produces a Policy. Validation of user text (patterns, CIDRs) happens in
@@ -133,6 +137,7 @@ class Policy::Builder {
   void addClientCidr(const Cidr& cidr, std::string origin);
   void setReportOnly(bool report_only) { report_only_ = report_only; }
   void setRevokeOnReload(bool revoke) { revoke_on_reload_ = revoke; }
+  void setDenyEch(bool deny) { deny_ech_ = deny; }
 
   std::shared_ptr<const Policy> build();
 
@@ -148,6 +153,7 @@ class Policy::Builder {
   std::vector<CidrSet::Entry> client_cidrs_;
   bool report_only_ = false;
   bool revoke_on_reload_ = false;
+  bool deny_ech_ = false;
 };
 
 }  // namespace acr
