@@ -24,6 +24,10 @@ constexpr std::string_view kHelp =
     "  --strict-ip            every address must be inside the allowed ranges (once)\n"
     "  --report-only          log and count denials by host, port and address-set rules but\n"
     "                         let them through (rollout); special ranges stay refused (once)\n"
+    "  --revoke-on-reload     a reload closes the open connections the new policy denies\n"
+    "                         (reason revoked); default: they keep running (once)\n"
+    "  --deny-ech             deny ClientHellos offering ECH (reason ech); default: judge\n"
+    "                         them by their outer SNI (once)\n"
     "  --client-cidr CIDR     clients that may use the proxy; required for a listener on a\n"
     "                         non-loopback address (0.0.0.0/0, ::/0: anyone)\n"
     "  --config FILE          TOML configuration; command-line options add to it (once);\n"
@@ -166,6 +170,10 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       policy.strict_ip = true;
     } else if (name == "--report-only" && !inline_value) {
       policy.report_only = true;
+    } else if (name == "--revoke-on-reload" && !inline_value) {
+      policy.revoke_on_reload = true;
+    } else if (name == "--deny-ech" && !inline_value) {
+      policy.deny_ech = true;
     } else if (const auto option =
                    std::find_if(std::begin(kSettingOptions), std::end(kSettingOptions),
                                 [&](const SettingOption& o) { return o.flag == name; });

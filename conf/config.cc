@@ -93,6 +93,18 @@ void readPolicy(const std::string& source, const std::string& base_directory,
         fail(source, node, "'report_only' must be true or false");
       }
       policy.report_only = flag->get();
+    } else if (key == "revoke_on_reload") {
+      const auto* flag = node.as_boolean();
+      if (flag == nullptr) {
+        fail(source, node, "'revoke_on_reload' must be true or false");
+      }
+      policy.revoke_on_reload = flag->get();
+    } else if (key == "ech") {
+      const auto* text = node.as_string();
+      if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
+        fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
+      }
+      policy.deny_ech = text->get() == "deny";
     } else if (key == "service_tags_file") {
       const auto* text = node.as_string();
       if (text == nullptr || text->get().empty()) {
@@ -254,6 +266,8 @@ void mergeConfig(Config& base, const Config& extra) {
     to.host_list_origin = from.host_list_origin;
   }
   to.report_only = to.report_only || from.report_only;
+  to.revoke_on_reload = to.revoke_on_reload || from.revoke_on_reload;
+  to.deny_ech = to.deny_ech || from.deny_ech;
   for (const auto& [key, values] : extra.settings) {
     auto& target = base.settings[key];
     if (isListSetting(key)) {

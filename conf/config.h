@@ -40,6 +40,9 @@ struct PolicyConfig {
   // `allow_hosts = []` means "no host name is allowed", not "the default".
   std::optional<std::string> host_list_origin;
   bool report_only = false;  // --report-only, policy.report_only: see Policy::reportOnly
+  // --revoke-on-reload, policy.revoke_on_reload: see Policy::revokeOnReload
+  bool revoke_on_reload = false;
+  bool deny_ech = false;  // --deny-ech, policy.ech = "deny" ("allow_outer": the default)
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 

@@ -140,6 +140,8 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
   }
   builder.setStrictIp(config.strict_ip);
   builder.setReportOnly(config.report_only);
+  builder.setRevokeOnReload(config.revoke_on_reload);
+  builder.setDenyEch(config.deny_ech);
   if (!config.service_tags.empty() && !config.service_tags_file) {
     fail(config.service_tags.front(),
          "service tag '" + config.service_tags.front().text +
@@ -332,6 +334,14 @@ std::string describePolicyChange(const PolicySnapshot& before, const PolicySnaps
   if (before.policy->reportOnly() != after.policy->reportOnly()) {
     out += out.empty() ? "" : "; ";
     out += std::string("report-only ") + (after.policy->reportOnly() ? "on" : "off");
+  }
+  if (before.policy->revokeOnReload() != after.policy->revokeOnReload()) {
+    out += out.empty() ? "" : "; ";
+    out += std::string("revoke-on-reload ") + (after.policy->revokeOnReload() ? "on" : "off");
+  }
+  if (before.policy->denyEch() != after.policy->denyEch()) {
+    out += out.empty() ? "" : "; ";
+    out += std::string("ech ") + (after.policy->denyEch() ? "deny" : "allow_outer");
   }
   if (before.policy->strictIp() != after.policy->strictIp()) {
     out += out.empty() ? "" : "; ";

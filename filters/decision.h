@@ -46,6 +46,8 @@ enum class Reason : uint8_t {
            // real name from any proxy
   kClientAllowed,       // "client_allowed": the client is in a --client-cidr range, or none is set
   kClientNotAllowed,    // "client_not_allowed": client rules exist and none holds the client
+  // "ech": the ClientHello offers ECH (0xfe0d) and the policy denies ECH (policy.ech = "deny")
+  kEch,
 };
 std::string_view reasonName(Reason reason) noexcept;
 

@@ -38,6 +38,8 @@ std::string_view reasonName(Reason reason) noexcept {
       return "client_allowed";
     case Reason::kClientNotAllowed:
       return "client_not_allowed";
+    case Reason::kEch:
+      return "ech";
   }
   return "unknown";
 }
@@ -182,6 +184,9 @@ Decision Policy::decideOriginalDestination(const IpAddress& destination,
 Decision Policy::decideSni(const ClientHello& hello, uint16_t port) const noexcept {
   if (hello.esni_offered) {
     return deny(Reason::kEsni, nullptr);
+  }
+  if (hello.ech_offered && deny_ech_) {
+    return deny(Reason::kEch, nullptr);
   }
   if (!hello.has_sni) {
     return deny(Reason::kNoSni, nullptr, Decision::kDetailNoAddress);
@@ -331,6 +336,9 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
       return "allowed: client " + addressText(subject) + " is in client range " + rule;
     case Reason::kClientNotAllowed:
       return "denied: client " + addressText(subject) + " is in no client range (--client-cidr)";
+    case Reason::kEch:
+      return "denied: the ClientHello offers ECH (0xfe0d), whose inner server name no proxy can "
+             "see, and the policy denies ECH (policy.ech = \"deny\")";
   }
   return "denied";
 }
@@ -389,6 +397,8 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->clients_ = CidrSet(client_cidrs_);
   policy->has_client_rules_ = !client_cidrs_.empty();
   policy->report_only_ = report_only_;
+  policy->revoke_on_reload_ = revoke_on_reload_;
+  policy->deny_ech_ = deny_ech_;
   return policy;
 }
 

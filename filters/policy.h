@@ -89,6 +89,13 @@ class Policy {
   // rules (and, in proxy/, malformed requests, proxy_loop, self_connection and limits), so that
   // report-only never opens a path to the metadata service or the local network.
   bool reportOnly() const noexcept { return report_only_; }
+  // Revoke on reload (THREATS F14): when this policy replaces another, connections opened under
+  // the old one are judged again by this one and closed (reason revoked) if it denies them. Off:
+  // they keep the policy they were accepted with until they end.
+  bool revokeOnReload() const noexcept { return revoke_on_reload_; }
+  // ECH (THREATS B14): by default a hello offering ECH is judged by its outer SNI; with denyEch()
+  // it is denied kEch whatever that name (GREASE ECH included: it cannot be told apart).
+  bool denyEch() const noexcept { return deny_ech_; }
   const std::vector<Rule>& rules() const noexcept { return rules_; }
   // Allowed-set prefixes per family, counted over every entry added (for summaries).
   size_t allowedPrefixCount() const noexcept { return allowed_prefix_count_; }
@@ -109,6 +116,8 @@ class Policy {
   CidrSet clients_;
   bool has_client_rules_ = false;
   bool report_only_ = false;
+  bool revoke_on_reload_ = false;
+  bool deny_ech_ = false;
 };
 
 // Collects rules, then produces a Policy. Validation of user text (patterns, CIDRs) happens in
@@ -127,6 +136,8 @@ class Policy::Builder {
   void setStrictIp(bool strict) { strict_ip_ = strict; }
   void addClientCidr(const Cidr& cidr, std::string origin);
   void setReportOnly(bool report_only) { report_only_ = report_only; }
+  void setRevokeOnReload(bool revoke) { revoke_on_reload_ = revoke; }
+  void setDenyEch(bool deny) { deny_ech_ = deny; }
 
   std::shared_ptr<const Policy> build();
 
@@ -141,6 +152,8 @@ class Policy::Builder {
   bool strict_ip_ = false;
   std::vector<CidrSet::Entry> client_cidrs_;
   bool report_only_ = false;
+  bool revoke_on_reload_ = false;
+  bool deny_ech_ = false;
 };
 
 }  // namespace acr

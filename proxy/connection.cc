@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "filters/host_name.h"
 #include "proxy/socket_options.h"
@@ -1024,6 +1025,60 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   worker_.context().logConnection(record_);
   worker_.context().metrics().recordConnection(record_);
   worker_.release(this);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revoke on reload (THREATS F14). Kept apart from the state handlers: it only reads the state and
+// ends through deny()/finish() like any other refusal.
+
+void Connection::rejudge(std::shared_ptr<const Policy> policy) {
+  if (state_ == State::kRefuse || state_ == State::kClosed || policy == policy_) {
+    return;
+  }
+  if (state_ != State::kReadHead && state_ != State::kReadHello) {
+    // Already let through: judged again by what it was let through for.
+    const IpAddress client = toIpAddress(peer_);
+    std::optional<IpAddress> dialled;
+    if (state_ == State::kRelay || state_ == State::kTunnelHello) {
+      dialled = toIpAddress(upstream_remote_);
+    }
+    Decision decision = policy->decideClient(client);
+    DecisionSubject subject{"", client, 0};
+    if (decision.allowed()) {
+      if (!host_.empty()) {
+        decision = policy->decide(host_, port_);
+        subject = {host_, IpAddress::parse(host_), port_};
+      } else if (original_dst_) {  // transparent, no SNI (--allow-no-sni)
+        subject = {"", toIpAddress(*original_dst_), port_};
+        decision = policy->decideWithoutSni(*subject.address, port_);
+      }
+    }
+    if (state_ == State::kConnect) {  // the addresses being dialled
+      for (auto it = candidates_.begin(); decision.allowed() && it != candidates_.end(); ++it) {
+        decision = policy->decideAddress(*it);
+        subject = {host_, *it, port_};
+      }
+    }
+    if (decision.allowed() && dialled) {
+      decision = policy->decideAddress(*dialled);
+      subject = {host_, dialled, port_};
+    }
+    if (!decision.allowed()) {
+      const std::string sentence = "revoked by a reload: " + policy->describe(decision, subject);
+      std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
+      if (state_ == State::kRelay) {
+        // It did relay: the record keeps decision allow, and says why the proxy ended it.
+        record_.reason = "revoked";
+        record_.rule = std::move(rule);
+        record_.sentence += "; " + sentence;
+        finish("proxy", true);
+      } else {
+        deny("revoked", sentence, std::move(rule));
+      }
+      return;
+    }
+  }
+  replaced_policy_ = std::exchange(policy_, std::move(policy));
 }
 
 }  // namespace acr

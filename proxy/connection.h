@@ -59,6 +59,13 @@ class Connection {
   void refuseClient(const std::string& sentence);
   // Ends the connection now (shutdown): RST to both sides, log line written.
   void abort(std::string_view reason);
+  // Revoke on reload (README "Reload", THREATS F14), called by Worker::revokeDenied after a
+  // reload installed `policy` (one with revokeOnReload()). A connection not judged yet (reading
+  // its head or hello) is judged by `policy` from now on; one already let through (dns, connect,
+  // tunnel_hello, relay) is judged again by it (client, target, dialled address) and closed with
+  // reason `revoked` if it now denies it (connect listener before the 200: 403), else continues
+  // under `policy`.
+  void rejudge(std::shared_ptr<const Policy> policy);
   State state() const noexcept { return state_; }
 
  private:
@@ -134,7 +141,11 @@ class Connection {
   Worker& worker_;
   const ListenerKind kind_;
   const SocketAddress listener_address_;
-  const std::shared_ptr<const Policy> policy_;  // the snapshot this connection was accepted with
+  // The snapshot this connection is judged by: the one it was accepted with, or, with revoke on
+  // reload, the newest (rejudge). The replaced one stays alive in `replaced_policy_`: decisions
+  // kept from it (first_address_denial_) point at its rules.
+  std::shared_ptr<const Policy> policy_;
+  std::shared_ptr<const Policy> replaced_policy_;
   State state_;
   bufferevent* client_ = nullptr;
   bufferevent* upstream_ = nullptr;

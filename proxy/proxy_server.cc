@@ -337,6 +337,11 @@ void ProxyServer::reload() {
     context_->metrics().recordReload(true);
     current_ = std::move(snapshot);
     ++generation_;
+    if (current_.policy->revokeOnReload()) {
+      for (const auto& worker : workers_) {
+        worker->revokeDenied();
+      }
+    }
     spdlog::info("{}", jsonEscaped("reloaded the policy (generation " +
                                    std::to_string(generation_) + "): " + change));
     for (const std::string& warning : current_.warnings) {

@@ -289,6 +289,32 @@ void Worker::drain(std::chrono::milliseconds deadline) {
   event_base_once(base_, -1, EV_TIMEOUT, &Worker::onDrain, this, nullptr);
 }
 
+void Worker::revokeDenied() {
+  if (!stopped()) {
+    event_base_once(base_, -1, EV_TIMEOUT, &Worker::onRevoke, this, nullptr);
+  }
+}
+
+void Worker::onRevoke(evutil_socket_t, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  // The policy now current, not the one of the reload that asked: a later reload may have
+  // replaced it (and turned revoking off) before this loop got here.
+  const std::shared_ptr<const Policy> policy = worker->context_.policy();
+  if (!policy->revokeOnReload()) {
+    return;
+  }
+  // rejudge() may finish a connection; release() only queues it for deletion, so the map is
+  // walked whole, but through a copy of its keys to stay independent of that.
+  std::vector<Connection*> open;
+  open.reserve(worker->connections_.size());
+  for (const auto& [connection, owner] : worker->connections_) {
+    open.push_back(connection);
+  }
+  for (Connection* connection : open) {
+    connection->rejudge(policy);
+  }
+}
+
 void Worker::onDrain(evutil_socket_t, short, void* arg) {
   auto* worker = static_cast<Worker*>(arg);
   // Own listeners stay open until the drain ends, so that a new client is told (503 draining on

@@ -38,6 +38,9 @@ class Worker {
   // Thread-safe: answer new clients 503 draining (connect) or a reset (others), let tunnels
   // finish until `deadline`, then abort the rest, close the listeners and end the loop.
   void drain(std::chrono::milliseconds deadline);
+  // Thread-safe: after a reload whose policy has revokeOnReload(), judge every open connection
+  // again by the current policy (Connection::rejudge; README "Reload").
+  void revokeDenied();
 
   event_base* base() noexcept { return base_; }
   // Steady-clock milliseconds of this loop's last heartbeat (a timer every second); the main
@@ -63,6 +66,7 @@ class Worker {
   static void onAcceptError(evconnlistener* listener, void* arg);
   static void onResume(evutil_socket_t, short, void* arg);
   static void onDrain(evutil_socket_t, short, void* arg);
+  static void onRevoke(evutil_socket_t, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
   static void onReap(evutil_socket_t, short, void* arg);
   static void onHeartbeat(evutil_socket_t, short, void* arg);

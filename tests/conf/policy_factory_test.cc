@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "conf/command_line.h"
+#include "conf/config.h"
 #include "test_data.h"
 
 namespace acr {
@@ -236,6 +238,25 @@ TEST(PolicyFactoryTest, WarnsAboutBroadRules) {
   ASSERT_EQ(broad.warnings.size(), 2u);
   EXPECT_EQ(broad.warnings[0], "client rule ::/0 (f:4:1) admits everyone who can reach a listener");
   EXPECT_EQ(broad.warnings[1].rfind("REPORT-ONLY: enforcement is OFF", 0), 0u);
+}
+
+// Revoke on reload (THREATS F14): off by default; policy.revoke_on_reload and
+// --revoke-on-reload turn it on; a reload that changes it says so; a non-boolean is refused
+// with its location.
+TEST(PolicyFactoryTest, RevokeOnReloadFromFileAndFlag) {
+  EXPECT_FALSE(buildPolicy(PolicyConfig{}).policy->revokeOnReload());
+  const Config file = parseConfigText("[policy]\nrevoke_on_reload = true\n", "f.toml");
+  const PolicySnapshot on = buildPolicy(file.policy);
+  EXPECT_TRUE(on.policy->revokeOnReload());
+  EXPECT_TRUE(
+      buildPolicy(parseCommandLine({"--revoke-on-reload"}).config.policy).policy->revokeOnReload());
+  EXPECT_EQ(describePolicyChange(buildPolicy(PolicyConfig{}), on), "revoke-on-reload on");
+  try {
+    parseConfigText("[policy]\nrevoke_on_reload = 1\n", "f.toml");
+    ADD_FAILURE() << "a non-boolean revoke_on_reload was accepted";
+  } catch (const ConfigError& error) {
+    EXPECT_NE(std::string(error.what()).find("f.toml:2:"), std::string::npos) << error.what();
+  }
 }
 
 }  // namespace

@@ -825,6 +825,25 @@ INSTANTIATE_TEST_SUITE_P(
                      DnsStatus::kFailure}),
     [](const ::testing::TestParamInfo<BadReplyCase>& param_info) { return param_info.param.name; });
 
+// A CNAME loop (THREATS F4): the name is an alias of itself (owner and target both point at the
+// question's name). c-ares does not follow it around: the lookup ends at once as a name without
+// addresses (cached like any other such answer, for its clamped TTL).
+TEST_F(ResolverTest, CnameLoopEndsAtOnceWithoutAddresses) {
+  FakeDnsServer server(base_, [](std::string_view query) {
+    return reply(query, kResponse, 1,
+                 std::string{'\xc0', 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 2, '\xc0', 12});
+  });
+  ASSERT_TRUE(server.ok());
+  ResolverOptions options = optionsFor(server.server());
+  options.timeout = 1000ms;
+  auto resolver = makeResolver(options);
+  const auto started = Clock::now();
+  const auto answer = resolveNow(*resolver, "bad.test", 3s);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, DnsStatus::kNoAddresses) << dnsStatusName(answer->status);
+  EXPECT_LE(Clock::now() - started, 1500ms);
+}
+
 // ---- first family (RFC 8305 §3) ----
 
 // QTYPE of a query (1 = A, 28 = AAAA), 0 if it does not parse.

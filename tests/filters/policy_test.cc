@@ -444,6 +444,29 @@ TEST(PolicyTest, EsniIsDeniedAndEchIsJudgedByTheOuterSni) {
   hello.has_sni = false;
   hello.sni = {};
   EXPECT_EQ(policy->decideSni(hello, 443).reason, Reason::kEsni);
+  {
+    // B14: with ECH denied, an ECH hello is refused whatever its outer SNI; ESNI stays esni;
+    // a hello without ECH is judged as before.
+    PolicyConfig config;
+    config.deny_ech = true;
+    const auto strict = buildPolicy(config).policy;
+    ClientHello ech;
+    ech.has_sni = true;
+    ech.sni = "myreg.azurecr.io";
+    EXPECT_EQ(strict->decideSni(ech, 443).reason, Reason::kHostAllowed);
+    ech.ech_offered = true;
+    const Decision denied = strict->decideSni(ech, 443);
+    EXPECT_FALSE(denied.allowed());
+    EXPECT_EQ(denied.reason, Reason::kEch);
+    EXPECT_EQ(reasonName(Reason::kEch), "ech");
+    EXPECT_EQ(strict->describe(denied, {ech.sni, std::nullopt, 443})
+                  .rfind("denied: the ClientHello "
+                         "offers ECH",
+                         0),
+              0u);
+    ech.esni_offered = true;
+    EXPECT_EQ(strict->decideSni(ech, 443).reason, Reason::kEsni);
+  }
   hello.esni_offered = false;
   const Decision no_sni = policy->decideSni(hello, 443);
   EXPECT_EQ(no_sni.reason, Reason::kNoSni);

@@ -383,6 +383,24 @@ table inet acr_faults {{
         self.assertEqual(set(dialled), {ECHO_IP, ECHO2_IP})
         self.assertNotEqual(dialled[0], dialled[1])
 
+    # F5: the answer changes while a tunnel to the old one is open: the tunnel is not touched
+    # (no re-resolution, no reset), and the next connection dials the new answer.
+    def test_answer_change_leaves_open_tunnel_alone_and_next_connection_dials_new(self):
+        proxy, listen = self.start_proxy("--dns-min-ttl", "1s")
+        status, reason, _, first = self.connect(listen, "changing.azurecr.io")
+        self.assertEqual(status, 200, reason)
+        self.assert_echoes(first, b"before")
+        time.sleep(1.3)  # past the clamped TTL: the next lookup gets the other answer
+        status, reason, _, second = self.connect(listen, "changing.azurecr.io")
+        self.assertEqual(status, 200, reason)
+        self.assert_echoes(second, b"second")
+        time.sleep(1.3)
+        self.assert_echoes(first, b"after two answer changes")
+        dialled = [self.log_entry(proxy, sock)["dialled"].rsplit(":", 1)[0]
+                   for sock in (second, first)]
+        self.report("answer changes with a tunnel open", dialled=dialled)
+        self.assertEqual(set(dialled), {ECHO_IP, ECHO2_IP})
+
     # /etc/resolv.conf rewritten at run time (the proxy has no --dns-server): within a few
     # seconds new lookups go to the new nameserver, even though the old one is gone.
     def test_resolv_conf_change_is_picked_up(self):

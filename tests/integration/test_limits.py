@@ -462,6 +462,47 @@ class LimitsTest(unittest.TestCase):
         self.assertEqual(proxy.stop(signal.SIGINT, timeout=10), 0)
         self.assertLess(time.monotonic() - started, 1.5)
 
+    # ---------------------------------------------------------------- R3
+
+    def dribble_hellos(self, listen, connections, size):
+        """Sends, round robin, one byte per send() (TCP_NODELAY) of a ClientHello of about `size`
+        bytes (its SNI is not allowed, so the proxy decides and resets once it is whole) on each
+        of `connections` sockets; returns the proxy CPU seconds spent and the bytes sent."""
+        alpn = [f"p{i:04d}".ljust(250, "x") for i in range(max(1, (size - 300) // 251))]
+        hello = harness.client_hello("trickle.example", alpn=alpn)
+        host, port = listen.rsplit(":", 1)
+        socks = []
+        self.addCleanup(lambda: [s.close() for s in socks])
+        for _ in range(connections):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(sock)
+        before = process_cpu_seconds(self.proxy_pid)
+        for i in range(len(hello)):
+            byte = hello[i:i + 1]
+            for sock in socks:
+                sock.send(byte)
+        for sock in socks:
+            self.assertTrue(harness.is_reset(sock, 20), "hello not decided")
+        return process_cpu_seconds(self.proxy_pid) - before, len(hello) * connections
+
+    def test_trickled_hellos_cost_cpu_linear_in_bytes(self):
+        """R3: ClientHellos dribbled one byte per segment on 40 connections at once: 2 KiB and
+        16 KiB hellos (the cap). The proxy's CPU per byte does not grow with the hello size (a
+        parser that re-read the buffer on every byte would cost 8x more per byte for the 8x
+        larger hello): the large run costs at most 3x the small run's CPU per byte (+ 0.3 s of
+        slack for the clock-tick resolution)."""
+        proxy, listen = self.start_proxy("--head-timeout", "120s", "--deny-log-rate", "1000",
+                                         listener="sni")
+        self.proxy_pid = proxy.pid
+        small_cpu, small_bytes = self.dribble_hellos(listen, 40, 2048)
+        large_cpu, large_bytes = self.dribble_hellos(listen, 40, 16000)
+        per_byte = (small_cpu / small_bytes, large_cpu / large_bytes)
+        print(f"\n  [R3] {small_bytes} B in {small_cpu:.2f} s CPU, {large_bytes} B in "
+              f"{large_cpu:.2f} s CPU: {per_byte[0] * 1e6:.2f} / {per_byte[1] * 1e6:.2f} us/B",
+              flush=True)
+        self.assertLess(large_cpu, 3 * per_byte[0] * large_bytes + 0.3)
+
     # ---------------------------------------------------------------- R2 (sni)
 
     def test_sni_hello_timeout_resets_without_dial(self):

@@ -123,10 +123,10 @@ class ReloadTest(unittest.TestCase):
         cls.dns.start()
         cls.addClassCleanup(cls.dns.stop)
 
-    def write_config(self, path, variant):
+    def write_config(self, path, variant, revoke=False):
         """A valid config allowing STABLE plus ALPHA (even `variant`) or BETA (odd), or, for
         variant 'invalid', one that fails validation (an unknown service tag) or 'garbage' (not
-        TOML at all)."""
+        TOML at all). `revoke`: policy.revoke_on_reload = true."""
         if variant == "garbage":
             text = "[policy\nallow_hosts = ['unterminated\n"
         elif variant == "invalid":
@@ -137,7 +137,8 @@ class ReloadTest(unittest.TestCase):
             extra = ALPHA if variant % 2 == 0 else BETA
             text = (f"[policy]\nallow_hosts = [\"{STABLE}\", \"{extra}\"]\n"
                     f"ports = [{self.upstream_port}]\n"
-                    f"allow_cidrs = [\"{UPSTREAM_IP}/32\"]\n")
+                    f"allow_cidrs = [\"{UPSTREAM_IP}/32\"]\n"
+                    + ("revoke_on_reload = true\n" if revoke else ""))
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.write(text)
@@ -289,6 +290,67 @@ class ReloadTest(unittest.TestCase):
 
     # A stuck-loop watchdog needs keepalives: with WATCHDOG_USEC set the proxy sends WATCHDOG=1
     # at a quarter of the period; without it, none.
+    # F14: a reload removes the rule that allowed open tunnels.
+    def reload_without_alpha(self, revoke):
+        """A proxy on config 0 (STABLE + ALPHA), `revoke` as given; opens a tunnel to ALPHA and
+        one to STABLE, and a connection that has sent only part of a CONNECT head for ALPHA;
+        then reloads config 1 (STABLE + BETA: ALPHA's rule removed) and waits for the reload.
+        Returns (proxy, listen, alpha tunnel, stable tunnel, partial socket)."""
+        config = os.path.join(self.tmp.path, f"revoke-{revoke}.toml")
+        self.write_config(config, 0, revoke=revoke)
+        proxy, listen = self.start_proxy(config)
+        status, _, alpha = self.tunnel(listen, ALPHA)
+        self.assertEqual(status, 200)
+        self.addCleanup(alpha.close)
+        status, _, stable = self.tunnel(listen, STABLE)
+        self.assertEqual(status, 200)
+        self.addCleanup(stable.close)
+        host, port = listen.rsplit(":", 1)
+        partial = socket.create_connection((host, int(port)), timeout=10)
+        self.addCleanup(partial.close)
+        partial.sendall(f"CONNECT {ALPHA}:{self.upstream_port} HTTP/1.1\r\n".encode())
+        time.sleep(0.2)  # accepted and reading its head under the old policy
+        self.write_config(config, 1, revoke=revoke)
+        proxy.send_signal(signal.SIGHUP)
+        self.wait_for_service_line(proxy, "reloaded the policy", 1)
+        time.sleep(0.5)  # each loop handles the reload's revoke event
+        return proxy, listen, alpha, stable, partial
+
+    def finish_head(self, sock):
+        sock.sendall(f"Host: {ALPHA}:{self.upstream_port}\r\n\r\n".encode())
+        return sock.recv(4096).split(b"\r\n")[0]
+
+    def test_reload_keeps_tunnels_of_a_removed_rule_by_default(self):
+        """F14, default: tunnels opened under a rule the reload removes keep running (and so
+        does a connection already reading its head: it is judged by the policy it was accepted
+        with); a new connection to the removed name is refused at once."""
+        proxy, listen, alpha, stable, partial = self.reload_without_alpha(revoke=False)
+        for sock in (alpha, stable):
+            sock.sendall(b"still here")
+            self.assertEqual(harness.recv_exact(sock, 10), b"still here")
+        self.assertIn(b" 200 ", self.finish_head(partial))
+        status, reason, _ = self.tunnel(listen, ALPHA)
+        self.assertEqual((status, reason), (403, "host_not_allowed"))
+
+    def test_revoke_on_reload_closes_tunnels_the_new_policy_denies(self):
+        """F14, policy.revoke_on_reload = true: the reload closes the tunnel to ALPHA (RST; log
+        line reason revoked, closed_by proxy, decision allow since it did relay, a sentence
+        saying why) while the tunnel to STABLE, still allowed, carries on; a connection that was
+        still reading its head is judged by the new policy (403 host_not_allowed)."""
+        proxy, listen, alpha, stable, partial = self.reload_without_alpha(revoke=True)
+        self.assertEqual(harness.recv_until_closed(alpha, 5)[1], "rst")
+        entry = proxy.wait_for_log(lambda e: e.get("client") == alpha.acr_client)
+        self.assertEqual((entry["reason"], entry["closed_by"], entry["decision"]),
+                         ("revoked", "proxy", "allow"), entry)
+        self.assertIn("revoked by a reload: denied", entry["message"])
+        stable.sendall(b"still here")
+        self.assertEqual(harness.recv_exact(stable, 10), b"still here")
+        line = self.finish_head(partial)
+        self.assertIn(b" 403 ", line)
+        self.assertIn(b"host_not_allowed", line)
+        status, reason, _ = self.tunnel(listen, ALPHA)
+        self.assertEqual((status, reason), (403, "host_not_allowed"))
+
     def test_watchdog_keepalives_follow_watchdog_usec(self):
         proxy, _, notify = self.start_notified_proxy("watchdog", watchdog_usec=800000)
         time.sleep(1.5)

@@ -290,6 +290,29 @@ class SniListenerTest(unittest.TestCase):
                     self.assertIn(" allow ", line)
                     self.assertEqual(" ech=true " in line, ech, line)
 
+    def test_deny_ech_resets_ech_hellos_whatever_their_outer_sni(self):
+        """B14, --deny-ech (policy.ech = "deny"): Chromium's real hello (GREASE ECH, allowed
+        outer SNI) is reset with reason ech and nothing is dialled; curl's hello (no ECH) to the
+        same name is still relayed byte-exact."""
+        with self.start_proxy(["--deny-ech"], PROXY2_IP) as proxy:
+            for name, ech in (("chromium156-default-acr", True), ("curl-default-acr", False)):
+                with self.subTest(capture=name):
+                    data = harness.read_captures()[name]
+                    before = self.raw.accepted
+                    sock, client = self.open(PROXY2_IP)
+                    sock.sendall(data)
+                    if ech:
+                        self.assertTrue(harness.is_reset(sock, 10), "the ECH hello was relayed")
+                    else:
+                        self.raw.wait_for_bytes(len(data), index=before, timeout=15)
+                        sock.close()
+                    entry = proxy.wait_for_log(lambda e: e.get("client") == client, 15)
+                    self.assertEqual((entry["decision"], entry["reason"]),
+                                     ("deny", "ech") if ech else ("allow", "host_allowed"), entry)
+                    if ech:
+                        self.assertFalse(entry.get("dialled"), entry)
+                        self.assertEqual(self.raw.accepted, before)
+
     # ---------------------------------------------------------------- real captures
 
     def test_every_capture_with_sni_is_forwarded_byte_exact(self):

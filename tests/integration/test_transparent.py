@@ -235,6 +235,32 @@ class TransparentTest(unittest.TestCase):
         self.assertFalse(line.get("dialled"), line)
         self.assertEqual(self.spoof_target.accepted, 0)
 
+    # B2: the client's resolver and the proxy's disagree (geo DNS): the client aims at
+    # REGISTRY_V4, which is not among the proxy's answers for the SNI (UPSTREAM_V4/V6) but lies
+    # in the allowed range: relayed (the message names the range). With only the proxy's answer
+    # allowed, the same connection is refused with a reason of its own (address_special here:
+    # every address of this test is a documentation address) and nothing is dialled.
+    def test_destination_outside_proxy_answers_is_judged_by_the_allowed_ranges(self):
+        proxy = self.start_proxy()
+        result = self.curl_https(ALLOWED_HOST, REGISTRY_V4)
+        self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["decision"], "allow", lines[0])
+        self.assertIn(f"allowed: {REGISTRY_V4} is in allowed range {ALLOWED_V4_RANGE}",
+                      lines[0]["message"])
+        self.assertEqual(lines[0]["original_dst"], f"{REGISTRY_V4}:443", lines[0])
+        self.assertNotIn(REGISTRY_V4, self.dns.records[ALLOWED_HOST])
+
+        proxy = self.start_proxy(allow_cidrs=[f"{UPSTREAM_V4}/32"])
+        result = self.curl_https(ALLOWED_HOST, REGISTRY_V4)
+        self.assertNotEqual(result.returncode, 0)
+        lines = self.transparent_lines(proxy)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual((lines[0]["decision"], lines[0]["reason"]), ("deny", "address_special"),
+                         lines[0])
+        self.assertFalse(lines[0].get("dialled"), lines[0])
+
     # B16: a client that connects to the transparent listener itself (no REDIRECT, so the
     # original destination is the listener) is denied not_redirected and nothing is dialled.
     def test_direct_connection_to_listener_is_denied_not_redirected(self):
