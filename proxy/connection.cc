@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
 #include "filters/host_name.h"
+#include "proxy/close_reason.h"
 #include "proxy/socket_options.h"
 #include "proxy/worker.h"
 
@@ -17,38 +20,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Relay flow control: stop reading a side once this much waits for the other side, resume at
-// half (Envoy's watermark buffers). Bounds memory per tunnel at about 2 x (kHighWater + one read
-// of at most 16 KiB, libevent's default); --max-buffer-memory bounds all tunnels together.
-constexpr size_t kHighWater = 64 * 1024;
-constexpr auto kRelaxed = std::memory_order_relaxed;
 // How long a refused CONNECT client may keep sending before we close anyway.
 constexpr std::chrono::milliseconds kRefuseLinger{2000};
 // RFC 8305 §3 "Resolution Delay": when the A answer comes first, wait this long for the AAAA
 // answer before dialling IPv4 (an AAAA answer that comes first is dialled at once).
 constexpr std::chrono::milliseconds kResolutionDelay{50};
-
-std::string_view statusText(int status) {
-  switch (status) {
-    case 400:
-      return "Bad Request";
-    case 403:
-      return "Forbidden";
-    case 405:
-      return "Method Not Allowed";
-    case 408:
-      return "Request Timeout";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 502:
-      return "Bad Gateway";
-    case 503:
-      return "Service Unavailable";
-    case 504:
-      return "Gateway Timeout";
-  }
-  return "Error";
-}
+// The relay's idle check runs at least this often.
+constexpr std::chrono::milliseconds kIdleCheck{10'000};
 
 std::string normalizedName(std::string_view text) {
   HostName name;
@@ -76,7 +54,7 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       listener_address_(listener_address),
       policy_(std::move(policy)),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
-      last_activity_(Clock::now()),
+      next_state_(state_),
       peer_(peer),
       destination_(originalDestination(fd)),
       looped_(worker.context().guardsLoops() && destination_ &&
@@ -84,12 +62,12 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       started_(Clock::now()) {
   record_.listener = listenerKindName(kind);
   record_.client = peer.toString();
-  record_.reason = "";
   client_ = bufferevent_socket_new(worker.base(), fd, BEV_OPT_CLOSE_ON_FREE);
   timer_ = evtimer_new(worker.base(), &Connection::onTimer, this);
 }
 
 Connection::~Connection() {
+  relay_.reset();
   if (client_ != nullptr) {
     bufferevent_free(client_);
   }
@@ -124,15 +102,7 @@ void Connection::start() {
   }
   bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
                     &Connection::onClientEvent, this);
-  if (kind_ == ListenerKind::kConnect) {
-    connect_parser_ = std::make_unique<ConnectRequestParser>(settings.max_head_size);
-    bufferevent_setwatermark(client_, EV_READ, 0, settings.max_head_size + 1);
-  } else {
-    hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
-    bufferevent_setwatermark(client_, EV_READ, 0, 2 * settings.max_client_hello_size + 1024);
-  }
-  bufferevent_enable(client_, EV_READ);
-  armTimer(settings.head_timeout);
+  post(Event::kEnter);
 }
 
 void Connection::refuseClient(const std::string& sentence) {
@@ -142,7 +112,826 @@ void Connection::refuseClient(const std::string& sentence) {
   }
   bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
                     &Connection::onClientEvent, this);
-  deny("client_not_allowed", sentence);  // connect: 403 (refuse), others: reset
+  // connect: 403 from kRefuse; others: reset.
+  if (end(CloseReason::kClientNotAllowed, sentence) == Step::kNext) {
+    state_ = next_state_;
+    post(Event::kEnter);
+  }
+}
+
+// ---- the loop ----
+
+void Connection::onClientRead(bufferevent*, void* self) {
+  static_cast<Connection*>(self)->post(Event::kClientData);
+}
+
+void Connection::onClientWrite(bufferevent*, void* self) {
+  static_cast<Connection*>(self)->post(Event::kClientDrained);
+}
+
+void Connection::onClientEvent(bufferevent*, short events, void* self) {
+  auto* c = static_cast<Connection*>(self);
+  c->client_failed_ = (events & BEV_EVENT_ERROR) != 0;
+  c->post(Event::kClientClosed);
+}
+
+void Connection::onUpstreamEvent(bufferevent*, short, void* self) {
+  static_cast<Connection*>(self)->post(Event::kUpstreamClosed);
+}
+
+void Connection::onTimer(evutil_socket_t, short, void* self) {
+  static_cast<Connection*>(self)->post(Event::kTimer);
+}
+
+void Connection::onRelayEnded(std::string_view closed_by, bool reset) {
+  relay_closed_by_ = closed_by;
+  relay_reset_ = reset;
+  post(Event::kRelayEnded);
+}
+
+void Connection::post(Event event) {
+  if (state_ == State::kClosed) {
+    return;
+  }
+  if (looping_) {
+    if (queued_count_ < queued_.size()) {
+      queued_[queued_count_++] = event;
+    }
+    return;
+  }
+  looping_ = true;
+  doLoop(event);
+  for (size_t i = 0; i < queued_count_ && state_ != State::kClosed; ++i) {
+    doLoop(queued_[i]);
+  }
+  queued_count_ = 0;
+  looping_ = false;
+  checkInvariants();
+}
+
+void Connection::doLoop(Event event) {
+  while (state_ != State::kClosed) {
+    Step step = Step::kWait;
+    switch (state_) {
+      case State::kReadHead:
+        step = doReadHead(event);
+        break;
+      case State::kReadHello:
+        step = doReadHello(event);
+        break;
+      case State::kResolve:
+        step = doResolve(event);
+        break;
+      case State::kConnect:
+        step = doConnect(event);
+        break;
+      case State::kTunnelHello:
+        step = doTunnelHello(event);
+        break;
+      case State::kRelay:
+        step = doRelay(event);
+        break;
+      case State::kRefuse:
+        step = doRefuse(event);
+        break;
+      case State::kClosed:
+        break;
+    }
+    if (step == Step::kWait || state_ == State::kClosed) {
+      return;
+    }
+    // A state's timer and parser do not outlive it.
+    evtimer_del(timer_);
+    if (next_state_ != State::kReadHead) {
+      connect_parser_.reset();
+    }
+    if (next_state_ != State::kReadHello && next_state_ != State::kTunnelHello) {
+      hello_parser_.reset();
+    }
+    state_ = next_state_;
+    event = Event::kEnter;
+  }
+}
+
+void Connection::checkInvariants() const {
+#if !defined(NDEBUG) || defined(__SANITIZE_ADDRESS__)
+  const auto require = [this](bool holds, const char* what) {
+    if (!holds) {
+      std::fprintf(stderr, "Connection invariant broken in phase %s: %s\n",
+                   std::string(phaseName()).c_str(), what);
+      std::abort();
+    }
+  };
+  const State s = state_;
+  require(upstream_ == nullptr || s == State::kConnect || s == State::kTunnelHello ||
+              s == State::kRelay,
+          "upstream_ is set only while connecting, peeking or relaying");
+  require(dns_ticket_ == 0 || s == State::kResolve || (s == State::kConnect && dialer_),
+          "a DNS ticket is held only while resolving (or dialling the first family)");
+  require(connect_parser_ == nullptr || s == State::kReadHead,
+          "the CONNECT parser lives only while the head is read");
+  require(hello_parser_ == nullptr || s == State::kReadHello || s == State::kTunnelHello,
+          "the ClientHello parser lives only while the hello is read");
+  require(relay_.has_value() == (s == State::kRelay) || s == State::kClosed,
+          "the relay exists exactly in kRelay");
+  require((client_ == nullptr) == (s == State::kClosed), "the client is open until kClosed");
+  require(queued_count_ == 0, "no event left queued");
+#endif
+}
+
+// ---- reading the CONNECT head ----
+
+Connection::Step Connection::doReadHead(Event event) {
+  const ProxySettings& settings = worker_.context().settings();
+  switch (event) {
+    case Event::kEnter:
+      connect_parser_ = std::make_unique<ConnectRequestParser>(settings.max_head_size);
+      bufferevent_setwatermark(client_, EV_READ, 0, settings.max_head_size + 1);
+      bufferevent_enable(client_, EV_READ);
+      armTimer(settings.head_timeout);
+      return Step::kWait;
+    case Event::kClientData:
+      return readHead();
+    case Event::kTimer:
+      return end(CloseReason::kHeadTimeout, "denied: the CONNECT head did not arrive in time");
+    case Event::kClientClosed:
+      return clientGone();
+    default:
+      return Step::kWait;
+  }
+}
+
+bool Connection::refusedAsLoop() {
+  if (!loop_rechecked_) {
+    loop_rechecked_ = true;
+    if (!worker_.context().guardsLoops() || !destination_ ||
+        !worker_.context().ownUpstreams().contains(peer_, *destination_)) {
+      return false;
+    }
+  }
+  end(CloseReason::kProxyLoop,
+      "denied: this is the proxy's own upstream connection redirected back to it; exclude the "
+      "proxy's traffic from the redirect rule (--mark)");
+  return true;
+}
+
+Connection::Step Connection::readHead() {
+  if (!loop_rechecked_ && refusedAsLoop()) {
+    return Step::kWait;
+  }
+  evbuffer* input = bufferevent_get_input(client_);
+  const size_t length = evbuffer_get_length(input);
+  if (!holdHandshake(length)) {
+    return end(CloseReason::kHandshakeMemory,
+               "denied: the memory for unfinished requests (--max-handshake-memory) is used up");
+  }
+  const auto* data = reinterpret_cast<const char*>(evbuffer_pullup(input, -1));
+  const ConnectStatus status = connect_parser_->parse(std::string_view(data, length));
+  switch (status) {
+    case ConnectStatus::kNeedMore:
+      return Step::kWait;
+    case ConnectStatus::kMalformed: {
+      const ConnectError error = connect_parser_->error();
+      std::string sentence =
+          "denied: malformed CONNECT request (" + std::string(connectErrorName(error)) + ")";
+      if (error == ConnectError::kTlsOnProxyPort) {
+        sentence = "denied: the client sent TLS to the proxy port; use an http:// proxy URL";
+      }
+      return end(closeReasonOf(error), sentence);
+    }
+    case ConnectStatus::kMethodNotAllowed:
+      return end(CloseReason::kConnectOnly,
+                 "denied: method " + std::string(connect_parser_->request().method) +
+                     " is not supported; this proxy only tunnels with CONNECT");
+    case ConnectStatus::kTooLarge:
+      return end(CloseReason::kHeadTooLarge, "denied: the CONNECT request head is too large");
+    case ConnectStatus::kDone:
+      break;
+  }
+  const ConnectRequest& request = connect_parser_->request();
+  host_ = std::string(request.host);
+  port_ = request.port;
+  record_.target = host_;
+  record_.port = port_;
+  evbuffer_drain(input, request.head_length);  // what is left is early tunnel data
+  holdHandshake(evbuffer_get_length(input));
+  bufferevent_disable(client_, EV_READ);
+
+  const Decision decision = policy_->decide(host_, port_);
+  const auto literal = IpAddress::parse(host_);
+  host_is_literal_ = literal.has_value();
+  if (decision.rule != nullptr) {
+    record_.rule = decision.rule->text;
+  }
+  setReason(closeReasonOf(decision.reason));
+  record_.sentence = policy_->describe(decision, {host_, literal, port_});
+  if (!decision.allowed()) {
+    return end(closeReasonOf(decision.reason), record_.sentence);
+  }
+  noteWouldDeny(decision, {host_, literal, port_});
+  if (literal) {
+    return chooseCandidates({*literal});
+  }
+  host_ = normalizedName(host_);
+  return next(State::kResolve);
+}
+
+// ---- reading the ClientHello (sni, transparent) ----
+
+Connection::Step Connection::doReadHello(Event event) {
+  const ProxySettings& settings = worker_.context().settings();
+  switch (event) {
+    case Event::kEnter:
+      hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
+      bufferevent_setwatermark(client_, EV_READ, 0, 2 * settings.max_client_hello_size + 1024);
+      bufferevent_enable(client_, EV_READ);
+      armTimer(settings.head_timeout);
+      return Step::kWait;
+    case Event::kClientData:
+      return readHello();
+    case Event::kTimer:
+      return end(CloseReason::kHelloTimeout, "denied: the ClientHello did not arrive in time");
+    case Event::kClientClosed:
+      return clientGone();
+    default:
+      return Step::kWait;
+  }
+}
+
+Connection::Step Connection::readHello() {
+  if (!loop_rechecked_ && refusedAsLoop()) {
+    return Step::kWait;
+  }
+  evbuffer* input = bufferevent_get_input(client_);
+  const size_t length = evbuffer_get_length(input);
+  if (!holdHandshake(length)) {
+    return end(CloseReason::kHandshakeMemory,
+               "denied: the memory for unfinished ClientHellos (--max-handshake-memory) is used "
+               "up");
+  }
+  const auto* data = evbuffer_pullup(input, -1);
+  const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
+  if (status == ClientHelloStatus::kNeedMore) {
+    if (length > 2 * worker_.context().settings().max_client_hello_size + 1024) {
+      return end(CloseReason::kClientHelloTooLarge,
+                 "denied: the ClientHello is larger than allowed");
+    }
+    return Step::kWait;
+  }
+  if (status != ClientHelloStatus::kDone) {
+    const CloseReason reason = closeReasonOf(hello_parser_->error());
+    return end(reason, "denied: not an acceptable TLS ClientHello (" +
+                           std::string(closeReasonName(reason)) + ")");
+  }
+  bufferevent_disable(client_, EV_READ);
+  return decideHello(hello_parser_->hello());
+}
+
+Connection::Step Connection::decideHello(const ClientHello& hello) {
+  const ProxySettings& settings = worker_.context().settings();
+  record_.target = std::string(hello.sni);
+  if (kind_ == ListenerKind::kSni) {
+    port_ = settings.sni_upstream_port.value_or(listener_address_.port());
+  } else {
+    if (!original_dst_) {
+      return end(CloseReason::kNotRedirected,
+                 "denied: no original destination on a transparent connection");
+    }
+    // port_ and record_.original_dst were set in start().
+    if (original_dst_->port() == listener_address_.port() &&
+        (isWildcard(listener_address_) || sameEndpoint(*original_dst_, listener_address_))) {
+      return end(
+          CloseReason::kNotRedirected,
+          "denied: the connection was made to the transparent listener itself, not redirected");
+    }
+  }
+  record_.port = port_;
+  record_.ech = hello.ech_offered;
+  if (!hello.has_sni && !hello.esni_offered && kind_ == ListenerKind::kTransparent &&
+      settings.allow_no_sni) {
+    // Without a name only the allowed set can vouch for the destination, on an allowed port.
+    const IpAddress destination = toIpAddress(*original_dst_);
+    const Decision decision = policy_->decideWithoutSni(destination, port_);
+    record_.sentence = policy_->describe(decision, {"", destination, port_});
+    if (!decision.allowed()) {
+      return end(closeReasonOf(decision.reason), record_.sentence,
+                 decision.rule != nullptr ? decision.rule->text : std::string());
+    }
+    setReason(closeReasonOf(decision.reason));
+    if (dialsSelf(destination)) {
+      return end(CloseReason::kSelfConnection, selfSentence(destination));
+    }
+    candidates_ = {destination};
+    more_coming_ = false;
+    return next(State::kConnect);
+  }
+  const Decision name = policy_->decideSni(hello, port_);
+  setReason(closeReasonOf(name.reason));
+  record_.rule = name.rule != nullptr ? name.rule->text : std::string();
+  record_.sentence = policy_->describe(name, {hello.sni, std::nullopt, port_});
+  if (!name.allowed()) {
+    return end(closeReasonOf(name.reason), record_.sentence, record_.rule);
+  }
+  noteWouldDeny(name, {hello.sni, std::nullopt, port_});
+  host_ = normalizedName(hello.sni);
+  if (kind_ == ListenerKind::kTransparent) {
+    const IpAddress destination = toIpAddress(*original_dst_);
+    const Decision address = policy_->decideAddress(destination);
+    if (!address.allowed()) {
+      return end(closeReasonOf(address.reason),
+                 policy_->describe(address, {"", destination, port_}),
+                 address.rule != nullptr ? address.rule->text : std::string());
+    }
+    if (address.reason == Reason::kAddressAllowed) {
+      record_.sentence += "; " + policy_->describe(address, {"", destination, port_});
+      if (dialsSelf(destination)) {
+        return end(CloseReason::kSelfConnection, selfSentence(destination));
+      }
+      candidates_ = {destination};
+      more_coming_ = false;
+      return next(State::kConnect);
+    }
+    // Public but not in the allowed set: the SNI's own DNS answers must include it.
+  }
+  return next(State::kResolve);
+}
+
+// ---- DNS ----
+
+Connection::Step Connection::doResolve(Event event) {
+  switch (event) {
+    case Event::kEnter: {
+      dns_started_ = Clock::now();
+      Resolver::Callback first_family;
+      if (kind_ != ListenerKind::kTransparent) {
+        // The transparent listener dials only the original destination: it needs the whole
+        // answer.
+        first_family = [this](const DnsAnswer& answer) {
+          if (answer.status == DnsStatus::kOk && !answer.addresses.empty()) {
+            first_family_ = answer.addresses;
+            post(Event::kFirstFamily);
+          }
+        };
+      }
+      dns_done_ = false;
+      const uint64_t ticket = worker_.resolver().resolve(
+          host_,
+          [this](const DnsAnswer& answer) {
+            dns_ticket_ = 0;
+            dns_done_ = true;
+            answer_ = answer;
+            post(Event::kResolved);
+          },
+          std::move(first_family));
+      if (!dns_done_) {
+        dns_ticket_ = ticket;
+      }
+      return Step::kWait;
+    }
+    case Event::kFirstFamily:
+      if (first_family_.front().isV4()) {
+        armTimer(kResolutionDelay);  // kTimer: dialFirstFamily()
+        return Step::kWait;
+      }
+      return dialFirstFamily();
+    case Event::kTimer:
+      return dialFirstFamily();  // the resolution delay ran out
+    case Event::kResolved:
+      return onResolved();
+    case Event::kClientClosed:
+      return clientGone();
+    default:
+      return Step::kWait;
+  }
+}
+
+Connection::Step Connection::dialFirstFamily() {
+  record_.dns_ms = msSince(dns_started_);
+  return chooseCandidates(first_family_, true);
+}
+
+Connection::Step Connection::onResolved() {
+  dns_ticket_ = 0;
+  evtimer_del(timer_);  // the resolution delay, if it ran
+  record_.dns_ms = msSince(dns_started_);
+  const DnsAnswer answer = std::move(answer_);
+  answer_ = {};
+  if (answer.status != DnsStatus::kOk) {
+    return end(closeReasonOf(answer.status), "denied: DNS lookup of " + host_ + " failed (" +
+                                                 std::string(dnsStatusName(answer.status)) + ")");
+  }
+  if (kind_ == ListenerKind::kTransparent) {
+    const IpAddress destination = toIpAddress(*original_dst_);
+    const Decision decision = policy_->decideOriginalDestination(destination, answer.addresses);
+    if (!decision.allowed()) {
+      return end(closeReasonOf(decision.reason),
+                 policy_->describe(decision, {host_, destination, port_}),
+                 decision.rule != nullptr ? decision.rule->text : std::string());
+    }
+    if (dialsSelf(destination)) {
+      return end(CloseReason::kSelfConnection, selfSentence(destination));
+    }
+    noteWouldDeny(decision, {host_, destination, port_});
+    candidates_ = {destination};
+    more_coming_ = false;
+    return next(State::kConnect);
+  }
+  return chooseCandidates(answer.addresses);
+}
+
+bool Connection::dialsSelf(const IpAddress& address) const {
+  return worker_.context().localAddresses()->contains(address, port_);
+}
+
+std::string Connection::selfSentence(const IpAddress& address) const {
+  return "denied: " + address.toString() + " port " + std::to_string(port_) +
+         " is one of this proxy's own listeners";
+}
+
+Connection::Step Connection::chooseCandidates(const std::vector<IpAddress>& addresses,
+                                              bool more_coming) {
+  candidates_.clear();
+  for (const IpAddress& address : addresses) {
+    if (dialsSelf(address)) {
+      if (!first_address_denial_) {
+        first_address_denial_ = Decision{Verdict::kDeny, Reason::kAddressDenied, nullptr, 0};
+        first_denied_address_ = address;
+        first_denial_is_self_ = true;
+      }
+      continue;  // never dial ourselves
+    }
+    const Decision decision = policy_->decideAddress(address);
+    if (decision.allowed()) {
+      candidates_.push_back(address);
+      noteWouldDeny(decision, {host_, address, port_});
+    } else if (!first_address_denial_) {
+      first_address_denial_ = decision;
+      first_denied_address_ = address;
+    }
+  }
+  if (candidates_.empty() && (more_coming || dialer_ != nullptr)) {
+    if (dialer_ != nullptr) {
+      dialer_->add({}, more_coming);  // nothing new; the dial may now end
+    }
+    return Step::kWait;
+  }
+  if (candidates_.empty()) {
+    const Decision& denial = *first_address_denial_;
+    const std::string sentence =
+        first_denial_is_self_ ? selfSentence(first_denied_address_)
+                              : policy_->describe(denial, {host_, first_denied_address_, port_});
+    const CloseReason reason =
+        first_denial_is_self_ ? CloseReason::kSelfConnection : closeReasonOf(denial.reason);
+    return end(reason, sentence, denial.rule != nullptr ? denial.rule->text : std::string());
+  }
+  if (dialer_ != nullptr) {
+    // Dialling started with the first family: the rest joins the attempts.
+    dialer_->add(candidates_, more_coming);
+    return Step::kWait;
+  }
+  more_coming_ = more_coming;
+  return next(State::kConnect);
+}
+
+// ---- dialling ----
+
+Connection::Step Connection::doConnect(Event event) {
+  switch (event) {
+    case Event::kEnter: {
+      const ProxySettings& settings = worker_.context().settings();
+      connect_started_ = Clock::now();
+      DialOptions options;
+      options.port = port_;
+      options.attempt_delay = settings.happy_eyeballs_delay;
+      options.deadline = connect_started_ + settings.connect_timeout;
+      options.mark = settings.mark;
+      options.keepalive_idle = settings.keepalive_idle;
+      options.own_upstreams =
+          worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
+      dialer_ =
+          std::make_unique<HappyEyeballsDialer>(worker_.base(), options, [this](DialResult result) {
+            // Adopted at once, so that finish() frees it whatever happens before kDialed runs.
+            upstream_ = result.upstream;
+            upstream_local_ = result.local;
+            if (result.upstream != nullptr && result.endpoint) {
+              upstream_remote_ = *result.endpoint;
+            }
+            dial_result_ = std::move(result);
+            post(Event::kDialed);
+          });
+      dialer_->add(candidates_, more_coming_);
+      return Step::kWait;
+    }
+    case Event::kResolved: {
+      // The rest of the answer, after dialling started with the first family: judged the same
+      // way. (A dial that has ended already ignores it; onDialed normally cancels the lookup.)
+      dns_ticket_ = 0;
+      const DnsAnswer answer = std::move(answer_);
+      answer_ = {};
+      return chooseCandidates(
+          answer.status == DnsStatus::kOk ? answer.addresses : std::vector<IpAddress>{}, false);
+    }
+    case Event::kDialed:
+      return onDialed();
+    case Event::kClientClosed:
+      return clientGone();
+    default:
+      return Step::kWait;
+  }
+}
+
+Connection::Step Connection::onDialed() {
+  record_.connect_ms = msSince(connect_started_);
+  if (dns_ticket_ != 0) {
+    // Dialling started before the whole answer: what is still to come no longer matters.
+    worker_.resolver().cancel(dns_ticket_);
+    dns_ticket_ = 0;
+  }
+  const DialResult result = std::move(dial_result_);
+  dial_result_ = {};
+  if (result.endpoint) {
+    record_.dialled = result.endpoint->toString();
+  }
+  if (result.upstream != nullptr) {
+    bufferevent_setcb(upstream_, nullptr, nullptr, &Connection::onUpstreamEvent, this);
+    return next(kind_ == ListenerKind::kConnect ? State::kTunnelHello : State::kRelay);
+  }
+  const int error = result.error;
+  const bool refused = error == ECONNREFUSED;
+  const bool timed_out = result.timed_out || error == ETIMEDOUT;
+  const CloseReason reason = timed_out && !refused ? CloseReason::kUpstreamTimeout
+                             : refused             ? CloseReason::kUpstreamRefused
+                                                   : CloseReason::kUpstreamUnreachable;
+  const std::string sentence =
+      "upstream " + host_ + " port " + std::to_string(port_) +
+      " failed: " + std::string(closeReasonName(reason)) +
+      (error != 0 ? " (" + std::string(std::strerror(error)) + ")" : std::string());
+  return end(reason, sentence);
+}
+
+void Connection::closeUpstream(bool reset) {
+  if (dialer_ != nullptr) {
+    dialer_->cancel();
+  }
+  if (upstream_local_) {
+    worker_.context().ownUpstreams().remove(*upstream_local_, upstream_remote_);
+    upstream_local_.reset();
+  }
+  if (upstream_ != nullptr) {
+    if (reset) {
+      setResetOnClose(bufferevent_getfd(upstream_));
+    }
+    bufferevent_free(upstream_);
+    upstream_ = nullptr;
+  }
+}
+
+// ---- connect: peeking at the tunnel's ClientHello ----
+
+Connection::Step Connection::doTunnelHello(Event event) {
+  switch (event) {
+    case Event::kEnter: {
+      const ProxySettings& settings = worker_.context().settings();
+      static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+      bufferevent_write(client_, kEstablished, sizeof(kEstablished) - 1);
+      hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
+      bufferevent_setwatermark(client_, EV_READ, 0, 2 * settings.max_client_hello_size + 1024);
+      bufferevent_enable(client_, EV_READ);
+      armTimer(settings.head_timeout);
+      if (evbuffer_get_length(bufferevent_get_input(client_)) > 0) {
+        return readTunnelHello();  // early bytes sent with the head
+      }
+      return Step::kWait;
+    }
+    case Event::kClientData:
+      return readTunnelHello();
+    case Event::kTimer:
+      return end(CloseReason::kHelloTimeout, "denied: the ClientHello did not arrive in time");
+    case Event::kClientClosed:
+      return clientGone();
+    case Event::kUpstreamClosed:
+      finish("upstream", true);  // an upstream reset reaches the client as a reset
+      return Step::kWait;
+    default:
+      return Step::kWait;
+  }
+}
+
+Connection::Step Connection::readTunnelHello() {
+  evbuffer* input = bufferevent_get_input(client_);
+  const size_t length = evbuffer_get_length(input);
+  if (length == 0) {
+    return Step::kWait;
+  }
+  if (!holdHandshake(length)) {
+    return end(CloseReason::kHandshakeMemory,
+               "denied: the memory for unfinished ClientHellos (--max-handshake-memory) is used "
+               "up");
+  }
+  const auto* data = evbuffer_pullup(input, -1);
+  const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
+  if (status == ClientHelloStatus::kNeedMore) {
+    if (length > 2 * worker_.context().settings().max_client_hello_size + 1024) {
+      return end(CloseReason::kClientHelloTooLarge,
+                 "denied: the tunnel's ClientHello is larger than allowed");
+    }
+    return Step::kWait;
+  }
+  if (status == ClientHelloStatus::kNotTls) {
+    if (worker_.context().settings().allow_non_tls) {
+      return next(State::kRelay);
+    }
+    return end(CloseReason::kNotTls, "denied: the tunnel does not start with a TLS ClientHello");
+  }
+  if (status != ClientHelloStatus::kDone) {
+    const CloseReason reason = closeReasonOf(hello_parser_->error());
+    return end(reason, "denied: the tunnel's ClientHello is not acceptable (" +
+                           std::string(closeReasonName(reason)) + ")");
+  }
+  const ClientHello& hello = hello_parser_->hello();
+  record_.ech = hello.ech_offered;
+  if (hello.esni_offered) {
+    const Decision esni = policy_->decideSni(hello, port_);
+    return end(closeReasonOf(esni.reason),
+               policy_->describe(esni, {hello.sni, std::nullopt, port_}));
+  }
+  if (hello.has_sni && normalizedName(hello.sni) != host_) {
+    return end(CloseReason::kSniMismatch,
+               "denied: the tunnel's SNI names another host than the CONNECT target");
+  }
+  if (!hello.has_sni && !host_is_literal_) {
+    return end(CloseReason::kSniMismatch,
+               "denied: the tunnel's ClientHello has no SNI but CONNECT named a host");
+  }
+  return next(State::kRelay);
+}
+
+// ---- relaying ----
+
+Connection::Step Connection::doRelay(Event event) {
+  const auto idle = worker_.context().settings().idle_timeout;
+  switch (event) {
+    case Event::kEnter:
+      record_.allowed = true;
+      record_.decision_ms = msSince(started_);
+      // From here the buffered head bytes are relay data, counted by the output buffers.
+      releaseHandshake();
+      relay_.emplace(client_, upstream_, worker_.context().stats(),
+                     worker_.context().settings().max_buffer_memory,
+                     static_cast<Relay::Observer&>(*this));
+      relay_->start();
+      armTimer(std::min<std::chrono::milliseconds>(idle, kIdleCheck));
+      return Step::kWait;
+    case Event::kTimer:
+      if (Clock::now() - relay_->lastActivity() >= idle) {
+        record_.closed_by = "proxy";
+        finish("proxy", false);
+      } else {
+        armTimer(std::min<std::chrono::milliseconds>(idle, kIdleCheck));
+      }
+      return Step::kWait;
+    case Event::kRelayEnded:
+      finish(relay_closed_by_, relay_reset_);
+      return Step::kWait;
+    default:
+      return Step::kWait;
+  }
+}
+
+// ---- connect: flushing a refusal ----
+
+Connection::Step Connection::doRefuse(Event event) {
+  switch (event) {
+    case Event::kEnter: {
+      releaseHandshake();  // the input is drained below and never read again
+      if (dns_ticket_ != 0) {
+        worker_.resolver().cancel(dns_ticket_);
+        dns_ticket_ = 0;
+      }
+      closeUpstream(false);
+      const std::string response = httpRefusal(reason_, record_.sentence);
+      evbuffer_drain(bufferevent_get_input(client_),
+                     evbuffer_get_length(bufferevent_get_input(client_)));
+      bufferevent_setwatermark(client_, EV_READ, 0, 0);
+      bufferevent_write(client_, response.data(), response.size());
+      bufferevent_enable(client_, EV_READ | EV_WRITE);
+      armTimer(kRefuseLinger);
+      return Step::kWait;
+    }
+    case Event::kClientData: {
+      evbuffer* input = bufferevent_get_input(client_);
+      evbuffer_drain(input, evbuffer_get_length(input));  // never parsed: RFC 9931
+      return Step::kWait;
+    }
+    case Event::kClientDrained:
+      shutdown(bufferevent_getfd(client_), SHUT_WR);  // the refusal is out
+      return Step::kWait;
+    case Event::kClientClosed:
+      finish("client", false);
+      return Step::kWait;
+    case Event::kTimer:
+      finish("proxy", false);
+      return Step::kWait;
+    default:
+      return Step::kWait;
+  }
+}
+
+// ---- endings ----
+
+bool Connection::holdHandshake(size_t length) {
+  const int64_t delta = static_cast<int64_t>(length) - handshake_held_;
+  handshake_held_ = static_cast<int64_t>(length);
+  const int64_t used =
+      worker_.context().stats().handshake_buffered.fetch_add(delta, std::memory_order_relaxed) +
+      delta;
+  return delta <= 0 ||
+         used <= static_cast<int64_t>(worker_.context().settings().max_handshake_memory);
+}
+
+void Connection::releaseHandshake() {
+  worker_.context().stats().handshake_buffered.fetch_sub(handshake_held_,
+                                                         std::memory_order_relaxed);
+  handshake_held_ = 0;
+}
+
+Connection::Step Connection::clientGone() {
+  // EOF or error before the tunnel: the client went away.
+  if (record_.reason.empty() || passedPolicy()) {
+    setReason(CloseReason::kClientClosed);
+    markIncomplete("the client closed the connection before the tunnel started");
+  }
+  finish("client", client_failed_);
+  return Step::kWait;
+}
+
+void Connection::setReason(CloseReason reason) noexcept {
+  reason_ = reason;
+  record_.reason = closeReasonName(reason);
+}
+
+Connection::Step Connection::end(CloseReason reason, const std::string& sentence,
+                                 std::string rule) {
+  record_.allowed = false;
+  setReason(reason);
+  record_.sentence = sentence;
+  if (!rule.empty()) {
+    record_.rule = std::move(rule);
+  }
+  const uint16_t status = closeReasonInfo(reason).http_status;
+  const bool answers =
+      kind_ == ListenerKind::kConnect && status != 0 && status != 200 &&
+      (state_ == State::kReadHead || state_ == State::kResolve || state_ == State::kConnect);
+  if (!answers) {
+    // No HTTP answer: the sni and transparent listeners, and a connect tunnel after its 200.
+    finish("proxy", true);
+    return Step::kWait;
+  }
+  return next(State::kRefuse);
+}
+
+void Connection::noteWouldDeny(const Decision& decision, const DecisionSubject& subject) {
+  if (!decision.would_deny || record_.would_deny) {
+    return;
+  }
+  record_.would_deny = true;
+  setReason(closeReasonOf(decision.reason));
+  record_.rule = decision.rule != nullptr ? decision.rule->text : std::string();
+  record_.sentence = policy_->describe(decision, subject);
+}
+
+void Connection::abort(CloseReason reason) {
+  if (state_ == State::kClosed) {
+    return;
+  }
+  if (state_ != State::kRelay) {
+    record_.allowed = false;
+  }
+  if (passedPolicy()) {
+    // The policy's reason would say "allowed" about a connection that never relayed.
+    setReason(reason);
+    markIncomplete("the proxy shut down before the tunnel started");
+    finish("proxy", true);
+    return;
+  }
+  if (record_.reason.empty()) {
+    setReason(reason);
+  }
+  const std::string_view name = closeReasonName(reason);
+  record_.sentence += record_.sentence.empty() ? std::string(name) : "; " + std::string(name);
+  finish("proxy", true);
+}
+
+bool Connection::passedPolicy() const noexcept {
+  // Only an allowed decision leads into these states; every refusal leaves through kRefuse or
+  // finish() at once.
+  return state_ == State::kResolve || state_ == State::kConnect || state_ == State::kTunnelHello;
+}
+
+void Connection::markIncomplete(std::string_view what) {
+  record_.incomplete = true;
+  record_.sentence = record_.sentence.empty() ? std::string(what)
+                                              : record_.sentence + "; but " + std::string(what);
 }
 
 void Connection::armTimer(std::chrono::milliseconds timeout) {
@@ -177,816 +966,6 @@ std::string_view Connection::phaseName() const noexcept {
   return "unknown";
 }
 
-// ---- reading the request ----
-
-void Connection::onClientRead(bufferevent*, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  switch (c->state_) {
-    case State::kReadHead:
-      c->readHead();
-      break;
-    case State::kReadHello:
-      c->readHello();
-      break;
-    case State::kTunnelHello:
-      c->readTunnelHello();
-      break;
-    case State::kRelay:
-      c->relay(c->client_, c->upstream_, false);
-      break;
-    case State::kRefuse: {
-      evbuffer* input = bufferevent_get_input(c->client_);
-      evbuffer_drain(input, evbuffer_get_length(input));  // never parsed: RFC 9931
-      break;
-    }
-    default:
-      break;
-  }
-}
-
-bool Connection::refusedAsLoop() {
-  if (!loop_rechecked_) {
-    loop_rechecked_ = true;
-    if (!worker_.context().guardsLoops() || !destination_ ||
-        !worker_.context().ownUpstreams().contains(peer_, *destination_)) {
-      return false;
-    }
-  }
-  record_.reason = "proxy_loop";
-  record_.sentence =
-      "denied: this is the proxy's own upstream connection redirected back to it; exclude the "
-      "proxy's traffic from the redirect rule (--mark)";
-  finish("proxy", true);
-  return true;
-}
-
-void Connection::readHead() {
-  if (!loop_rechecked_ && refusedAsLoop()) {
-    return;
-  }
-  evbuffer* input = bufferevent_get_input(client_);
-  const size_t length = evbuffer_get_length(input);
-  if (!holdHandshake(length)) {
-    refuse(503, "handshake_memory",
-           "denied: the memory for unfinished requests (--max-handshake-memory) is used up");
-    return;
-  }
-  const auto* data = reinterpret_cast<const char*>(evbuffer_pullup(input, -1));
-  const ConnectStatus status = connect_parser_->parse(std::string_view(data, length));
-  switch (status) {
-    case ConnectStatus::kNeedMore:
-      return;
-    case ConnectStatus::kMalformed: {
-      const ConnectError error = connect_parser_->error();
-      std::string sentence =
-          "denied: malformed CONNECT request (" + std::string(connectErrorName(error)) + ")";
-      if (error == ConnectError::kTlsOnProxyPort) {
-        sentence = "denied: the client sent TLS to the proxy port; use an http:// proxy URL";
-      }
-      refuse(400, connectErrorName(error), sentence);
-      return;
-    }
-    case ConnectStatus::kMethodNotAllowed:
-      refuse(405, "connect_only",
-             "denied: method " + std::string(connect_parser_->request().method) +
-                 " is not supported; this proxy only tunnels with CONNECT");
-      return;
-    case ConnectStatus::kTooLarge:
-      refuse(431, "head_too_large", "denied: the CONNECT request head is too large");
-      return;
-    case ConnectStatus::kDone:
-      break;
-  }
-  const ConnectRequest& request = connect_parser_->request();
-  host_ = std::string(request.host);
-  port_ = request.port;
-  record_.target = host_;
-  record_.port = port_;
-  evbuffer_drain(input, request.head_length);  // what is left is early tunnel data
-  holdHandshake(evbuffer_get_length(input));
-  connect_parser_.reset();
-  bufferevent_disable(client_, EV_READ);
-  evtimer_del(timer_);
-
-  const Decision decision = policy_->decide(host_, port_);
-  const auto literal = IpAddress::parse(host_);
-  host_is_literal_ = literal.has_value();
-  if (decision.rule != nullptr) {
-    record_.rule = decision.rule->text;
-  }
-  record_.reason = reasonName(decision.reason);
-  record_.sentence = policy_->describe(decision, {host_, literal, port_});
-  if (!decision.allowed()) {
-    refuse(403, reasonName(decision.reason), record_.sentence);
-    return;
-  }
-  noteWouldDeny(decision, {host_, literal, port_});
-  if (literal) {
-    chooseCandidates({*literal});
-    return;
-  }
-  host_ = normalizedName(host_);
-  resolve(host_);
-}
-
-void Connection::readHello() {
-  if (!loop_rechecked_ && refusedAsLoop()) {
-    return;
-  }
-  evbuffer* input = bufferevent_get_input(client_);
-  const size_t length = evbuffer_get_length(input);
-  if (!holdHandshake(length)) {
-    deny("handshake_memory",
-         "denied: the memory for unfinished ClientHellos (--max-handshake-memory) is used up");
-    return;
-  }
-  const auto* data = evbuffer_pullup(input, -1);
-  const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
-  if (status == ClientHelloStatus::kNeedMore) {
-    if (length > 2 * worker_.context().settings().max_client_hello_size + 1024) {
-      deny("clienthello_too_large", "denied: the ClientHello is larger than allowed");
-    }
-    return;
-  }
-  if (status != ClientHelloStatus::kDone) {
-    const std::string_view reason = clientHelloErrorName(hello_parser_->error());
-    deny(reason, "denied: not an acceptable TLS ClientHello (" + std::string(reason) + ")");
-    return;
-  }
-  bufferevent_disable(client_, EV_READ);
-  evtimer_del(timer_);
-  decideHello(hello_parser_->hello());
-}
-
-void Connection::decideHello(const ClientHello& hello) {
-  const ProxySettings& settings = worker_.context().settings();
-  record_.target = std::string(hello.sni);
-  if (kind_ == ListenerKind::kSni) {
-    port_ = settings.sni_upstream_port.value_or(listener_address_.port());
-  } else {
-    if (!original_dst_) {
-      deny("not_redirected", "denied: no original destination on a transparent connection");
-      return;
-    }
-    // port_ and record_.original_dst were set in start().
-    if (original_dst_->port() == listener_address_.port() &&
-        (isWildcard(listener_address_) || sameEndpoint(*original_dst_, listener_address_))) {
-      deny("not_redirected",
-           "denied: the connection was made to the transparent listener itself, not redirected");
-      return;
-    }
-  }
-  record_.port = port_;
-  record_.ech = hello.ech_offered;
-  if (!hello.has_sni && !hello.esni_offered && kind_ == ListenerKind::kTransparent &&
-      settings.allow_no_sni) {
-    // Without a name only the allowed set can vouch for the destination, on an allowed port.
-    const IpAddress destination = toIpAddress(*original_dst_);
-    const Decision decision = policy_->decideWithoutSni(destination, port_);
-    record_.sentence = policy_->describe(decision, {"", destination, port_});
-    if (!decision.allowed()) {
-      deny(reasonName(decision.reason), record_.sentence,
-           decision.rule != nullptr ? decision.rule->text : std::string());
-      return;
-    }
-    record_.reason = reasonName(decision.reason);
-    if (refusedAsSelf(destination)) {
-      return;
-    }
-    candidates_ = {destination};
-    dial(false);
-    return;
-  }
-  const Decision name = policy_->decideSni(hello, port_);
-  record_.reason = reasonName(name.reason);
-  record_.rule = name.rule != nullptr ? name.rule->text : std::string();
-  record_.sentence = policy_->describe(name, {hello.sni, std::nullopt, port_});
-  if (!name.allowed()) {
-    deny(reasonName(name.reason), record_.sentence, record_.rule);
-    return;
-  }
-  noteWouldDeny(name, {hello.sni, std::nullopt, port_});
-  host_ = normalizedName(hello.sni);
-  if (kind_ == ListenerKind::kTransparent) {
-    const IpAddress destination = toIpAddress(*original_dst_);
-    const Decision address = policy_->decideAddress(destination);
-    if (!address.allowed()) {
-      deny(reasonName(address.reason), policy_->describe(address, {"", destination, port_}),
-           address.rule != nullptr ? address.rule->text : std::string());
-      return;
-    }
-    if (address.reason == Reason::kAddressAllowed) {
-      record_.sentence += "; " + policy_->describe(address, {"", destination, port_});
-      if (refusedAsSelf(destination)) {
-        return;
-      }
-      candidates_ = {destination};
-      dial(false);
-      return;
-    }
-    // Public but not in the allowed set: the SNI's own DNS answers must include it.
-  }
-  resolve(host_);
-}
-
-// ---- DNS ----
-
-void Connection::resolve(std::string_view name) {
-  state_ = State::kResolve;
-  dns_started_ = Clock::now();
-  Resolver::Callback first_family;
-  if (kind_ != ListenerKind::kTransparent) {
-    // The transparent listener dials only the original destination: it needs the whole answer.
-    first_family = [this](const DnsAnswer& answer) { onFirstFamily(answer); };
-  }
-  const uint64_t ticket = worker_.resolver().resolve(
-      name,
-      [this](const DnsAnswer& answer) {
-        dns_ticket_ = 0;
-        onResolved(answer);
-      },
-      std::move(first_family));
-  if (state_ == State::kResolve) {
-    dns_ticket_ = ticket;
-  }
-}
-
-void Connection::onFirstFamily(const DnsAnswer& answer) {
-  if (state_ != State::kResolve || answer.status != DnsStatus::kOk || answer.addresses.empty()) {
-    return;
-  }
-  first_family_ = answer.addresses;
-  if (answer.addresses.front().isV4()) {
-    armTimer(kResolutionDelay);  // onTimer: dialFirstFamily()
-    return;
-  }
-  dialFirstFamily();
-}
-
-void Connection::dialFirstFamily() {
-  record_.dns_ms = msSince(dns_started_);
-  chooseCandidates(first_family_, true);
-}
-
-void Connection::onResolved(const DnsAnswer& answer) {
-  if (dialer_ != nullptr) {
-    // Dialling started with the first family: the rest joins the attempts, judged the same way.
-    // (A dial that has ended already ignores it; onDialed normally cancels the lookup.)
-    if (state_ == State::kConnect) {
-      chooseCandidates(
-          answer.status == DnsStatus::kOk ? answer.addresses : std::vector<IpAddress>{}, false);
-    }
-    return;
-  }
-  evtimer_del(timer_);  // the resolution delay, if it ran
-  record_.dns_ms = msSince(dns_started_);
-  if (answer.status != DnsStatus::kOk) {
-    const bool timeout = answer.status == DnsStatus::kTimeout;
-    const std::string_view reason = answer.status == DnsStatus::kTimeout       ? "dns_timeout"
-                                    : answer.status == DnsStatus::kNxDomain    ? "dns_nxdomain"
-                                    : answer.status == DnsStatus::kNoAddresses ? "dns_no_addresses"
-                                                                               : "dns_failure";
-    const std::string sentence = "denied: DNS lookup of " + host_ + " failed (" +
-                                 std::string(dnsStatusName(answer.status)) + ")";
-    if (kind_ == ListenerKind::kConnect) {
-      refuse(timeout ? 504 : 502, reason, sentence);
-    } else {
-      deny(reason, sentence);
-    }
-    return;
-  }
-  if (kind_ == ListenerKind::kTransparent) {
-    const IpAddress destination = toIpAddress(*original_dst_);
-    const Decision decision = policy_->decideOriginalDestination(destination, answer.addresses);
-    if (!decision.allowed()) {
-      deny(reasonName(decision.reason), policy_->describe(decision, {host_, destination, port_}),
-           decision.rule != nullptr ? decision.rule->text : std::string());
-      return;
-    }
-    if (refusedAsSelf(destination)) {
-      return;
-    }
-    noteWouldDeny(decision, {host_, destination, port_});
-    candidates_ = {destination};
-    dial(false);
-    return;
-  }
-  chooseCandidates(answer.addresses);
-}
-
-bool Connection::dialsSelf(const IpAddress& address) const {
-  return worker_.context().localAddresses()->contains(address, port_);
-}
-
-std::string Connection::selfSentence(const IpAddress& address) const {
-  return "denied: " + address.toString() + " port " + std::to_string(port_) +
-         " is one of this proxy's own listeners";
-}
-
-bool Connection::refusedAsSelf(const IpAddress& address) {
-  if (!dialsSelf(address)) {
-    return false;
-  }
-  deny("self_connection", selfSentence(address));
-  return true;
-}
-
-void Connection::chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming) {
-  candidates_.clear();
-  for (const IpAddress& address : addresses) {
-    if (dialsSelf(address)) {
-      if (!first_address_denial_) {
-        first_address_denial_ = Decision{Verdict::kDeny, Reason::kAddressDenied, nullptr, 0};
-        first_denied_address_ = address;
-        first_denial_is_self_ = true;
-      }
-      continue;  // never dial ourselves
-    }
-    const Decision decision = policy_->decideAddress(address);
-    if (decision.allowed()) {
-      candidates_.push_back(address);
-      noteWouldDeny(decision, {host_, address, port_});
-    } else if (!first_address_denial_) {
-      first_address_denial_ = decision;
-      first_denied_address_ = address;
-    }
-  }
-  if (candidates_.empty() && (more_coming || dialer_ != nullptr)) {
-    if (dialer_ != nullptr) {
-      dialer_->add({}, more_coming);  // nothing new; the dial may now end
-    }
-    return;
-  }
-  if (candidates_.empty()) {
-    const Decision& denial = *first_address_denial_;
-    const std::string sentence =
-        first_denial_is_self_ ? selfSentence(first_denied_address_)
-                              : policy_->describe(denial, {host_, first_denied_address_, port_});
-    const std::string_view reason =
-        first_denial_is_self_ ? "self_connection" : reasonName(denial.reason);
-    if (kind_ == ListenerKind::kConnect) {
-      record_.rule = denial.rule != nullptr ? denial.rule->text : std::string();
-      refuse(403, reason, sentence);
-    } else {
-      deny(reason, sentence, denial.rule != nullptr ? denial.rule->text : std::string());
-    }
-    return;
-  }
-  dial(more_coming);
-}
-
-// ---- dialling ----
-
-void Connection::dial(bool more_coming) {
-  if (dialer_ == nullptr) {
-    const ProxySettings& settings = worker_.context().settings();
-    state_ = State::kConnect;
-    evtimer_del(timer_);
-    connect_started_ = Clock::now();
-    DialOptions options;
-    options.port = port_;
-    options.attempt_delay = settings.happy_eyeballs_delay;
-    options.deadline = connect_started_ + settings.connect_timeout;
-    options.mark = settings.mark;
-    options.keepalive_idle = settings.keepalive_idle;
-    options.own_upstreams =
-        worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
-    dialer_ = std::make_unique<HappyEyeballsDialer>(
-        worker_.base(), options, [this](DialResult result) { onDialed(std::move(result)); });
-  }
-  dialer_->add(candidates_, more_coming);
-}
-
-void Connection::onDialed(DialResult result) {
-  record_.connect_ms = msSince(connect_started_);
-  if (dns_ticket_ != 0) {
-    // Dialling started before the whole answer: what is still to come no longer matters.
-    worker_.resolver().cancel(dns_ticket_);
-    dns_ticket_ = 0;
-  }
-  if (result.endpoint) {
-    record_.dialled = result.endpoint->toString();
-  }
-  if (result.upstream != nullptr) {
-    upstream_ = result.upstream;
-    upstream_local_ = result.local;
-    if (result.endpoint) {
-      upstream_remote_ = *result.endpoint;
-    }
-    bufferevent_setcb(upstream_, &Connection::onUpstreamRead, &Connection::onUpstreamWrite,
-                      &Connection::onUpstreamEvent, this);
-    onUpstreamConnected();
-    return;
-  }
-  const int error = result.error;
-  const bool refused = error == ECONNREFUSED;
-  const bool timed_out = result.timed_out || error == ETIMEDOUT;
-  const std::string_view reason = timed_out && !refused ? "upstream_timeout"
-                                  : refused             ? "upstream_refused"
-                                                        : "upstream_unreachable";
-  const std::string sentence =
-      "upstream " + host_ + " port " + std::to_string(port_) + " failed: " + std::string(reason) +
-      (error != 0 ? " (" + std::string(std::strerror(error)) + ")" : std::string());
-  if (kind_ == ListenerKind::kConnect) {
-    refuse(reason == "upstream_timeout" ? 504 : 502, reason, sentence);
-  } else {
-    deny(reason, sentence);
-  }
-}
-
-void Connection::closeUpstream(bool reset) {
-  if (dialer_ != nullptr) {
-    dialer_->cancel();
-  }
-  if (upstream_local_) {
-    worker_.context().ownUpstreams().remove(*upstream_local_, upstream_remote_);
-    upstream_local_.reset();
-  }
-  if (upstream_ != nullptr) {
-    if (reset) {
-      setResetOnClose(bufferevent_getfd(upstream_));
-    }
-    bufferevent_free(upstream_);
-    upstream_ = nullptr;
-  }
-}
-
-void Connection::onUpstreamConnected() {
-  evtimer_del(timer_);
-  if (kind_ != ListenerKind::kConnect) {
-    startRelay();
-    return;
-  }
-  static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-  bufferevent_write(client_, kEstablished, sizeof(kEstablished) - 1);
-  state_ = State::kTunnelHello;
-  hello_parser_ =
-      std::make_unique<ClientHelloParser>(worker_.context().settings().max_client_hello_size);
-  bufferevent_setwatermark(client_, EV_READ, 0,
-                           2 * worker_.context().settings().max_client_hello_size + 1024);
-  bufferevent_enable(client_, EV_READ);
-  armTimer(worker_.context().settings().head_timeout);
-  if (evbuffer_get_length(bufferevent_get_input(client_)) > 0) {
-    readTunnelHello();  // early bytes sent with the head
-  }
-}
-
-void Connection::readTunnelHello() {
-  evbuffer* input = bufferevent_get_input(client_);
-  const size_t length = evbuffer_get_length(input);
-  if (length == 0) {
-    return;
-  }
-  if (!holdHandshake(length)) {
-    deny("handshake_memory",
-         "denied: the memory for unfinished ClientHellos (--max-handshake-memory) is used up");
-    return;
-  }
-  const auto* data = evbuffer_pullup(input, -1);
-  const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
-  if (status == ClientHelloStatus::kNeedMore) {
-    if (length > 2 * worker_.context().settings().max_client_hello_size + 1024) {
-      deny("clienthello_too_large", "denied: the tunnel's ClientHello is larger than allowed");
-    }
-    return;
-  }
-  if (status == ClientHelloStatus::kNotTls) {
-    if (worker_.context().settings().allow_non_tls) {
-      startRelay();
-    } else {
-      deny("not_tls", "denied: the tunnel does not start with a TLS ClientHello");
-    }
-    return;
-  }
-  if (status != ClientHelloStatus::kDone) {
-    const std::string_view reason = clientHelloErrorName(hello_parser_->error());
-    deny(reason,
-         "denied: the tunnel's ClientHello is not acceptable (" + std::string(reason) + ")");
-    return;
-  }
-  const ClientHello& hello = hello_parser_->hello();
-  record_.ech = hello.ech_offered;
-  if (hello.esni_offered) {
-    const Decision esni = policy_->decideSni(hello, port_);
-    deny(reasonName(esni.reason), policy_->describe(esni, {hello.sni, std::nullopt, port_}));
-    return;
-  }
-  if (hello.has_sni && normalizedName(hello.sni) != host_) {
-    deny("sni_mismatch", "denied: the tunnel's SNI names another host than the CONNECT target");
-    return;
-  }
-  if (!hello.has_sni && !host_is_literal_) {
-    deny("sni_mismatch", "denied: the tunnel's ClientHello has no SNI but CONNECT named a host");
-    return;
-  }
-  startRelay();
-}
-
-// ---- relaying ----
-
-void Connection::startRelay() {
-  state_ = State::kRelay;
-  worker_.context().stats().active_tunnels.fetch_add(1, kRelaxed);
-  evtimer_del(timer_);
-  hello_parser_.reset();
-  record_.allowed = true;
-  record_.decision_ms = msSince(started_);
-  // From here the buffered head bytes are relay data, counted by the output buffers.
-  releaseHandshake();
-  evbuffer* client_output = bufferevent_get_output(client_);
-  evbuffer* upstream_output = bufferevent_get_output(upstream_);
-  const auto already = static_cast<int64_t>(evbuffer_get_length(client_output) +
-                                            evbuffer_get_length(upstream_output));
-  relay_buffered_ = already;
-  worker_.context().stats().relay_buffered.fetch_add(already, kRelaxed);
-  client_output_cb_ = evbuffer_add_cb(client_output, &Connection::onOutputChanged, this);
-  upstream_output_cb_ = evbuffer_add_cb(upstream_output, &Connection::onOutputChanged, this);
-  bufferevent_setwatermark(client_, EV_READ, 0, 0);
-  relay(client_, upstream_, false);  // the buffered head bytes / ClientHello, byte-exact, once
-  bufferevent_enable(client_, EV_READ);
-  bufferevent_enable(upstream_, EV_READ);
-  last_activity_ = Clock::now();
-  const auto idle = worker_.context().settings().idle_timeout;
-  armTimer(std::min<std::chrono::milliseconds>(idle, std::chrono::milliseconds(10'000)));
-}
-
-void Connection::relay(bufferevent* from, bufferevent* to, bool upstream_to_client) {
-  evbuffer* source = bufferevent_get_input(from);
-  evbuffer* sink = bufferevent_get_output(to);
-  const size_t length = evbuffer_get_length(source);
-  if (length == 0) {
-    return;
-  }
-  (upstream_to_client ? record_.bytes_down : record_.bytes_up) += length;
-  ProxyStats& stats = worker_.context().stats();
-  (upstream_to_client ? stats.bytes_down : stats.bytes_up).fetch_add(length, kRelaxed);
-  evbuffer_add_buffer(sink, source);
-  last_activity_ = Clock::now();
-  const size_t queued = evbuffer_get_length(sink);
-  if (queued >= kHighWater || (queued > 0 && overBufferBudget(queued))) {
-    // Resumed by the sink's write callback once it has drained to the low watermark.
-    bufferevent_disable(from, EV_READ);
-    bufferevent_setwatermark(to, EV_WRITE, std::min(kHighWater / 2, queued / 2), 0);
-  }
-}
-
-bool Connection::overBufferBudget(size_t queued) const noexcept {
-  const ProxyStats& stats = worker_.context().stats();
-  const auto limit = static_cast<int64_t>(worker_.context().settings().max_buffer_memory);
-  const int64_t used = stats.relay_buffered.load(kRelaxed);
-  if (used <= limit) {
-    return false;
-  }
-  // Past the budget, the tunnels holding at least an equal share stop first; the ones holding
-  // less (readers that keep up) go on until the budget is exceeded by a quarter, where every
-  // side with bytes queued stops. Total: at most 1.25 x the budget plus one read per tunnel.
-  const uint64_t tunnels = std::max<uint64_t>(1, stats.active_tunnels.load(kRelaxed));
-  return queued >= static_cast<uint64_t>(limit) / tunnels || used > limit + limit / 4;
-}
-
-void Connection::onOutputChanged(evbuffer*, const evbuffer_cb_info* info, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  const auto delta = static_cast<int64_t>(info->n_added) - static_cast<int64_t>(info->n_deleted);
-  c->relay_buffered_ += delta;
-  c->worker_.context().stats().relay_buffered.fetch_add(delta, kRelaxed);
-}
-
-void Connection::releaseRelayBuffers() {
-  if (client_output_cb_ != nullptr) {
-    evbuffer_remove_cb_entry(bufferevent_get_output(client_), client_output_cb_);
-    client_output_cb_ = nullptr;
-  }
-  if (upstream_output_cb_ != nullptr) {
-    evbuffer_remove_cb_entry(bufferevent_get_output(upstream_), upstream_output_cb_);
-    upstream_output_cb_ = nullptr;
-  }
-  worker_.context().stats().relay_buffered.fetch_sub(relay_buffered_, kRelaxed);
-  relay_buffered_ = 0;
-}
-
-bool Connection::holdHandshake(size_t length) {
-  const int64_t delta = static_cast<int64_t>(length) - handshake_held_;
-  handshake_held_ = static_cast<int64_t>(length);
-  const int64_t used =
-      worker_.context().stats().handshake_buffered.fetch_add(delta, kRelaxed) + delta;
-  return delta <= 0 ||
-         used <= static_cast<int64_t>(worker_.context().settings().max_handshake_memory);
-}
-
-void Connection::releaseHandshake() {
-  worker_.context().stats().handshake_buffered.fetch_sub(handshake_held_, kRelaxed);
-  handshake_held_ = 0;
-}
-
-void Connection::onUpstreamRead(bufferevent*, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  if (c->state_ == State::kRelay) {
-    c->relay(c->upstream_, c->client_, true);
-  }
-}
-
-// Called when a side's output drained to its low watermark: resume the other side's reading, and
-// pass on a pending FIN once everything before it is out.
-void Connection::onClientWrite(bufferevent*, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  if (c->state_ == State::kRefuse) {
-    if (!c->client_shut_) {
-      c->client_shut_ = true;
-      shutdown(bufferevent_getfd(c->client_), SHUT_WR);
-    }
-    return;
-  }
-  if (c->state_ != State::kRelay) {
-    return;
-  }
-  bufferevent_setwatermark(c->client_, EV_WRITE, 0, 0);
-  if (!c->upstream_eof_) {
-    bufferevent_enable(c->upstream_, EV_READ);
-  } else if (!c->client_shut_ && evbuffer_get_length(bufferevent_get_output(c->client_)) == 0) {
-    c->onEof(false);
-  }
-}
-
-void Connection::onUpstreamWrite(bufferevent*, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  if (c->state_ != State::kRelay) {
-    return;
-  }
-  bufferevent_setwatermark(c->upstream_, EV_WRITE, 0, 0);
-  if (!c->client_eof_) {
-    bufferevent_enable(c->client_, EV_READ);
-  } else if (!c->upstream_shut_ && evbuffer_get_length(bufferevent_get_output(c->upstream_)) == 0) {
-    c->onEof(true);
-  }
-}
-
-// A side sent FIN: forward it once its data is flushed; close when both directions are done.
-void Connection::onEof(bool from_client) {
-  if (record_.closed_by.empty()) {
-    record_.closed_by = from_client ? "client" : "upstream";
-  }
-  bufferevent* to = from_client ? upstream_ : client_;
-  bool& shut = from_client ? upstream_shut_ : client_shut_;
-  (from_client ? client_eof_ : upstream_eof_) = true;
-  if (!shut && evbuffer_get_length(bufferevent_get_output(to)) == 0) {
-    shut = true;
-    shutdown(bufferevent_getfd(to), SHUT_WR);
-  }
-  if (client_eof_ && upstream_eof_ && client_shut_ && upstream_shut_) {
-    finish(record_.closed_by, false);
-  }
-}
-
-void Connection::onClientEvent(bufferevent*, short events, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  if (c->state_ == State::kRelay && (events & BEV_EVENT_EOF) != 0) {
-    c->relay(c->client_, c->upstream_, false);
-    c->onEof(true);
-    return;
-  }
-  if (c->state_ == State::kRefuse) {
-    c->finish("client", false);
-    return;
-  }
-  // EOF or error before the tunnel, or an error while relaying: the client went away.
-  if (c->record_.reason.empty() || c->passedPolicy()) {
-    c->record_.reason = "client_closed";
-    c->markIncomplete("the client closed the connection before the tunnel started");
-  }
-  c->finish("client", (events & BEV_EVENT_ERROR) != 0 || c->state_ == State::kRelay);
-}
-
-void Connection::onUpstreamEvent(bufferevent*, short events, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  if (c->state_ == State::kRelay && (events & BEV_EVENT_EOF) != 0 &&
-      (events & BEV_EVENT_ERROR) == 0) {
-    c->relay(c->upstream_, c->client_, true);
-    c->onEof(false);
-    return;
-  }
-  // An upstream reset (or error) reaches the client as a reset.
-  c->finish("upstream", true);
-}
-
-void Connection::onTimer(evutil_socket_t, short, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  switch (c->state_) {
-    case State::kReadHead:
-      c->refuse(408, "head_timeout", "denied: the CONNECT head did not arrive in time");
-      break;
-    case State::kReadHello:
-    case State::kTunnelHello:
-      c->deny("hello_timeout", "denied: the ClientHello did not arrive in time");
-      break;
-    case State::kResolve:
-      c->dialFirstFamily();  // the resolution delay ran out
-      break;
-    case State::kRelay: {
-      const auto idle = c->worker_.context().settings().idle_timeout;
-      if (Clock::now() - c->last_activity_ >= idle) {
-        c->record_.closed_by = "proxy";
-        c->finish("proxy", false);
-      } else {
-        c->armTimer(std::min<std::chrono::milliseconds>(idle, std::chrono::milliseconds(10'000)));
-      }
-      break;
-    }
-    case State::kRefuse:
-      c->finish("proxy", false);
-      break;
-    default:
-      break;
-  }
-}
-
-// ---- endings ----
-
-void Connection::refuse(int status, std::string_view reason, const std::string& sentence) {
-  if (kind_ != ListenerKind::kConnect || state_ == State::kTunnelHello || state_ == State::kRelay) {
-    deny(reason, sentence);
-    return;
-  }
-  record_.allowed = false;
-  record_.reason = reason;
-  record_.sentence = sentence;
-  releaseHandshake();  // the input is drained below and never read again
-  if (dns_ticket_ != 0) {
-    worker_.resolver().cancel(dns_ticket_);
-    dns_ticket_ = 0;
-  }
-  closeUpstream(false);
-  const std::string body = "acr-egress: " + sentence + "\n";
-  // The reason is in the status line too: Go clients (docker, skopeo) report only that.
-  const std::string response =
-      "HTTP/1.1 " + std::to_string(status) + " " + std::string(statusText(status)) +
-      " (acr-egress: " + std::string(reason) + ")\r\nX-Acr-Egress-Reason: " + std::string(reason) +
-      "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
-      "\r\nConnection: close\r\n\r\n" + body;
-  state_ = State::kRefuse;
-  evbuffer_drain(bufferevent_get_input(client_),
-                 evbuffer_get_length(bufferevent_get_input(client_)));
-  bufferevent_setwatermark(client_, EV_READ, 0, 0);
-  bufferevent_write(client_, response.data(), response.size());
-  bufferevent_enable(client_, EV_READ | EV_WRITE);
-  armTimer(kRefuseLinger);
-}
-
-void Connection::deny(std::string_view reason, const std::string& sentence, std::string rule) {
-  if (kind_ == ListenerKind::kConnect &&
-      (state_ == State::kReadHead || state_ == State::kResolve || state_ == State::kConnect)) {
-    refuse(403, reason, sentence);
-    return;
-  }
-  record_.allowed = false;
-  record_.reason = reason;
-  record_.sentence = sentence;
-  if (!rule.empty()) {
-    record_.rule = std::move(rule);
-  }
-  finish("proxy", true);
-}
-
-void Connection::noteWouldDeny(const Decision& decision, const DecisionSubject& subject) {
-  if (!decision.would_deny || record_.would_deny) {
-    return;
-  }
-  record_.would_deny = true;
-  record_.reason = reasonName(decision.reason);
-  record_.rule = decision.rule != nullptr ? decision.rule->text : std::string();
-  record_.sentence = policy_->describe(decision, subject);
-}
-
-void Connection::abort(std::string_view reason) {
-  if (state_ == State::kClosed) {
-    return;
-  }
-  if (state_ != State::kRelay) {
-    record_.allowed = false;
-  }
-  if (passedPolicy()) {
-    // The policy's reason would say "allowed" about a connection that never relayed.
-    record_.reason = reason;
-    markIncomplete("the proxy shut down before the tunnel started");
-    finish("proxy", true);
-    return;
-  }
-  record_.reason = record_.reason.empty() ? reason : record_.reason;
-  record_.sentence += record_.sentence.empty() ? std::string(reason) : "; " + std::string(reason);
-  finish("proxy", true);
-}
-
-bool Connection::passedPolicy() const noexcept {
-  // Only an allowed decision leads into these states; every refusal leaves through kRefuse or
-  // finish() at once.
-  return state_ == State::kResolve || state_ == State::kConnect || state_ == State::kTunnelHello;
-}
-
-void Connection::markIncomplete(std::string_view what) {
-  record_.incomplete = true;
-  record_.sentence = record_.sentence.empty() ? std::string(what)
-                                              : record_.sentence + "; but " + std::string(what);
-}
-
 void Connection::finish(std::string_view closed_by, bool reset) {
   if (state_ == State::kClosed) {
     return;
@@ -996,10 +975,17 @@ void Connection::finish(std::string_view closed_by, bool reset) {
     dns_ticket_ = 0;
   }
   record_.phase = phaseName();
+  if (relay_) {
+    record_.bytes_up = relay_->bytesUp();
+    record_.bytes_down = relay_->bytesDown();
+    if (record_.closed_by.empty()) {
+      record_.closed_by = relay_->closedBy();
+    }
+    relay_->stop();  // before the bufferevents go; the Relay itself may be on the stack
+  }
   record_.closed_by = record_.closed_by.empty() ? closed_by : record_.closed_by;
   record_.total_ms = msSince(started_);
   releaseHandshake();
-  releaseRelayBuffers();
   if (client_ != nullptr) {
     if (reset) {
       setResetOnClose(bufferevent_getfd(client_));
@@ -1009,10 +995,8 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   }
   closeUpstream(reset);
   evtimer_del(timer_);
-  ProxyStats& stats = worker_.context().stats();
-  if (state_ == State::kRelay) {
-    stats.active_tunnels.fetch_sub(1, kRelaxed);
-  }
+  connect_parser_.reset();
+  hello_parser_.reset();
   state_ = State::kClosed;
   if (dialer_ != nullptr) {
     for (const DialAttempt& attempt : dialer_->attempts()) {
@@ -1021,15 +1005,19 @@ void Connection::finish(std::string_view closed_by, bool reset) {
                                                        attempt.outcome);
     }
   }
-  (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, kRelaxed);
+  if (record_.reason.empty()) {
+    setReason(CloseReason::kInternalError);  // never set up (start() failed)
+  }
+  ProxyStats& stats = worker_.context().stats();
+  (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, std::memory_order_relaxed);
   worker_.context().logConnection(record_);
-  worker_.context().metrics().recordConnection(record_);
+  worker_.context().metrics().recordConnection(kind_, reason_, record_);
   worker_.release(this);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Revoke on reload (THREATS F14). Kept apart from the state handlers: it only reads the state and
-// ends through deny()/finish() like any other refusal.
+// ends through end()/finish() like any other refusal.
 
 void Connection::rejudge(std::shared_ptr<const Policy> policy) {
   if (state_ == State::kRefuse || state_ == State::kClosed || policy == policy_) {
@@ -1068,12 +1056,16 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
       std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
       if (state_ == State::kRelay) {
         // It did relay: the record keeps decision allow, and says why the proxy ended it.
-        record_.reason = "revoked";
+        setReason(CloseReason::kRevoked);
         record_.rule = std::move(rule);
         record_.sentence += "; " + sentence;
         finish("proxy", true);
-      } else {
-        deny("revoked", sentence, std::move(rule));
+      } else if (end(CloseReason::kRevoked, sentence, std::move(rule)) == Step::kNext) {
+        // Outside the loop (a worker's reload hook): enter kRefuse as doLoop would.
+        evtimer_del(timer_);
+        hello_parser_.reset();
+        state_ = next_state_;
+        post(Event::kEnter);
       }
       return;
     }

@@ -4,6 +4,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -17,7 +18,9 @@
 #include "filters/connect_request_parser.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
+#include "proxy/relay.h"
 
 namespace acr {
 
@@ -33,7 +36,14 @@ class Worker;
 // A denial or failure in any state goes to kRefuse (connect: write the HTTP refusal, then close;
 // others: close with RST, never dialling) or straight to close. Every connection ends in
 // finish(), which writes its one access-log line.
-class Connection {
+//
+// The shape is Chromium's DoLoop (as ClientHelloParser::parse): libevent, DNS, dialer and relay
+// callbacks only record what happened (an Event, and its data in a member) and call post();
+// doLoop() hands the event to the current state's doX(), which either waits for the next event
+// or names next_state_, entered at once with Event::kEnter. An event raised while the loop runs
+// (a DNS answer or dial result known synchronously) waits in a small queue. Invariants are
+// checked after every event in debug and sanitizer builds (checkInvariants()).
+class Connection final : private Relay::Observer {
  public:
   enum class State : uint8_t {
     kReadHead,     // connect: reading the CONNECT head (head timeout runs)
@@ -49,7 +59,7 @@ class Connection {
 
   Connection(Worker& worker, ListenerKind kind, const SocketAddress& listener_address, int fd,
              const SocketAddress& peer, std::shared_ptr<const Policy> policy);
-  ~Connection();
+  ~Connection() override;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -58,8 +68,8 @@ class Connection {
   // listener 403 with reason client_not_allowed, other listeners a reset; never reads a request.
   void refuseClient(const std::string& sentence);
   // Ends the connection now (shutdown): RST to both sides, log line written.
-  void abort(std::string_view reason);
-  // Revoke on reload (README "Reload", THREATS F14), called by Worker::revokeDenied after a
+  void abort(CloseReason reason);
+  // Revoke on reload (docs/operations.md "Reload", THREATS F14), called by Worker::revokeDenied after a
   // reload installed `policy` (one with revokeOnReload()). A connection not judged yet (reading
   // its head or hello) is judged by `policy` from now on; one already let through (dns, connect,
   // tunnel_hello, relay) is judged again by it (client, target, dialled address) and closed with
@@ -69,62 +79,82 @@ class Connection {
   State state() const noexcept { return state_; }
 
  private:
+  // What woke the state machine.
+  enum class Event : uint8_t {
+    kEnter,           // the state was just entered: its setup runs
+    kClientData,      // the client's input grew
+    kClientDrained,   // the client's output drained (kRefuse: the refusal is out)
+    kClientClosed,    // the client sent FIN or failed (client_failed_ says which)
+    kUpstreamClosed,  // the upstream closed or failed before the relay
+    kTimer,           // the current state's timer ran out
+    kFirstFamily,     // first_family_ holds the addresses of the family that answered first
+    kResolved,        // answer_ holds the whole DNS answer
+    kDialed,          // dial_result_ holds the dialer's result
+    kRelayEnded,      // relay_closed_by_ / relay_reset_ say how the tunnel ended
+  };
+  // What a doX() asks of the loop: wait for the next event, or enter next_state_ now.
+  enum class Step : uint8_t { kWait, kNext };
+
   static void onClientRead(bufferevent* bev, void* self);
   static void onClientWrite(bufferevent* bev, void* self);
   static void onClientEvent(bufferevent* bev, short events, void* self);
-  static void onUpstreamRead(bufferevent* bev, void* self);
-  static void onUpstreamWrite(bufferevent* bev, void* self);
   static void onUpstreamEvent(bufferevent* bev, short events, void* self);
   static void onTimer(evutil_socket_t, short, void* self);
+  void onRelayEnded(std::string_view closed_by, bool reset) override;
+
+  // Feeds `event` to the state machine (queued if the loop is running already), then checks the
+  // invariants.
+  void post(Event event);
+  void doLoop(Event event);
+  Step next(State state) noexcept {
+    next_state_ = state;
+    return Step::kNext;
+  }
+  Step doReadHead(Event event);
+  Step doReadHello(Event event);
+  Step doResolve(Event event);
+  Step doConnect(Event event);
+  Step doTunnelHello(Event event);
+  Step doRelay(Event event);
+  Step doRefuse(Event event);
+  // Aborts (in debug and sanitizer builds) when a member outlives the states that own it.
+  void checkInvariants() const;
 
   // True (after refusing it: proxy_loop) when the peer is one of the proxy's own upstream
   // sockets. Checked at accept and again at the first bytes: on loopback the handshake completes
   // inside the dialler's connect(), so another loop may accept the copy before the dialler has
   // registered its endpoint, but never receive bytes before it.
   bool refusedAsLoop();
-  void readHead();
-  void readHello();
-  void readTunnelHello();
-  void decideHello(const ClientHello& hello);
-  void resolve(std::string_view name);
-  void onResolved(const DnsAnswer& answer);
-  // One address family answered before the other (Resolver first_family): RFC 8305 §3.
-  void onFirstFamily(const DnsAnswer& answer);
+  Step readHead();
+  Step readHello();
+  Step readTunnelHello();
+  Step decideHello(const ClientHello& hello);
+  Step onResolved();
   // Dials the first family's allowed addresses while the other family is still resolving.
-  void dialFirstFamily();
-  // Keeps the allowed addresses of `addresses`, in order; remembers the first denial. Dials them;
-  // refuses with the first denial when none is allowed and nothing else can come (`more_coming`
-  // false and nothing dialled yet).
-  void chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming = false);
-  // Hands `candidates_` to the dialer, making it (and starting the connect budget) the first time.
-  void dial(bool more_coming);
+  Step dialFirstFamily();
+  // Keeps the allowed addresses of `addresses`, in order; remembers the first denial. Moves to
+  // kConnect (or hands them to the running dialer); refuses with the first denial when none is
+  // allowed and nothing else can come (`more_coming` false and nothing dialled yet).
+  Step chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming = false);
+  Step onDialed();
+  // Before the relay: the client went away (EOF or error).
+  Step clientGone();
   // True when `address`:port_ is one of this process's listening endpoints (any listener, a
   // wildcard one by every local address; see LocalAddresses): dialling it would loop.
   bool dialsSelf(const IpAddress& address) const;
-  // If dialsSelf(address), refuses the connection (self_connection) and returns true.
-  bool refusedAsSelf(const IpAddress& address);
   std::string selfSentence(const IpAddress& address) const;
-  void onDialed(DialResult result);
   // Frees the upstream socket (RST if `reset`) and forgets its local endpoint; closes every
   // connection attempt still in flight.
   void closeUpstream(bool reset);
-  void onUpstreamConnected();
-  void startRelay();
-  void relay(bufferevent* from, bufferevent* to, bool upstream_to_client);
-  // Memory accounting (README "Relay", THREATS R8). While relaying, every change of the two
-  // output buffers is added to ProxyStats::relay_buffered; overBufferBudget() says whether a side
-  // whose sink holds `queued` bytes must stop being read because the process is past
-  // --max-buffer-memory and this tunnel holds at least its fair share.
-  static void onOutputChanged(evbuffer* buffer, const evbuffer_cb_info* info, void* self);
-  bool overBufferBudget(size_t queued) const noexcept;
-  void releaseRelayBuffers();
   // Records that the unfinished head/ClientHello now holds `length` bytes; false when that
   // takes the process past --max-handshake-memory (the caller refuses: handshake_memory).
   bool holdHandshake(size_t length);
   void releaseHandshake();
-  void onEof(bool from_client);
-  void refuse(int status, std::string_view reason, const std::string& sentence);
-  void deny(std::string_view reason, const std::string& sentence, std::string rule = {});
+  // Ends a connection that is refused or failed, with `reason`: the connect listener before its
+  // 200 answers the reason's HTTP status (closeReasonInfo) from kRefuse, which closes after the
+  // client has read it; everything else is closed with a reset at once.
+  Step end(CloseReason reason, const std::string& sentence, std::string rule = {});
+  void setReason(CloseReason reason) noexcept;
   // Report-only: the first waived denial (Decision::would_deny) becomes the log line's reason,
   // rule and sentence, and marks it would_deny. No-op for any other decision.
   void noteWouldDeny(const Decision& decision, const DecisionSubject& subject);
@@ -147,12 +177,16 @@ class Connection {
   std::shared_ptr<const Policy> policy_;
   std::shared_ptr<const Policy> replaced_policy_;
   State state_;
+  State next_state_;
+  bool looping_ = false;
+  uint8_t queued_count_ = 0;
+  std::array<Event, 4> queued_{};  // events raised while the loop ran, in order
   bufferevent* client_ = nullptr;
   bufferevent* upstream_ = nullptr;
-  event* timer_ = nullptr;
+  event* timer_ = nullptr;  // the current state's timeout; cleared on every state change
   uint64_t dns_ticket_ = 0;
 
-  // Parsers live only while their phase does: an idle tunnel keeps neither.
+  // Parsers live only while their state does: an idle tunnel keeps neither.
   std::unique_ptr<ConnectRequestParser> connect_parser_;
   std::unique_ptr<ClientHelloParser> hello_parser_;
   std::string host_;  // CONNECT host or SNI (normalised when it is a name)
@@ -162,23 +196,23 @@ class Connection {
   std::optional<SocketAddress> upstream_local_;  // registered in OwnUpstreams while open
   SocketAddress upstream_remote_;                // the endpoint upstream_local_ was dialling
   std::vector<IpAddress> candidates_;
+  bool more_coming_ = false;  // kConnect's first dial: the other family is still resolving
   std::optional<Decision> first_address_denial_;
   IpAddress first_denied_address_;
   bool first_denial_is_self_ = false;    // the first denial is self_connection, not the policy's
   std::vector<IpAddress> first_family_;  // addresses of the family that answered first
   std::unique_ptr<HappyEyeballsDialer> dialer_;  // from the first dial to the end
 
-  evbuffer_cb_entry* client_output_cb_ = nullptr;
-  evbuffer_cb_entry* upstream_output_cb_ = nullptr;
-  int64_t relay_buffered_ = 0;  // this tunnel's share of ProxyStats::relay_buffered
-  int64_t handshake_held_ = 0;  // this connection's share of ProxyStats::handshake_buffered
+  // Event data.
+  DnsAnswer answer_;
+  bool dns_done_ = false;
+  DialResult dial_result_;
+  bool client_failed_ = false;
+  std::string_view relay_closed_by_;
+  bool relay_reset_ = false;
 
-  // Half-close bookkeeping for the relay.
-  bool client_eof_ = false;
-  bool upstream_eof_ = false;
-  bool client_shut_ = false;    // FIN sent to the client
-  bool upstream_shut_ = false;  // FIN sent upstream
-  std::chrono::steady_clock::time_point last_activity_;
+  std::optional<Relay> relay_;  // from kRelay on (stopped in finish())
+  int64_t handshake_held_ = 0;  // this connection's share of ProxyStats::handshake_buffered
 
   // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
   const SocketAddress peer_;
@@ -191,6 +225,7 @@ class Connection {
   std::chrono::steady_clock::time_point dns_started_;
   std::chrono::steady_clock::time_point connect_started_;
   AccessRecord record_;
+  CloseReason reason_ = CloseReason::kInternalError;  // record_.reason's enum, once set
 };
 
 }  // namespace acr

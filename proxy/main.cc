@@ -11,6 +11,7 @@
 #include "conf/proxy_settings.h"
 #include "proxy/check_command.h"
 #include "proxy/proxy_server.h"
+#include "proxy/reference_command.h"
 #include "proxy/suggest_command.h"
 #include "proxy/version.h"
 
@@ -21,6 +22,7 @@ constexpr const char* kUsage =
     "       acr-egress check [policy options] TARGET...     judge targets without DNS\n"
     "       acr-egress --check-config [options]             validate and print the policy\n"
     "       acr-egress suggest [--min-count N] LOGFILE...   a policy allowing what a log saw\n"
+    "       acr-egress reference settings|reasons         a table of the docs, as markdown\n"
     "       acr-egress --version\n";
 
 // Building a policy from the service-tags file peaks at ~19 MB of temporaries (the file, the JSON
@@ -75,6 +77,10 @@ int main(int argc, char** argv) {
   if (!args.empty() && args[0] == "suggest") {
     args.erase(args.begin());
     return acr::runSuggestCommand(args, std::cout, std::cerr);
+  }
+  if (!args.empty() && args[0] == "reference") {
+    args.erase(args.begin());
+    return acr::runReferenceCommand(args, std::cout, std::cerr);
   }
   if (has(args, "--version")) {
     std::cout << "acr-egress " << acr::version() << "\n";

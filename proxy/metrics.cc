@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstring>
-#include <thread>
 
 #include "conf/policy_factory.h"
 #include "proxy/proxy_context.h"
@@ -15,19 +13,8 @@ namespace {
 
 constexpr auto kRelaxed = std::memory_order_relaxed;
 
-// FNV-1a over the key's parts; only spreads keys over the table.
-size_t hashKey(std::string_view listener, Outcome decision, std::string_view reason) noexcept {
-  uint64_t hash = 1469598103934665603ull;
-  auto mix = [&hash](std::string_view text) {
-    for (const char c : text) {
-      hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-    }
-    hash = (hash ^ 0xff) * 1099511628211ull;
-  };
-  mix(listener);
-  mix(reason);
-  return static_cast<size_t>(hash ^ (static_cast<uint64_t>(decision) * 0x9e3779b97f4a7c15ull));
-}
+static_assert(static_cast<size_t>(ListenerKind::kSni) + 1 == ConnectionCounters::kListeners);
+static_assert(static_cast<size_t>(Outcome::kWouldDeny) + 1 == ConnectionCounters::kOutcomes);
 
 void appendNumber(std::string& out, uint64_t value) {
   char buffer[24];
@@ -140,47 +127,24 @@ LatencyHistogram::Snapshot LatencyHistogram::snapshot() const noexcept {
 
 // ---- ConnectionCounters ----
 
-void ConnectionCounters::add(std::string_view listener, Outcome decision,
-                             std::string_view reason) noexcept {
-  listener = listener.substr(0, kMaxLabel);
-  reason = reason.substr(0, kMaxLabel);
-  const size_t start = hashKey(listener, decision, reason) % kSlots;
-  for (size_t probe = 0; probe < kSlots; ++probe) {
-    Slot& slot = slots_[(start + probe) % kSlots];
-    uint8_t state = slot.state.load(std::memory_order_acquire);
-    if (state == kEmpty) {
-      uint8_t expected = kEmpty;
-      if (slot.state.compare_exchange_strong(expected, kClaimed, std::memory_order_acquire)) {
-        slot.decision = decision;
-        slot.listener_length = static_cast<uint8_t>(listener.size());
-        std::memcpy(slot.listener, listener.data(), listener.size());
-        slot.reason_length = static_cast<uint8_t>(reason.size());
-        std::memcpy(slot.reason, reason.data(), reason.size());
-        slot.state.store(kReady, std::memory_order_release);
-        slot.count.fetch_add(1, kRelaxed);
-        return;
-      }
-      state = expected;
-    }
-    // Another thread is writing this slot's key: a few stores away from ready.
-    while (state == kClaimed) {
-      std::this_thread::yield();
-      state = slot.state.load(std::memory_order_acquire);
-    }
-    if (slot.decision == decision &&
-        std::string_view(slot.listener, slot.listener_length) == listener &&
-        std::string_view(slot.reason, slot.reason_length) == reason) {
-      slot.count.fetch_add(1, kRelaxed);
-      return;
-    }
+void ConnectionCounters::add(ListenerKind listener, Outcome decision, CloseReason reason) noexcept {
+  const size_t i = index(listener, decision, reason);
+  if (i < counts_.size()) {
+    counts_[i].fetch_add(1, kRelaxed);
   }
-  overflow_[static_cast<size_t>(decision)].fetch_add(1, kRelaxed);
+}
+
+uint64_t ConnectionCounters::count(ListenerKind listener, Outcome decision,
+                                   CloseReason reason) const noexcept {
+  const size_t i = index(listener, decision, reason);
+  return i < counts_.size() ? counts_[i].load(kRelaxed) : 0;
 }
 
 // ---- Metrics ----
 
-void Metrics::recordConnection(const AccessRecord& record) noexcept {
-  connections_.add(record.listener, outcomeOf(record), record.reason);
+void Metrics::recordConnection(ListenerKind listener, CloseReason reason,
+                               const AccessRecord& record) noexcept {
+  connections_.add(listener, outcomeOf(record), reason);
   double decision_ms = record.decision_ms;
   if (decision_ms < 0 && !record.allowed) {
     decision_ms = record.total_ms;
@@ -246,13 +210,13 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
                "incomplete: allowed, ended before relaying; would_deny: relayed only because of "
                "report-only) and reason (the access log's reason).");
   connections_.forEach(
-      [&out](std::string_view listener, Outcome decision, std::string_view reason, uint64_t count) {
+      [&out](ListenerKind listener, Outcome decision, CloseReason reason, uint64_t count) {
         out += "acr_egress_connections_total{listener=\"";
-        appendLabelValue(out, listener);
+        appendLabelValue(out, listenerKindName(listener));
         out += "\",decision=\"";
         out += outcomeName(decision);
         out += "\",reason=\"";
-        appendLabelValue(out, reason);
+        appendLabelValue(out, closeReasonName(reason));
         out += "\"} ";
         appendNumber(out, count);
         out += '\n';

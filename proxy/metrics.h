@@ -9,8 +9,10 @@
 #include <string>
 #include <string_view>
 
+#include "conf/proxy_settings.h"
 #include "dns/dns_observer.h"
 #include "proxy/access_log.h"
+#include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
 
 namespace acr {
@@ -41,34 +43,29 @@ class LatencyHistogram {
   std::atomic<uint64_t> sum_ns_{0};
 };
 
-// Connection counts by (listener, decision, reason), in a fixed open-addressing table so that
-// add() takes no lock: a key's slot is claimed once with a compare-exchange, then only its
-// counter changes. Labels longer than kMaxLabel bytes are truncated; keys beyond kSlots distinct
-// ones are counted under reason "other".
+// Connection counts by (listener, decision, reason): one relaxed atomic per key in fixed arrays,
+// so add() takes no lock and no key is ever lumped with another. Every reason is a row of the
+// close-reason table (proxy/close_reason.h).
 class ConnectionCounters {
  public:
-  static constexpr size_t kSlots = 512;
-  static constexpr size_t kMaxLabel = 47;
+  static constexpr size_t kListeners = 3;  // ListenerKind
+  static constexpr size_t kOutcomes = 4;   // Outcome
 
-  void add(std::string_view listener, Outcome decision, std::string_view reason) noexcept;
-  // Calls fn(listener, decision, reason, count) for every key counted so far.
+  void add(ListenerKind listener, Outcome decision, CloseReason reason) noexcept;
+  uint64_t count(ListenerKind listener, Outcome decision, CloseReason reason) const noexcept;
+  // Calls fn(listener, decision, reason, count) for every key counted at least once, by listener,
+  // then reason (table order), then decision.
   template <class Fn>
   void forEach(Fn&& fn) const;
 
  private:
-  enum SlotState : uint8_t { kEmpty, kClaimed, kReady };
-  struct Slot {
-    std::atomic<uint8_t> state{kEmpty};
-    Outcome decision = Outcome::kDeny;
-    uint8_t listener_length = 0;
-    uint8_t reason_length = 0;
-    char listener[kMaxLabel] = {};
-    char reason[kMaxLabel] = {};
-    std::atomic<uint64_t> count{0};
-  };
+  static size_t index(ListenerKind listener, Outcome decision, CloseReason reason) noexcept {
+    return (static_cast<size_t>(listener) * kCloseReasonCount + static_cast<size_t>(reason)) *
+               kOutcomes +
+           static_cast<size_t>(decision);
+  }
 
-  std::array<Slot, kSlots> slots_;
-  std::array<std::atomic<uint64_t>, 4> overflow_{};  // by Outcome
+  std::array<std::atomic<uint64_t>, kListeners * kCloseReasonCount * kOutcomes> counts_{};
 };
 
 // The proxy's metrics (README "Admin endpoint and metrics"). Every record* and DnsObserver call is
@@ -76,10 +73,12 @@ class ConnectionCounters {
 // which runs the admin endpoint.
 class Metrics final : public DnsObserver {
  public:
-  // Counts one finished connection from its access-log record: its (listener, decision, reason)
-  // and its decision latency (AccessRecord::decision_ms; for a refusal without one,
-  // the connection's total time).
-  void recordConnection(const AccessRecord& record) noexcept;
+  // Counts one finished connection: its (listener, decision from the record, reason) and its
+  // decision latency (AccessRecord::decision_ms; for a refusal without one, the connection's
+  // total time). `reason` is the one the record's reason names.
+  void recordConnection(ListenerKind listener, CloseReason reason,
+                        const AccessRecord& record) noexcept;
+  const ConnectionCounters& connections() const noexcept { return connections_; }
   void recordReload(bool ok) noexcept;
   // Counts one finished upstream connection attempt by address family and outcome.
   void recordConnectAttempt(bool ipv6, AttemptOutcome outcome) noexcept;
@@ -128,21 +127,18 @@ class Metrics final : public DnsObserver {
 
 template <class Fn>
 void ConnectionCounters::forEach(Fn&& fn) const {
-  for (const Slot& slot : slots_) {
-    if (slot.state.load(std::memory_order_acquire) != kReady) {
-      continue;
-    }
-    const uint64_t count = slot.count.load(std::memory_order_relaxed);
-    if (count != 0) {
-      fn(std::string_view(slot.listener, slot.listener_length), slot.decision,
-         std::string_view(slot.reason, slot.reason_length), count);
-    }
-  }
-  for (const Outcome decision :
-       {Outcome::kAllow, Outcome::kDeny, Outcome::kIncomplete, Outcome::kWouldDeny}) {
-    const uint64_t count = overflow_[static_cast<size_t>(decision)].load(std::memory_order_relaxed);
-    if (count != 0) {
-      fn(std::string_view("other"), decision, std::string_view("other"), count);
+  for (size_t l = 0; l < kListeners; ++l) {
+    for (size_t r = 0; r < kCloseReasonCount; ++r) {
+      for (size_t d = 0; d < kOutcomes; ++d) {
+        const auto listener = static_cast<ListenerKind>(l);
+        const auto decision = static_cast<Outcome>(d);
+        const auto reason = static_cast<CloseReason>(r);
+        const uint64_t value =
+            counts_[index(listener, decision, reason)].load(std::memory_order_relaxed);
+        if (value != 0) {
+          fn(listener, decision, reason, value);
+        }
+      }
     }
   }
 }

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "proxy/close_reason.h"
 #include "proxy/connection.h"
 #include "proxy/socket_options.h"
 
@@ -193,14 +194,13 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
     if (!draining_) {
       stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
     }
+    const CloseReason reason = draining_ ? CloseReason::kDraining : CloseReason::kOverloaded;
+    const std::string sentence =
+        draining_ ? "denied: the proxy is shutting down"
+                  : "denied: the proxy is at its connection limit (" +
+                        std::to_string(context_.settings().max_connections) + ")";
     if (listener.kind == ListenerKind::kConnect) {
-      static constexpr std::string_view kBusy =
-          "HTTP/1.1 503 Service Unavailable (acr-egress: overloaded)\r\n"
-          "X-Acr-Egress-Reason: overloaded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-      static constexpr std::string_view kDraining =
-          "HTTP/1.1 503 Service Unavailable (acr-egress: draining)\r\n"
-          "X-Acr-Egress-Reason: draining\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-      const std::string_view response = draining_ ? kDraining : kBusy;
+      const std::string response = httpRefusal(reason, sentence);
       [[maybe_unused]] const ssize_t sent =
           send(fd, response.data(), response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     } else {
@@ -211,16 +211,14 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
     AccessRecord record;
     record.listener = listenerKindName(listener.kind);
     record.client = peer_address.toString();
-    record.reason = draining_ ? "draining" : "overloaded";
-    record.sentence = draining_ ? "denied: the proxy is shutting down"
-                                : "denied: the proxy is at its connection limit (" +
-                                      std::to_string(context_.settings().max_connections) + ")";
+    record.reason = closeReasonName(reason);
+    record.sentence = sentence;
     record.closed_by = "proxy";
     record.phase = "accept";
     // Counted like every other connection, from the same record as its log line.
     stats.denied.fetch_add(1, std::memory_order_relaxed);
     context_.logConnection(record);
-    context_.metrics().recordConnection(record);
+    context_.metrics().recordConnection(listener.kind, reason, record);
     return;
   }
   stats.active.fetch_add(1, std::memory_order_relaxed);
@@ -341,7 +339,7 @@ void Worker::onDrainTick(evutil_socket_t, short, void* arg) {
       open.push_back(raw);
     }
     for (Connection* connection : open) {
-      connection->abort("shutdown");
+      connection->abort(CloseReason::kShutdown);
     }
     onReap(-1, 0, worker);
   }
