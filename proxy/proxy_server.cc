@@ -122,8 +122,7 @@ AccessLog makeAccessLog(bool json) {
         [service](const std::string& message) { service->error("{}", jsonEscaped(message)); });
     access = std::make_shared<spdlog::logger>("access", std::move(sink));
     spdlog::register_logger(access);
-    access->set_pattern("%v");
-    access->flush_on(spdlog::level::info);
+    access->set_pattern("%v");  // no flush_on: the sink batches; run() flushes at exit
   }
   std::string pattern = json ? R"({"time":"%Y-%m-%dT%H:%M:%S.%eZ","level":"%l","message":"%v"})"
                              : "%Y-%m-%dT%H:%M:%S.%e %l %v";
@@ -253,6 +252,9 @@ int ProxyServer::run() {
   local_addresses_.reset();
   for (auto& worker : workers_) {
     worker->join();
+  }
+  if (auto access = spdlog::get("access")) {
+    access->flush();  // every line of the drained connections, before "stopped"
   }
   spdlog::info("stopped");
   return 0;

@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <memory>
 
 #include "proxy/proxy_context.h"
 
@@ -10,6 +12,15 @@ namespace acr {
 namespace {
 
 constexpr auto kRelaxed = std::memory_order_relaxed;
+
+// One read buffer per event-loop thread, shared by all its tunnels: bytes pass through it on
+// their way from one socket to the other, so a tunnel owns no read buffer of its own.
+char* scratch() {
+  thread_local std::unique_ptr<char[]> buffer(new char[Relay::kMaxRead]);
+  return buffer.get();
+}
+
+std::string_view sideName(bool client) { return client ? "client" : "upstream"; }
 
 }  // namespace
 
@@ -29,6 +40,15 @@ Relay::~Relay() { stop(); }
 void Relay::start() {
   started_ = true;
   stats_.active_tunnels.fetch_add(1, kRelaxed);
+  for (bufferevent* bev : {client_, upstream_}) {
+    // Their events must not stay registered: epoll cannot mix level- and edge-triggered
+    // interest in one descriptor, and from here on the relay does the I/O.
+    bufferevent_setcb(bev, nullptr, nullptr, nullptr, nullptr);
+    bufferevent_disable(bev, EV_READ | EV_WRITE);
+    // A socket bufferevent keeps its output's front frozen (only its own write callback drains
+    // it); the relay writes that queue itself now. stop() freezes it again.
+    evbuffer_unfreeze(bufferevent_get_output(bev), 1);
+  }
   evbuffer* client_output = bufferevent_get_output(client_);
   evbuffer* upstream_output = bufferevent_get_output(upstream_);
   buffered_ = static_cast<int64_t>(evbuffer_get_length(client_output) +
@@ -36,17 +56,27 @@ void Relay::start() {
   stats_.relay_buffered.fetch_add(buffered_, kRelaxed);
   client_output_cb_ = evbuffer_add_cb(client_output, &Relay::onOutputChanged, this);
   upstream_output_cb_ = evbuffer_add_cb(upstream_output, &Relay::onOutputChanged, this);
-  bufferevent_setcb(client_, &Relay::onClientRead, &Relay::onClientWrite, &Relay::onClientEvent,
-                    this);
-  bufferevent_setcb(upstream_, &Relay::onUpstreamRead, &Relay::onUpstreamWrite,
-                    &Relay::onUpstreamEvent, this);
-  bufferevent_setwatermark(client_, EV_READ, 0, 0);
-  bufferevent_setwatermark(upstream_, EV_READ, 0, 0);
-  bufferevent_enable(client_, EV_READ);
-  bufferevent_enable(upstream_, EV_READ);
-  forward(up_);  // the buffered head bytes / ClientHello, byte-exact, once
-  forward(down_);
+  // Bytes read before the relay began (the head's early bytes, the ClientHello) go behind what
+  // the outputs still queue (a 200 not yet written), byte-exact.
+  for (Direction* direction : {&up_, &down_}) {
+    evbuffer* input = bufferevent_get_input(direction->source);
+    if (const size_t length = evbuffer_get_length(input); length > 0) {
+      count(*direction, length);
+      evbuffer_add_buffer(bufferevent_get_output(direction->sink), input);
+    }
+  }
+  event_base* base = bufferevent_get_base(client_);
+  // EV_CLOSED (EPOLLRDHUP): a FIN that arrives with the last bytes leaves nothing to wake us once
+  // those bytes are read, so the edge that brought it must say so.
+  constexpr short kWhat = EV_READ | EV_WRITE | EV_CLOSED | EV_ET | EV_PERSIST;
+  client_event_ = event_new(base, bufferevent_getfd(client_), kWhat, &Relay::onClientSocket, this);
+  upstream_event_ =
+      event_new(base, bufferevent_getfd(upstream_), kWhat, &Relay::onUpstreamSocket, this);
+  event_add(client_event_, nullptr);
+  event_add(upstream_event_, nullptr);
   last_activity_ = std::chrono::steady_clock::now();
+  pump(up_);
+  pump(down_);
 }
 
 void Relay::stop() noexcept {
@@ -54,8 +84,14 @@ void Relay::stop() noexcept {
     return;
   }
   started_ = false;
-  bufferevent_setcb(client_, nullptr, nullptr, nullptr, nullptr);
-  bufferevent_setcb(upstream_, nullptr, nullptr, nullptr, nullptr);
+  for (event** ev : {&client_event_, &upstream_event_}) {
+    if (*ev != nullptr) {
+      event_free(*ev);  // also deletes it if pending
+      *ev = nullptr;
+    }
+  }
+  evbuffer_freeze(bufferevent_get_output(client_), 1);
+  evbuffer_freeze(bufferevent_get_output(upstream_), 1);
   if (client_output_cb_ != nullptr) {
     evbuffer_remove_cb_entry(bufferevent_get_output(client_), client_output_cb_);
     client_output_cb_ = nullptr;
@@ -69,36 +105,111 @@ void Relay::stop() noexcept {
   stats_.active_tunnels.fetch_sub(1, kRelaxed);
 }
 
-void Relay::forward(Direction& direction) {
-  evbuffer* source = bufferevent_get_input(direction.source);
-  evbuffer* sink = bufferevent_get_output(direction.sink);
-  const size_t length = evbuffer_get_length(source);
-  if (length == 0) {
-    return;
-  }
+void Relay::count(const Direction& direction, size_t length) noexcept {
   (direction.down ? bytes_down_ : bytes_up_) += length;
   (direction.down ? stats_.bytes_down : stats_.bytes_up).fetch_add(length, kRelaxed);
-  evbuffer_add_buffer(sink, source);
   last_activity_ = std::chrono::steady_clock::now();
-  const size_t queued = evbuffer_get_length(sink);
-  if (queued >= kHighWater || (queued > 0 && overBufferBudget(queued))) {
-    // Resumed by onDrained once the sink has drained to the low watermark.
-    bufferevent_disable(direction.source, EV_READ);
-    bufferevent_setwatermark(direction.sink, EV_WRITE, std::min(kHighWater / 2, queued / 2), 0);
+}
+
+void Relay::pump(Direction& direction) {
+  const evutil_socket_t source = bufferevent_getfd(direction.source);
+  const evutil_socket_t sink = bufferevent_getfd(direction.sink);
+  evbuffer* queue = bufferevent_get_output(direction.sink);
+  char* buffer = scratch();
+  for (int i = 0; i < kMaxReadsPerWake; ++i) {
+    if (ended_) {
+      return;
+    }
+    if (evbuffer_get_length(queue) > 0) {
+      if (!direction.sink_ready) {
+        return;  // the sink's next write edge comes back here
+      }
+      if (evbuffer_write(queue, sink) < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+          errno != EINTR) {
+        end(sideName(direction.down), true);
+        return;
+      }
+      if (evbuffer_get_length(queue) > 0) {
+        direction.sink_ready = false;  // its send buffer is full
+        return;
+      }
+      last_activity_ = std::chrono::steady_clock::now();
+    }
+    if (direction.half_close == HalfClose::kFinPending) {
+      onFin(direction);  // everything before the FIN is out: pass it on
+      return;
+    }
+    if (direction.half_close != HalfClose::kOpen || !direction.source_ready) {
+      return;
+    }
+    const size_t want = readSize();
+    const ssize_t n = ::recv(source, buffer, want, 0);
+    if (n > 0) {
+      count(direction, static_cast<size_t>(n));
+      if (!pass(direction, buffer, static_cast<size_t>(n))) {
+        return;
+      }
+      if (static_cast<size_t>(n) < want && !direction.source_closed) {
+        // A short read of a stream socket emptied its receive queue: new bytes (or a FIN) bring
+        // a new edge. With a FIN seen, the next read returns it.
+        direction.source_ready = false;
+        return;
+      }
+      continue;
+    }
+    if (n == 0) {
+      direction.source_ready = false;
+      onFin(direction);
+      return;
+    }
+    if (errno == EINTR) {
+      continue;
+    }
+    direction.source_ready = false;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      end(sideName(!direction.down), true);  // a reset reaches the other side as a reset
+    }
+    return;
+  }
+  // Still more to read, but other tunnels get their turn first: back on the loop's next pass
+  // (no edge will come for bytes already there).
+  if (event* source_event = direction.down ? upstream_event_ : client_event_) {
+    event_active(source_event, EV_READ, 0);
   }
 }
 
-bool Relay::overBufferBudget(size_t queued) const noexcept {
-  const int64_t limit = max_buffer_memory_;
-  const int64_t used = stats_.relay_buffered.load(kRelaxed);
-  if (used <= limit) {
-    return false;
+bool Relay::pass(Direction& direction, const char* data, size_t length) {
+  evbuffer* queue = bufferevent_get_output(direction.sink);
+  if (direction.sink_ready && evbuffer_get_length(queue) == 0) {
+    const evutil_socket_t fd = bufferevent_getfd(direction.sink);
+    while (length > 0) {
+      const ssize_t n = ::send(fd, data, length, MSG_NOSIGNAL);
+      if (n > 0) {
+        data += n;
+        length -= static_cast<size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        direction.sink_ready = false;
+        break;
+      } else {
+        end(sideName(direction.down), true);
+        return false;
+      }
+    }
   }
-  // Past the budget, the tunnels holding at least an equal share stop first; the ones holding
-  // less (readers that keep up) go on until the budget is exceeded by a quarter, where every
-  // side with bytes queued stops. Total: at most 1.25 x the budget plus one read per tunnel.
-  const uint64_t tunnels = std::max<uint64_t>(1, stats_.active_tunnels.load(kRelaxed));
-  return queued >= static_cast<uint64_t>(limit) / tunnels || used > limit + limit / 4;
+  if (length > 0) {
+    direction.sink_ready = false;  // a short send: the sink's buffer is full
+    evbuffer_add(queue, data, length);
+  }
+  return true;
+}
+
+// Past --max-buffer-memory every read is small, so that tunnels whose readers stall (each may
+// queue one read) hold at most kBudgetRead each beyond the budget, while readers that keep up
+// still get their bytes.
+size_t Relay::readSize() const noexcept {
+  return stats_.relay_buffered.load(kRelaxed) > max_buffer_memory_ ? kBudgetRead : kMaxRead;
 }
 
 void Relay::onOutputChanged(evbuffer*, const evbuffer_cb_info* info, void* self) {
@@ -108,18 +219,9 @@ void Relay::onOutputChanged(evbuffer*, const evbuffer_cb_info* info, void* self)
   relay->stats_.relay_buffered.fetch_add(delta, kRelaxed);
 }
 
-void Relay::onDrained(Direction& direction) {
-  bufferevent_setwatermark(direction.sink, EV_WRITE, 0, 0);
-  if (direction.half_close == HalfClose::kOpen) {
-    bufferevent_enable(direction.source, EV_READ);
-  } else if (direction.half_close == HalfClose::kFinPending) {
-    onFin(direction);
-  }
-}
-
 void Relay::onFin(Direction& direction) {
   if (closed_by_.empty()) {
-    closed_by_ = direction.down ? "upstream" : "client";
+    closed_by_ = sideName(!direction.down);
   }
   if (direction.half_close == HalfClose::kOpen) {
     direction.half_close = HalfClose::kFinPending;
@@ -142,45 +244,30 @@ void Relay::end(std::string_view failed_side, bool reset) {
   observer_.onRelayEnded(closed_by_.empty() ? failed_side : closed_by_, reset);
 }
 
-void Relay::onClientRead(bufferevent*, void* self) {
+void Relay::onClientSocket(evutil_socket_t, short what, void* self) {
   auto* relay = static_cast<Relay*>(self);
-  relay->forward(relay->up_);
-}
-
-void Relay::onUpstreamRead(bufferevent*, void* self) {
-  auto* relay = static_cast<Relay*>(self);
-  relay->forward(relay->down_);
-}
-
-// The client's output drained to its low watermark: the upstream -> client direction may go on.
-void Relay::onClientWrite(bufferevent*, void* self) {
-  auto* relay = static_cast<Relay*>(self);
-  relay->onDrained(relay->down_);
-}
-
-void Relay::onUpstreamWrite(bufferevent*, void* self) {
-  auto* relay = static_cast<Relay*>(self);
-  relay->onDrained(relay->up_);
-}
-
-void Relay::onClientEvent(bufferevent*, short events, void* self) {
-  auto* relay = static_cast<Relay*>(self);
-  if ((events & BEV_EVENT_EOF) != 0) {
-    relay->forward(relay->up_);
-    relay->onFin(relay->up_);
-    return;
+  if ((what & (EV_READ | EV_CLOSED)) != 0) {
+    relay->up_.source_ready = true;
+    relay->up_.source_closed = relay->up_.source_closed || (what & EV_CLOSED) != 0;
   }
-  relay->end("client", true);  // a client error reaches the upstream as a reset
+  if ((what & EV_WRITE) != 0) {
+    relay->down_.sink_ready = true;
+  }
+  relay->pump(relay->up_);
+  relay->pump(relay->down_);
 }
 
-void Relay::onUpstreamEvent(bufferevent*, short events, void* self) {
+void Relay::onUpstreamSocket(evutil_socket_t, short what, void* self) {
   auto* relay = static_cast<Relay*>(self);
-  if ((events & BEV_EVENT_EOF) != 0 && (events & BEV_EVENT_ERROR) == 0) {
-    relay->forward(relay->down_);
-    relay->onFin(relay->down_);
-    return;
+  if ((what & (EV_READ | EV_CLOSED)) != 0) {
+    relay->down_.source_ready = true;
+    relay->down_.source_closed = relay->down_.source_closed || (what & EV_CLOSED) != 0;
   }
-  relay->end("upstream", true);  // an upstream reset reaches the client as a reset
+  if ((what & EV_WRITE) != 0) {
+    relay->up_.sink_ready = true;
+  }
+  relay->pump(relay->down_);
+  relay->pump(relay->up_);
 }
 
 }  // namespace acr

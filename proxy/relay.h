@@ -2,6 +2,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 #include <chrono>
 #include <cstddef>
@@ -13,16 +14,28 @@ namespace acr {
 struct ProxyStats;
 
 // The relay of one tunnel: bytes both ways between the client's and the upstream's connected
-// bufferevents, with flow control, byte counters, half-close and the process-wide buffer budget
-// (README "Relay", THREATS R8). It takes over both bufferevents' callbacks from start() to
-// stop(); the bufferevents stay owned by the caller, who frees them only after stop().
+// sockets, with byte counters, half-close and the process-wide buffer budget (docs/operations.md
+// "Relay", THREATS R8). From start() to stop() it owns both sockets' I/O: the bufferevents that
+// carried the handshake are disabled (their output buffers serve as the queues below); they stay
+// owned by the caller, who frees them only after stop().
 //
-// Flow control: a side stops being read once kHighWater bytes wait for the other side (or the
-// process is past --max-buffer-memory and this tunnel holds at least its fair share), and resumes
-// when the other side has drained to half of that. Per tunnel: about 2 x (kHighWater + one read).
+// Why not through the bufferevents: libevent 2.1 reads at most 4 KiB per call (EVBUFFER_MAX_READ)
+// after a FIONREAD ioctl, and arms and disarms a write event around every queued chunk, so a
+// 1 GiB layer cost 262,144 wake-ups, reads and ioctls and two epoll_ctl per chunk. Here each
+// socket has one edge-triggered event for reading and writing, registered once: no epoll_ctl while
+// relaying, reads of up to kMaxRead into a per-thread scratch buffer, written straight on to the
+// other socket. Only what that socket does not take is queued (the sink bufferevent's output),
+// and while a direction has bytes queued its source is not read: the queue is at most one read
+// (64 KiB; 16 KiB past --max-buffer-memory), and an idle tunnel holds no buffer at all.
 class Relay {
  public:
-  static constexpr size_t kHighWater = 64 * 1024;
+  // The most one read(2) of a side takes; also the per-thread scratch buffer's size.
+  static constexpr size_t kMaxRead = 64 * 1024;
+  // A read's size while the process is past --max-buffer-memory.
+  static constexpr size_t kBudgetRead = 16 * 1024;
+  // Reads per wake-up and side at most, so that one busy tunnel cannot starve the loop's others
+  // (the rest is picked up on the loop's next turn).
+  static constexpr int kMaxReadsPerWake = 4;
 
   // Told once, when the tunnel is over: both directions have passed their FIN (`reset` false,
   // `closed_by` the side that sent the first FIN), or a side failed (`reset` true; `closed_by`
@@ -41,10 +54,11 @@ class Relay {
   Relay& operator=(const Relay&) = delete;
 
   // Counts the tunnel as active, passes on the bytes both inputs hold already (the head's early
-  // bytes, the ClientHello), byte-exact, and starts reading both sides.
+  // bytes, the ClientHello) and both outputs still queue, byte-exact, and starts relaying.
   void start();
-  // Unregisters from the bufferevents (disabling nothing) and returns this tunnel's share of the
-  // buffer budget and of the active tunnels. Idempotent; the destructor calls it.
+  // Unregisters from the bufferevents (disabling nothing), frees its read events and returns
+  // this tunnel's share of the buffer budget and of the active tunnels. Idempotent; the
+  // destructor calls it.
   void stop() noexcept;
 
   uint64_t bytesUp() const noexcept { return bytes_up_; }      // client -> upstream
@@ -59,26 +73,27 @@ class Relay {
   enum class HalfClose : uint8_t { kOpen, kFinPending, kFinSent };
   struct Direction {
     bufferevent* source;
-    bufferevent* sink;
+    bufferevent* sink;  // its output buffer queues what the sink's socket did not take
     HalfClose half_close = HalfClose::kOpen;
-    bool down;  // upstream -> client
+    bool down;                   // upstream -> client
+    bool source_ready = true;    // the source may have bytes (edge seen, no EAGAIN since)
+    bool sink_ready = true;      // the sink's socket may take bytes (edge seen, no EAGAIN since)
+    bool source_closed = false;  // its FIN has arrived (EV_CLOSED), maybe not read yet
   };
 
-  static void onClientRead(bufferevent*, void* self);
-  static void onUpstreamRead(bufferevent*, void* self);
-  static void onClientWrite(bufferevent*, void* self);
-  static void onUpstreamWrite(bufferevent*, void* self);
-  static void onClientEvent(bufferevent*, short events, void* self);
-  static void onUpstreamEvent(bufferevent*, short events, void* self);
+  static void onClientSocket(evutil_socket_t, short what, void* self);
+  static void onUpstreamSocket(evutil_socket_t, short what, void* self);
   static void onOutputChanged(evbuffer* buffer, const evbuffer_cb_info* info, void* self);
 
-  void forward(Direction& direction);
-  // The sink of `direction` drained to its low watermark: resume reading its source, or pass on
-  // a pending FIN once everything before it is out.
-  void onDrained(Direction& direction);
+  // Moves `direction`'s bytes as far as the sockets allow: the queue first, then reads.
+  void pump(Direction& direction);
+  // `length` bytes read from `direction`'s source: straight to the sink's socket when nothing is
+  // queued ahead of them, the rest (or all) queued. False when the sink failed (relay ended).
+  bool pass(Direction& direction, const char* data, size_t length);
+  size_t readSize() const noexcept;
   void onFin(Direction& direction);
   void end(std::string_view failed_side, bool reset);
-  bool overBufferBudget(size_t queued) const noexcept;
+  void count(const Direction& direction, size_t length) noexcept;
 
   bufferevent* const client_;
   bufferevent* const upstream_;
@@ -87,6 +102,8 @@ class Relay {
   Observer& observer_;
   Direction up_;
   Direction down_;
+  event* client_event_ = nullptr;  // edge-triggered, read and write, from start() to stop()
+  event* upstream_event_ = nullptr;
   evbuffer_cb_entry* client_output_cb_ = nullptr;
   evbuffer_cb_entry* upstream_output_cb_ = nullptr;
   int64_t buffered_ = 0;  // this tunnel's share of ProxyStats::relay_buffered

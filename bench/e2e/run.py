@@ -566,14 +566,7 @@ class Bench:
                              str(p["warmup"]), "--answer", str(p["answer"])], timeout=30)
         pids = peer.pids()
         perf = self.perf_start(peer, "rate")
-        strace = None
-        if self.strace:
-            # Syscall counts of every process of the peer (any peer) during the rate phase.
-            argv = ["strace", "-c", "-f", "-o", f"{self.strace}-{peer.name.replace(' ', '_')}.txt"]
-            for pid in pids:
-                argv += ["-p", str(pid)]
-            strace = start(argv)
-            time.sleep(1)
+        strace = self.strace_start(peer, "")
         cpu0 = proc_cpu_seconds(pids)
         r = self.load(peer, ["--concurrency", str(p["concurrency"]), "--duration",
                              str(p["duration"]), "--answer", str(p["answer"])],
@@ -588,6 +581,21 @@ class Bench:
                 "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"],
                 "cpu_ms_per_1k": (cpu1 - cpu0) * 1000 / r["tunnels"] * 1000,
                 "errors": r["errors"], "error_kinds": r["error_kinds"]}
+
+    def strace_start(self, peer, phase):
+        """strace -c of every process of the peer (any peer) during one phase, to
+        STRACE-PEER.txt (rate phase) or STRACE-PEER-PHASE.txt: syscalls per tunnel or per byte,
+        side by side."""
+        if not self.strace:
+            return None
+        suffix = f"-{phase}" if phase else ""
+        argv = ["strace", "-c", "-f", "-o",
+                f"{self.strace}-{peer.name.replace(' ', '_')}{suffix}.txt"]
+        for pid in peer.pids():
+            argv += ["-p", str(pid)]
+        strace = start(argv)
+        time.sleep(1)
+        return strace
 
     def perf_start(self, peer, phase):
         """perf record (user-space call graphs; DWARF, as the Release build keeps no frame
@@ -627,12 +635,14 @@ class Bench:
     def bulk(self, peer, size, count, timeout):
         self.set_sink(size)
         perf = self.perf_start(peer, f"bulk{count}")
+        strace = self.strace_start(peer, f"bulk{count}")
         cpu0 = proc_cpu_seconds(peer.pids())
         r = self.load(peer, ["--concurrency", str(count), "--count", str(count), "--duration",
                              str(timeout), "--timeout", str(timeout), "--answer", str(size)],
                       timeout=timeout + 30)
         cpu1 = proc_cpu_seconds(peer.pids())
         stop(perf, sig=signal.SIGINT, timeout=120)
+        stop(strace, sig=signal.SIGINT, timeout=60)
         if not r or r["tunnels"] != count:
             return None, None
         return r["mb_per_s"], (cpu1 - cpu0) / (r["bytes"] / GIB)
@@ -784,7 +794,8 @@ def main():
     parser.add_argument("--perf", metavar="PREFIX",
                         help="perf record acr-egress in each phase to PREFIX-ROLE-PHASE.data")
     parser.add_argument("--strace", metavar="PREFIX",
-                        help="strace -c each peer in the rate phase to PREFIX-PEER.txt")
+                        help="strace -c each peer in the rate phase to PREFIX-PEER.txt, "
+                        "and in the bulk phases to PREFIX-PEER-bulkN.txt")
     parser.add_argument("--json", help="write every round's raw numbers here")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--png", help="draw the ratios here (python3-matplotlib)")
