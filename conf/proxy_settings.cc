@@ -140,6 +140,69 @@ class SettingReader {
   ProxySettings& out_;
 };
 
+std::string joined(const std::vector<ConfigValue>& values) {
+  std::string text;
+  for (const ConfigValue& value : values) {
+    text += (text.empty() ? "" : ", ") + value.text;
+  }
+  return text;
+}
+
+// The policy's settings as given, so that a reload names the policy keys that changed too.
+void recordPolicySettings(const PolicyConfig& policy, SettingReader& read) {
+  auto flag = [](bool on) { return std::string(on ? "true" : "false"); };
+  for (const SettingRow& row : allSettings()) {
+    std::string text;
+    switch (row.setting) {
+      case Setting::kRegistries:
+        text = joined(policy.registries);
+        break;
+      case Setting::kRegions:
+        text = joined(policy.regions);
+        break;
+      case Setting::kAllowHosts:
+        text = joined(policy.allow_hosts);
+        break;
+      case Setting::kAllowCidrs:
+        text = joined(policy.allow_cidrs);
+        break;
+      case Setting::kDenyCidrs:
+        text = joined(policy.deny_cidrs);
+        break;
+      case Setting::kServiceTagsFile:
+        text = policy.service_tags_file ? policy.service_tags_file->text : "";
+        break;
+      case Setting::kServiceTags:
+        text = joined(policy.service_tags);
+        break;
+      case Setting::kPorts:
+        text = joined(policy.ports);
+        break;
+      case Setting::kPresets:
+        text = joined(policy.presets);
+        break;
+      case Setting::kStrictIp:
+        text = flag(policy.strict_ip);
+        break;
+      case Setting::kReportOnly:
+        text = flag(policy.report_only);
+        break;
+      case Setting::kRevokeOnReload:
+        text = flag(policy.revoke_on_reload);
+        break;
+      case Setting::kDenyEch:
+        text = policy.deny_ech ? "deny" : "allow_outer";
+        break;
+      case Setting::kClientCidrs:
+        text = joined(policy.client_cidrs);
+        break;
+      default:  // --config, and the proxy settings: read by buildProxySettings
+        continue;
+    }
+    read.record(row.setting, std::move(text));
+  }
+}
+
 }  // namespace
 
 std::string_view listenerKindName(ListenerKind kind) noexcept {
@@ -205,6 +268,7 @@ void checkListenerExposure(const Config& config) {
 ProxySettings buildProxySettings(const Config& config) {
   ProxySettings settings;
   SettingReader read(config, settings);
+  recordPolicySettings(config.policy, read);
   const std::pair<Setting, ListenerKind> kinds[] = {
       {Setting::kConnectListeners, ListenerKind::kConnect},
       {Setting::kTransparentListeners, ListenerKind::kTransparent},

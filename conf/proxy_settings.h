@@ -67,8 +67,9 @@ struct ProxySettings {
   // proxy.admin_allow_remote: it has no authentication and shows the policy.
   std::optional<SocketAddress> admin;
   bool admin_allow_remote = false;
-  // Each proxy setting's effective value as canonical text ("15m", "127.0.0.1:3128, [::1]:1"),
-  // empty for policy settings: what a reload compares (changedSettings).
+  // Each setting's effective value as canonical text ("15m", "127.0.0.1:3128, [::1]:1"); the
+  // policy settings as given (the policy itself is built by buildPolicy). What a reload compares
+  // (changedSettings) to name the settings that changed.
   std::array<std::string, kSettingCount> effective;
 };
 
@@ -76,7 +77,7 @@ struct ProxySettings {
 // origin of a bad value.
 ProxySettings buildProxySettings(const Config& config);
 
-// The proxy settings whose effective value differs, in table order.
+// The settings (policy and proxy) whose effective value differs, in table order.
 std::vector<Setting> changedSettings(const ProxySettings& before, const ProxySettings& after);
 
 // Gives `next` the running values of every setting that is not live (the table's "live" column:

@@ -180,3 +180,22 @@ TEST(SettingsTableTest, HelpAndReferenceShowEveryRow) {
 
 }  // namespace
 }  // namespace acr
+
+namespace acr {
+namespace {
+
+// A reload names the policy keys that changed as well (all live): a host added, ECH denied.
+TEST(SettingsTableTest, ChangedSettingsNamePolicyKeys) {
+  setenv("ACR_EGRESS_CONFIG", "", 1);
+  const ProxySettings before =
+      buildProxySettings(parseCommandLine({"--allow-host", "a.azurecr.io"}).config);
+  const ProxySettings after =
+      buildProxySettings(parseCommandLine({"--allow-host", "a.azurecr.io", "--allow-host",
+                                           "b.azurecr.io", "--deny-ech", "--idle-timeout", "900s"})
+                             .config);
+  std::vector<Setting> expected = {Setting::kAllowHosts, Setting::kDenyEch};
+  EXPECT_EQ(changedSettings(before, after), expected);  // 900s is the default 15m: no change
+}
+
+}  // namespace
+}  // namespace acr

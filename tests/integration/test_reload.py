@@ -553,7 +553,8 @@ class ReloadTest(unittest.TestCase):
         line = self.reload_and_wait(proxy, lambda: self.write_settings_config(
             config, hosts=(STABLE, BETA), sections=sections), "reloaded the policy")
         self.assertIn(f"rules added: host {BETA}", line)
-        self.assertIn("settings changed: dns.timeout, limits.idle_timeout, log.deny_rate", line)
+        self.assertIn("settings changed: policy.allow_hosts, dns.timeout, limits.idle_timeout, "
+                      "log.deny_rate", line)
         self.assertNotIn("log.format", line)  # json is the default: not a change
         self.assertEqual(proxy.stderr_text().count("reloaded the policy"), 1)
         for listing in ("host patterns:", "allowed prefixes:"):
