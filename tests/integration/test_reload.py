@@ -564,6 +564,28 @@ class ReloadTest(unittest.TestCase):
         self.assertTrue(line.rstrip('"}').endswith("no change"), line)
         self.assertEqual(self.curl_connect_code(listen, BETA), "200")
 
+    def test_changed_log_format_applies_at_once(self):
+        """log.format changed to text by a reload: the next connection's access-log line and the
+        service log are plain text lines instead of JSON objects."""
+        config = os.path.join(self.tmp.path, "format.toml")
+        self.write_settings_config(config)
+        proxy, listen = self.start_proxy(config)
+        mark = proxy.log_mark()
+        self.assertEqual(self.curl_connect_code(listen, BETA), "403")
+        harness.wait_until(lambda: len(proxy.stdout_lines()) > mark, 10, 0.02, "a JSON line")
+        self.assertTrue(proxy.stdout_lines()[mark].startswith("{"), proxy.stdout_lines()[mark])
+        self.reload_and_wait(proxy, lambda: self.write_settings_config(
+            config, sections='[log]\nformat = "text"\n'), "reloaded the policy")
+        mark = proxy.log_mark()
+        self.assertEqual(self.curl_connect_code(listen, BETA), "403")
+        harness.wait_until(lambda: len(proxy.stdout_lines()) > mark, 10, 0.02, "a text line")
+        line = proxy.stdout_lines()[mark]
+        self.assertFalse(line.startswith("{"), line)
+        self.assertIn("host_not_allowed", line)
+        self.reload_and_wait(proxy, lambda: None, "reloaded the policy (generation 3)")
+        last = [entry for entry in proxy.stderr_text().splitlines() if "generation 3" in entry][-1]
+        self.assertFalse(last.startswith("{"), last)
+
     def test_bad_config_keeps_the_old_settings_and_policy(self):
         """A reload whose settings are valid but whose policy is not applies neither (the new
         limit of 1 connection is not enforced), and one whose policy is valid but a setting is
