@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <string>
 
+#include "conf/command_line.h"
+
 namespace acr {
 namespace {
 
@@ -54,8 +56,7 @@ constexpr SettingRow kRows[] = {
      "CIDR",
      "clients that may use the proxy; required for a listener on a non-loopback address "
      "(0.0.0.0/0, ::/0: anyone)"},
-    {S::kConfig, "--config", "", K::kText, false, 0, 0, "", "/etc/acr-egress/acr-egress.toml",
-     false, "FILE",
+    {S::kConfig, "--config", "", K::kText, false, 0, 0, "", kDefaultConfigPath, false, "FILE",
      "TOML configuration; command-line options add to it; the default is read only if it "
      "exists"},
     {S::kConnectListeners, "--connect", "listeners.connect", K::kAddress, true, 0, 0,

@@ -55,6 +55,15 @@ std::vector<int> inheritedSockets() {
   return fds;
 }
 
+// "a, b, c": settings named in the reload line and the STATUS line.
+std::string joinKeys(const std::vector<std::string>& keys) {
+  std::string out;
+  for (const std::string& key : keys) {
+    out += (out.empty() ? "" : ", ") + key;
+  }
+  return out;
+}
+
 std::string jsonEscaped(std::string_view text) {
   std::string out;
   AccessLog::appendJsonString(out, text);
@@ -311,10 +320,7 @@ void ProxyServer::notifyStatus(const std::string& state) {
     status += "; service-tags changeNumber " + std::to_string(*current_.service_tags_change_number);
   }
   if (!context_->needsRestart().empty()) {
-    status += "; needs a restart:";
-    for (const std::string& key : context_->needsRestart()) {
-      status += " " + key;
-    }
+    status += "; needs a restart: " + joinKeys(context_->needsRestart());
   }
   sd_notify(0, status.c_str());
 }
@@ -347,15 +353,11 @@ void ProxyServer::reload() {
     ProxySettings& settings = reloaded.settings;
     const std::shared_ptr<const ProxySettings> running = context_->settings();
     // Named by the table: what changed, and of that what cannot change without a restart.
-    std::string applied;
+    std::vector<std::string> applied;
     std::vector<std::string> needs_restart;
     for (const Setting setting : changedSettings(*running, settings)) {
       const SettingRow& row = settingRow(setting);
-      if (row.live) {
-        applied += (applied.empty() ? "" : ", ") + std::string(row.key);
-      } else {
-        needs_restart.emplace_back(row.key);
-      }
+      (row.live ? applied : needs_restart).emplace_back(row.key);
     }
     keepRestartSettings(settings, *running);
     capConnections(settings);
@@ -383,15 +385,15 @@ void ProxyServer::reload() {
     std::string line = "reloaded the policy (generation " + std::to_string(generation_) + "): " +
                        (change == "no change" && settings_changed ? "policy unchanged" : change);
     if (!applied.empty()) {
-      line += "; settings changed: " + applied;
+      line += "; settings changed: " + joinKeys(applied);
     }
     if (!needs_restart.empty()) {
-      line += "; needs a restart:";
-      for (const std::string& key : needs_restart) {
-        line += " " + key;
-      }
+      line += "; needs a restart: " + joinKeys(needs_restart);
+      // A warning: the file says one thing and the process does another until a restart.
+      spdlog::warn("{}", jsonEscaped(line));
+    } else {
+      spdlog::info("{}", jsonEscaped(line));
     }
-    spdlog::info("{}", jsonEscaped(line));
     for (const std::string& warning : current_.warnings) {
       spdlog::warn("{}", jsonEscaped(warning));
     }
