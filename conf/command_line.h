@@ -8,11 +8,9 @@
 
 namespace acr {
 
-// The policy options shared by every command (check, --check-config, the proxy):
-//   --registry NAME   --region REGION   --allow-host PATTERN   --allow-cidr CIDR
-//   --deny-cidr CIDR  --service-tags FILE   --service-tag NAME   --port N   --strict-ip
-//   --config FILE     (TOML; options given on the command line add to the file's)
-// Each takes "--opt VALUE" or "--opt=VALUE".
+// The options shared by every command (check, --check-config, the proxy): one per row of the
+// settings table (conf/settings_table.h), each "--opt VALUE" or "--opt=VALUE" (flags take no
+// value). --config FILE is TOML; options given on the command line add to the file's.
 // Read when --config is not given and the file exists (ACR_EGRESS_CONFIG overrides; empty: none).
 inline constexpr const char* kDefaultConfigPath = "/etc/acr-egress/acr-egress.toml";
 
@@ -27,10 +25,5 @@ struct CommandLine {
 // value; loads --config first so that command-line values add to the file's.
 CommandLine parseCommandLine(const std::vector<std::string>& args,
                              const std::vector<std::string_view>& extra_flags = {});
-
-// The option lists, for --help. Proxy options (listeners, DNS, limits, logs) are parsed into
-// Config::settings and validated by conf/proxy_settings.
-std::string_view policyOptionsHelp() noexcept;
-std::string_view proxyOptionsHelp() noexcept;
 
 }  // namespace acr

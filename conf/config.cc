@@ -9,36 +9,6 @@
 namespace acr {
 namespace {
 
-constexpr std::string_view kListSettings[] = {"listeners.connect", "listeners.transparent",
-                                              "listeners.sni", "dns.servers"};
-constexpr std::string_view kScalarSettings[] = {
-    "proxy.workers",
-    "proxy.mark",
-    "proxy.allow_non_tls",
-    "proxy.allow_no_sni",
-    "proxy.admin",
-    "proxy.admin_allow_remote",
-    "limits.head_timeout",
-    "limits.connect_timeout",
-    "limits.idle_timeout",
-    "limits.drain_timeout",
-    "limits.keepalive_idle",
-    "limits.max_connections",
-    "limits.max_head_size",
-    "limits.max_client_hello_size",
-    "dns.timeout",
-    "dns.min_ttl",
-    "dns.max_ttl",
-    "dns.negative_ttl",
-    "dns.cache_size",
-    "log.format",
-    "log.deny_rate",
-    "limits.happy_eyeballs_delay",
-    "limits.max_buffer_memory",
-    "limits.max_handshake_memory",
-    "listeners.sni_upstream_port",
-};
-
 std::string where(const std::string& source, const toml::source_region& region) {
   return source + ":" + std::to_string(region.begin.line) + ":" +
          std::to_string(region.begin.column);
@@ -69,75 +39,103 @@ void readPolicy(const std::string& source, const std::string& base_directory,
                 const toml::table& table, PolicyConfig& policy) {
   for (const auto& [key_node, node] : table) {
     const std::string key(key_node.str());
-    if (key == "registries" || key == "allow_hosts") {
-      (key == "registries" ? policy.registries : policy.allow_hosts) =
-          stringList(source, key, node);
-      if (!policy.host_list_origin) {
-        policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
-      }
-    } else if (key == "regions") {
-      policy.regions = stringList(source, key, node);
-    } else if (key == "allow_cidrs") {
-      policy.allow_cidrs = stringList(source, key, node);
-    } else if (key == "deny_cidrs") {
-      policy.deny_cidrs = stringList(source, key, node);
-    } else if (key == "service_tags") {
-      policy.service_tags = stringList(source, key, node);
-    } else if (key == "presets") {
-      policy.presets = stringList(source, key, node);
-    } else if (key == "client_cidrs") {
-      policy.client_cidrs = stringList(source, key, node);
-    } else if (key == "report_only") {
-      const auto* flag = node.as_boolean();
-      if (flag == nullptr) {
-        fail(source, node, "'report_only' must be true or false");
-      }
-      policy.report_only = flag->get();
-    } else if (key == "revoke_on_reload") {
-      const auto* flag = node.as_boolean();
-      if (flag == nullptr) {
-        fail(source, node, "'revoke_on_reload' must be true or false");
-      }
-      policy.revoke_on_reload = flag->get();
-    } else if (key == "ech") {
-      const auto* text = node.as_string();
-      if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
-        fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
-      }
-      policy.deny_ech = text->get() == "deny";
-    } else if (key == "service_tags_file") {
-      const auto* text = node.as_string();
-      if (text == nullptr || text->get().empty()) {
-        fail(source, node, "'service_tags_file' must be a non-empty string");
-      }
-      std::filesystem::path path(text->get());
-      if (path.is_relative() && !base_directory.empty()) {
-        path = std::filesystem::path(base_directory) / path;
-      }
-      policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
-    } else if (key == "ports") {
-      const toml::array* array = node.as_array();
-      if (array == nullptr) {
-        fail(source, node, "'ports' must be an array of integers");
-      }
-      policy.ports.clear();
-      for (const toml::node& item : *array) {
-        const auto* number = item.as_integer();
-        if (number == nullptr) {
-          fail(source, item, "'ports' must hold integers only");
-        }
-        policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
-      }
-    } else if (key == "strict_ip") {
-      const auto* flag = node.as_boolean();
-      if (flag == nullptr) {
-        fail(source, node, "'strict_ip' must be true or false");
-      }
-      policy.strict_ip = flag->get();
-    } else {
+    const SettingRow* row = findSettingByKey("policy." + key);
+    if (row == nullptr) {
       fail(source, node, "unknown key 'policy." + key + "'");
     }
+    auto flag = [&] {
+      const auto* value = node.as_boolean();
+      if (value == nullptr) {
+        fail(source, node, "'" + key + "' must be true or false");
+      }
+      return value->get();
+    };
+    switch (row->setting) {
+      case Setting::kRegistries:
+      case Setting::kAllowHosts:
+        (row->setting == Setting::kRegistries ? policy.registries : policy.allow_hosts) =
+            stringList(source, key, node);
+        if (!policy.host_list_origin) {
+          policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
+        }
+        break;
+      case Setting::kRegions:
+        policy.regions = stringList(source, key, node);
+        break;
+      case Setting::kAllowCidrs:
+        policy.allow_cidrs = stringList(source, key, node);
+        break;
+      case Setting::kDenyCidrs:
+        policy.deny_cidrs = stringList(source, key, node);
+        break;
+      case Setting::kServiceTags:
+        policy.service_tags = stringList(source, key, node);
+        break;
+      case Setting::kPresets:
+        policy.presets = stringList(source, key, node);
+        break;
+      case Setting::kClientCidrs:
+        policy.client_cidrs = stringList(source, key, node);
+        break;
+      case Setting::kReportOnly:
+        policy.report_only = flag();
+        break;
+      case Setting::kRevokeOnReload:
+        policy.revoke_on_reload = flag();
+        break;
+      case Setting::kStrictIp:
+        policy.strict_ip = flag();
+        break;
+      case Setting::kDenyEch: {
+        const auto* text = node.as_string();
+        if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
+          fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
+        }
+        policy.deny_ech = text->get() == "deny";
+        break;
+      }
+      case Setting::kServiceTagsFile: {
+        const auto* text = node.as_string();
+        if (text == nullptr || text->get().empty()) {
+          fail(source, node, "'service_tags_file' must be a non-empty string");
+        }
+        std::filesystem::path path(text->get());
+        if (path.is_relative() && !base_directory.empty()) {
+          path = std::filesystem::path(base_directory) / path;
+        }
+        policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
+        break;
+      }
+      case Setting::kPorts: {
+        const toml::array* array = node.as_array();
+        if (array == nullptr) {
+          fail(source, node, "'ports' must be an array of integers");
+        }
+        policy.ports.clear();
+        for (const toml::node& item : *array) {
+          const auto* number = item.as_integer();
+          if (number == nullptr) {
+            fail(source, item, "'ports' must hold integers only");
+          }
+          policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
+        }
+        break;
+      }
+      default:  // a row of another table: its key does not start with "policy."
+        fail(source, node, "unknown key 'policy." + key + "'");
+    }
   }
+}
+
+// Whether `name` is a table of the settings table other than [policy] ("limits", "dns").
+bool isSettingTable(std::string_view name) {
+  for (const SettingRow& row : allSettings()) {
+    if (!isPolicySetting(row.setting) && row.key.size() > name.size() &&
+        row.key.starts_with(name) && row.key[name.size()] == '.') {
+      return true;
+    }
+  }
+  return false;
 }
 
 // A scalar TOML value as text: strings as they are, integers in decimal, booleans as true/false.
@@ -158,11 +156,12 @@ void readSettings(const std::string& source, const std::string& table_name,
                   const toml::table& table, SettingMap& settings) {
   for (const auto& [key_node, node] : table) {
     const std::string key = table_name + "." + std::string(key_node.str());
-    if (!isKnownSetting(key)) {
+    const SettingRow* row = findSettingByKey(key);
+    if (row == nullptr || isPolicySetting(row->setting)) {
       fail(source, node, "unknown key '" + key + "'");
     }
     std::vector<ConfigValue> values;
-    if (isListSetting(key)) {
+    if (row->repeatable) {
       values = stringList(source, key, node);
     } else {
       const auto text = scalarText(node);
@@ -171,32 +170,11 @@ void readSettings(const std::string& source, const std::string& table_name,
       }
       values.push_back({*text, where(source, node.source())});
     }
-    settings[key] = std::move(values);
+    settings[row->setting] = std::move(values);
   }
 }
 
 }  // namespace
-
-bool isListSetting(std::string_view key) noexcept {
-  for (std::string_view list : kListSettings) {
-    if (key == list) {
-      return true;
-    }
-  }
-  return false;
-}
-
-bool isKnownSetting(std::string_view key) noexcept {
-  if (isListSetting(key)) {
-    return true;
-  }
-  for (std::string_view scalar : kScalarSettings) {
-    if (key == scalar) {
-      return true;
-    }
-  }
-  return false;
-}
 
 Config parseConfigText(std::string_view text, const std::string& source,
                        const std::string& base_directory) {
@@ -215,8 +193,7 @@ Config parseConfigText(std::string_view text, const std::string& source,
         fail(source, node, "'policy' must be a table ([policy])");
       }
       readPolicy(source, base_directory, *table, config.policy);
-    } else if (key == "listeners" || key == "proxy" || key == "limits" || key == "dns" ||
-               key == "log") {
+    } else if (isSettingTable(key)) {
       const toml::table* table = node.as_table();
       if (table == nullptr) {
         fail(source, node, "'" + key + "' must be a table ([" + key + "])");
@@ -270,7 +247,7 @@ void mergeConfig(Config& base, const Config& extra) {
   to.deny_ech = to.deny_ech || from.deny_ech;
   for (const auto& [key, values] : extra.settings) {
     auto& target = base.settings[key];
-    if (isListSetting(key)) {
+    if (settingRow(key).repeatable) {
       target.insert(target.end(), values.begin(), values.end());
     } else {
       target = values;

@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "conf/settings_table.h"
+
 namespace acr {
 
 // Any invalid configuration, command line or data file. The message names where the bad value
@@ -46,20 +48,15 @@ struct PolicyConfig {
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
 };
 
-// Every other setting, keyed "table.key" as in the TOML file ("listeners.connect",
-// "limits.idle_timeout"); conf/proxy_settings validates and types them. List-valued keys hold
-// several values, scalar keys one.
-using SettingMap = std::map<std::string, std::vector<ConfigValue>>;
+// Every other setting, keyed by its row of the settings table (conf/settings_table.h);
+// conf/proxy_settings validates and types them. Repeatable settings hold several values, the
+// others one.
+using SettingMap = std::map<Setting, std::vector<ConfigValue>>;
 
 struct Config {
   PolicyConfig policy;
   SettingMap settings;
 };
-
-// The setting keys that are lists (appended on merge); every other key is a scalar.
-bool isListSetting(std::string_view key) noexcept;
-// Whether `key` ("table.key") is a known setting outside [policy].
-bool isKnownSetting(std::string_view key) noexcept;
 
 // Reads a TOML configuration file. Throws ConfigError naming the file, line and column of a
 // syntax error, an unknown key, or a value of the wrong type. A relative service_tags_file is

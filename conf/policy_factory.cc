@@ -1,12 +1,12 @@
 #include "conf/policy_factory.h"
 
 #include <algorithm>
-#include <charconv>
 #include <set>
 
 #include "conf/presets.h"
 #include "conf/service_tags.h"
 #include "filters/host_name.h"
+#include "filters/socket_address.h"
 
 namespace acr {
 namespace {
@@ -28,14 +28,11 @@ std::string singleLabel(const ConfigValue& value, const char* what) {
 }
 
 uint16_t parsePort(const ConfigValue& value) {
-  unsigned port = 0;
-  const std::string& text = value.text;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || port == 0 ||
-      port > 65535 || (text.size() > 1 && text[0] == '0')) {
-    fail(value, "invalid port '" + text + "': expected a number from 1 to 65535");
+  const std::optional<uint16_t> port = acr::parsePort(value.text);
+  if (!port) {
+    fail(value, "invalid port '" + value.text + "': expected a number from 1 to 65535");
   }
-  return static_cast<uint16_t>(port);
+  return *port;
 }
 
 Cidr parseCidr(const ConfigValue& value) {

@@ -1,7 +1,5 @@
 #include "conf/proxy_settings.h"
 
-#include <arpa/inet.h>
-
 #include <charconv>
 #include <cstring>
 
@@ -23,42 +21,185 @@ std::optional<T> parseNumber(std::string_view text) {
   return number;
 }
 
-const ConfigValue* scalar(const Config& config, const std::string& key) {
-  const auto it = config.settings.find(key);
-  return it == config.settings.end() || it->second.empty() ? nullptr : &it->second.back();
-}
-
-void readDuration(const Config& config, const std::string& key, std::chrono::milliseconds min,
-                  std::chrono::milliseconds max, std::chrono::milliseconds& out) {
-  if (const ConfigValue* value = scalar(config, key)) {
-    const auto duration = parseDuration(value->text);
-    if (!duration || *duration < min || *duration > max) {
-      fail(*value, "invalid " + key + " '" + value->text + "': expected a duration from " +
-                       std::to_string(min.count()) + "ms to " + std::to_string(max.count()) +
-                       "ms with a unit (ms, s, m, h)");
-    }
-    out = *duration;
+std::string durationText(std::chrono::milliseconds duration) {
+  const int64_t ms = duration.count();
+  if (ms != 0 && ms % 3'600'000 == 0) {
+    return std::to_string(ms / 3'600'000) + "h";
   }
-}
-
-template <class T>
-void readNumber(const Config& config, const std::string& key, T min, T max, T& out) {
-  if (const ConfigValue* value = scalar(config, key)) {
-    const auto number = parseNumber<T>(value->text);
-    if (!number || *number < min || *number > max) {
-      fail(*value, "invalid " + key + " '" + value->text + "': expected a number from " +
-                       std::to_string(min) + " to " + std::to_string(max));
-    }
-    out = *number;
+  if (ms != 0 && ms % 60'000 == 0) {
+    return std::to_string(ms / 60'000) + "m";
   }
+  if (ms != 0 && ms % 1000 == 0) {
+    return std::to_string(ms / 1000) + "s";
+  }
+  return std::to_string(ms) + "ms";
 }
 
-void readBool(const Config& config, const std::string& key, bool& out) {
-  if (const ConfigValue* value = scalar(config, key)) {
-    if (value->text != "true" && value->text != "false") {
-      fail(*value, "invalid " + key + " '" + value->text + "': expected true or false");
+// Reads the settings of one Config by the table's rows: the last value given, or the row's
+// default, validated against the row's kind and range; records each effective value.
+class SettingReader {
+ public:
+  SettingReader(const Config& config, ProxySettings& out) : config_(config), out_(out) {}
+
+  // The value given last for `setting`, else its default (origin "default"), else empty.
+  std::optional<ConfigValue> scalar(Setting setting) const {
+    const auto it = config_.settings.find(setting);
+    if (it != config_.settings.end() && !it->second.empty()) {
+      return it->second.back();
     }
-    out = value->text == "true";
+    const SettingRow& row = settingRow(setting);
+    if (row.default_value.empty()) {
+      return std::nullopt;
+    }
+    return ConfigValue{std::string(row.default_value), "default"};
+  }
+
+  // Every value given for a repeatable setting, else its default as one value.
+  std::vector<ConfigValue> list(Setting setting) const {
+    const auto it = config_.settings.find(setting);
+    if (it != config_.settings.end() && !it->second.empty()) {
+      return it->second;
+    }
+    const std::optional<ConfigValue> fallback = scalar(setting);
+    return fallback ? std::vector<ConfigValue>{*fallback} : std::vector<ConfigValue>{};
+  }
+
+  template <class T>
+  std::optional<T> number(Setting setting) {
+    const SettingRow& row = settingRow(setting);
+    const std::optional<ConfigValue> value = scalar(setting);
+    if (!value) {
+      return std::nullopt;
+    }
+    const auto parsed = parseNumber<uint64_t>(value->text);
+    if (!parsed || *parsed < static_cast<uint64_t>(row.min) ||
+        *parsed > static_cast<uint64_t>(row.max)) {
+      fail(*value, "invalid " + std::string(row.key) + " '" + value->text +
+                       "': expected a number from " + std::to_string(row.min) + " to " +
+                       std::to_string(row.max));
+    }
+    record(setting, std::to_string(*parsed));
+    return static_cast<T>(*parsed);
+  }
+
+  std::chrono::milliseconds duration(Setting setting) {
+    const SettingRow& row = settingRow(setting);
+    const ConfigValue value = *scalar(setting);  // every duration has a default
+    const auto parsed = parseDuration(value.text);
+    if (!parsed || parsed->count() < row.min || parsed->count() > row.max) {
+      fail(value, "invalid " + std::string(row.key) + " '" + value.text +
+                      "': expected a duration from " + std::to_string(row.min) + "ms to " +
+                      std::to_string(row.max) + "ms with a unit (ms, s, m, h)");
+    }
+    record(setting, durationText(*parsed));
+    return *parsed;
+  }
+
+  std::chrono::seconds seconds(Setting setting) {
+    return std::chrono::duration_cast<std::chrono::seconds>(duration(setting));
+  }
+
+  bool flag(Setting setting) {
+    const SettingRow& row = settingRow(setting);
+    const ConfigValue value = *scalar(setting);  // every flag has a default
+    if (value.text != "true" && value.text != "false") {
+      fail(value,
+           "invalid " + std::string(row.key) + " '" + value.text + "': expected true or false");
+    }
+    record(setting, value.text);
+    return value.text == "true";
+  }
+
+  std::string choice(Setting setting) {
+    const SettingRow& row = settingRow(setting);
+    const ConfigValue value = *scalar(setting);
+    std::string expected;
+    std::string_view rest = row.choices;
+    bool found = false;
+    while (!rest.empty()) {
+      const size_t bar = rest.find('|');
+      const std::string_view one = rest.substr(0, bar);
+      found = found || one == value.text;
+      rest = bar == std::string_view::npos ? std::string_view() : rest.substr(bar + 1);
+      expected += (expected.empty() ? "" : rest.empty() ? " or " : ", ") + std::string(one);
+    }
+    if (!found) {
+      fail(value,
+           "invalid " + std::string(row.key) + " '" + value.text + "': expected " + expected);
+    }
+    record(setting, value.text);
+    return value.text;
+  }
+
+  void record(Setting setting, std::string text) {
+    out_.effective[static_cast<size_t>(setting)] = std::move(text);
+  }
+
+ private:
+  const Config& config_;
+  ProxySettings& out_;
+};
+
+std::string joined(const std::vector<ConfigValue>& values) {
+  std::string text;
+  for (const ConfigValue& value : values) {
+    text += (text.empty() ? "" : ", ") + value.text;
+  }
+  return text;
+}
+
+// The policy's settings as given, so that a reload names the policy keys that changed too.
+void recordPolicySettings(const PolicyConfig& policy, SettingReader& read) {
+  auto flag = [](bool on) { return std::string(on ? "true" : "false"); };
+  for (const SettingRow& row : allSettings()) {
+    std::string text;
+    switch (row.setting) {
+      case Setting::kRegistries:
+        text = joined(policy.registries);
+        break;
+      case Setting::kRegions:
+        text = joined(policy.regions);
+        break;
+      case Setting::kAllowHosts:
+        text = joined(policy.allow_hosts);
+        break;
+      case Setting::kAllowCidrs:
+        text = joined(policy.allow_cidrs);
+        break;
+      case Setting::kDenyCidrs:
+        text = joined(policy.deny_cidrs);
+        break;
+      case Setting::kServiceTagsFile:
+        text = policy.service_tags_file ? policy.service_tags_file->text : "";
+        break;
+      case Setting::kServiceTags:
+        text = joined(policy.service_tags);
+        break;
+      case Setting::kPorts:
+        text = joined(policy.ports);
+        break;
+      case Setting::kPresets:
+        text = joined(policy.presets);
+        break;
+      case Setting::kStrictIp:
+        text = flag(policy.strict_ip);
+        break;
+      case Setting::kReportOnly:
+        text = flag(policy.report_only);
+        break;
+      case Setting::kRevokeOnReload:
+        text = flag(policy.revoke_on_reload);
+        break;
+      case Setting::kDenyEch:
+        text = policy.deny_ech ? "deny" : "allow_outer";
+        break;
+      case Setting::kClientCidrs:
+        text = joined(policy.client_cidrs);
+        break;
+      default:  // --config, and the proxy settings: read by buildProxySettings
+        continue;
+    }
+    read.record(row.setting, std::move(text));
   }
 }
 
@@ -101,98 +242,14 @@ std::optional<std::chrono::milliseconds> parseDuration(std::string_view text) no
   return std::chrono::milliseconds(*number * factor);
 }
 
-std::optional<SocketAddress> SocketAddress::parse(std::string_view text,
-                                                  std::optional<uint16_t> default_port) {
-  std::string host;
-  std::optional<std::string_view> port_text;
-  const bool bracketed = !text.empty() && text.front() == '[';
-  if (bracketed) {
-    const size_t close = text.find(']');
-    if (close == std::string_view::npos) {
-      return std::nullopt;
-    }
-    host = std::string(text.substr(1, close - 1));
-    const std::string_view rest = text.substr(close + 1);
-    if (!rest.empty()) {
-      if (rest.front() != ':') {
-        return std::nullopt;
-      }
-      port_text = rest.substr(1);
-    }
-  } else {
-    const size_t colon = text.find(':');
-    if (colon == std::string_view::npos) {
-      host = std::string(text);
-    } else if (text.find(':', colon + 1) == std::string_view::npos) {
-      host = std::string(text.substr(0, colon));
-      port_text = text.substr(colon + 1);
-    } else {
-      return std::nullopt;  // a bare IPv6 address must be bracketed
-    }
-  }
-  uint16_t port = 0;
-  if (port_text) {
-    const auto parsed = parseNumber<unsigned>(*port_text);
-    if (!parsed || *parsed > 65535) {
-      return std::nullopt;
-    }
-    port = static_cast<uint16_t>(*parsed);
-  } else if (default_port) {
-    port = *default_port;
-  } else {
-    return std::nullopt;
-  }
-  SocketAddress address;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage);
-  if (!bracketed && inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    address.length = sizeof(sockaddr_in);
-    return address;
-  }
-  if (bracketed && inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    address.length = sizeof(sockaddr_in6);
-    return address;
-  }
-  return std::nullopt;
-}
-
-uint16_t SocketAddress::port() const noexcept {
-  if (family() == AF_INET) {
-    return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
-  }
-  return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
-}
-
-bool SocketAddress::isLoopback() const noexcept {
-  if (family() == AF_INET) {
-    return (ntohl(reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr.s_addr) >> 24) == 127;
-  }
-  const in6_addr& addr = reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr;
-  return IN6_IS_ADDR_LOOPBACK(&addr);
-}
-
-std::string SocketAddress::toString() const {
-  char buffer[INET6_ADDRSTRLEN] = {};
-  if (family() == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, buffer,
-              sizeof(buffer));
-    return std::string(buffer) + ":" + std::to_string(port());
-  }
-  inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, buffer,
-            sizeof(buffer));
-  return "[" + std::string(buffer) + "]:" + std::to_string(port());
-}
-
 void checkListenerExposure(const Config& config) {
   if (!config.policy.client_cidrs.empty()) {
     return;
   }
-  for (const char* key : {"listeners.connect", "listeners.transparent", "listeners.sni"}) {
-    const auto it = config.settings.find(key);
+  for (const Setting setting :
+       {Setting::kConnectListeners, Setting::kTransparentListeners, Setting::kSniListeners}) {
+    const std::string key(settingRow(setting).key);
+    const auto it = config.settings.find(setting);
     if (it == config.settings.end()) {
       continue;
     }
@@ -210,103 +267,79 @@ void checkListenerExposure(const Config& config) {
 
 ProxySettings buildProxySettings(const Config& config) {
   ProxySettings settings;
-  const std::pair<const char*, ListenerKind> kinds[] = {
-      {"listeners.connect", ListenerKind::kConnect},
-      {"listeners.transparent", ListenerKind::kTransparent},
-      {"listeners.sni", ListenerKind::kSni}};
-  for (const auto& [key, kind] : kinds) {
-    const auto it = config.settings.find(key);
-    if (it == config.settings.end()) {
-      continue;
-    }
-    for (const ConfigValue& value : it->second) {
+  SettingReader read(config, settings);
+  recordPolicySettings(config.policy, read);
+  const std::pair<Setting, ListenerKind> kinds[] = {
+      {Setting::kConnectListeners, ListenerKind::kConnect},
+      {Setting::kTransparentListeners, ListenerKind::kTransparent},
+      {Setting::kSniListeners, ListenerKind::kSni}};
+  // The default listener applies only when no listener of any kind is given.
+  bool any_listener = false;
+  for (const auto& [setting, kind] : kinds) {
+    const auto it = config.settings.find(setting);
+    any_listener = any_listener || (it != config.settings.end() && !it->second.empty());
+  }
+  for (const auto& [setting, kind] : kinds) {
+    std::string effective;
+    const auto it = config.settings.find(setting);
+    const bool given = it != config.settings.end() && !it->second.empty();
+    const std::vector<ConfigValue> values = given          ? it->second
+                                            : any_listener ? std::vector<ConfigValue>{}
+                                                           : read.list(setting);
+    for (const ConfigValue& value : values) {
       const auto address = SocketAddress::parse(value.text);
-      if (!address || address->port() == 0) {
+      if (!address) {
         fail(value, "invalid listen address '" + value.text +
                         "': expected IPv4:PORT or [IPv6]:PORT with a port from 1 to 65535");
       }
       settings.listeners.push_back({kind, *address, address->toString()});
+      effective += (effective.empty() ? "" : ", ") + address->toString();
     }
+    read.record(setting, effective);
   }
-  if (settings.listeners.empty()) {
-    settings.listeners.push_back(
-        {ListenerKind::kConnect, *SocketAddress::parse("127.0.0.1:3128"), "127.0.0.1:3128"});
-  }
-  if (const auto it = config.settings.find("dns.servers"); it != config.settings.end()) {
-    for (const ConfigValue& value : it->second) {
-      const auto address = SocketAddress::parse(value.text, 53);
-      if (!address || address->port() == 0) {
-        fail(value,
-             "invalid DNS server '" + value.text + "': expected ADDR, ADDR:PORT or [V6]:PORT");
-      }
-      settings.dns_servers.push_back(address->toString());
+  std::string servers;
+  for (const ConfigValue& value : read.list(Setting::kDnsServers)) {
+    const auto address = SocketAddress::parse(value.text, 53);
+    if (!address) {
+      fail(value, "invalid DNS server '" + value.text + "': expected ADDR, ADDR:PORT or [V6]:PORT");
     }
+    settings.dns_servers.push_back(address->toString());
+    servers += (servers.empty() ? "" : ", ") + address->toString();
   }
-  unsigned sni_upstream_port = 0;
-  readNumber<unsigned>(config, "listeners.sni_upstream_port", 1, 65535, sni_upstream_port);
-  if (sni_upstream_port != 0) {
-    settings.sni_upstream_port = static_cast<uint16_t>(sni_upstream_port);
+  read.record(Setting::kDnsServers, servers);
+  if (const auto port = read.number<uint16_t>(Setting::kSniUpstreamPort)) {
+    settings.sni_upstream_port = *port;
   }
-  readNumber<unsigned>(config, "proxy.workers", 0, 256, settings.workers);
-  if (const ConfigValue* value = scalar(config, "proxy.mark")) {
-    const auto mark = parseNumber<uint32_t>(value->text);
-    if (!mark || *mark == 0) {
-      fail(*value,
-           "invalid proxy.mark '" + value->text + "': expected a number from 1 to 4294967295");
-    }
-    settings.mark = *mark;
-  }
-  readBool(config, "proxy.allow_non_tls", settings.allow_non_tls);
-  readBool(config, "proxy.allow_no_sni", settings.allow_no_sni);
-  using std::chrono::milliseconds;
-  readDuration(config, "limits.head_timeout", milliseconds(100), milliseconds(3'600'000),
-               settings.head_timeout);
-  readDuration(config, "limits.connect_timeout", milliseconds(100), milliseconds(600'000),
-               settings.connect_timeout);
-  // RFC 8305 recommends 250 ms and at least 100 ms (10 ms floor); 0 keeps one at a time.
-  readDuration(config, "limits.happy_eyeballs_delay", milliseconds(0), milliseconds(2'000),
-               settings.happy_eyeballs_delay);
-  readDuration(config, "limits.idle_timeout", milliseconds(1000), milliseconds(7 * 86'400'000LL),
-               settings.idle_timeout);
-  readDuration(config, "limits.drain_timeout", milliseconds(0), milliseconds(86'400'000),
-               settings.drain_timeout);
-  milliseconds keepalive = settings.keepalive_idle;
-  readDuration(config, "limits.keepalive_idle", milliseconds(1000), milliseconds(7'200'000),
-               keepalive);
-  settings.keepalive_idle = std::chrono::duration_cast<std::chrono::seconds>(keepalive);
-  readNumber<size_t>(config, "limits.max_connections", 1, 1'000'000, settings.max_connections);
-  readNumber<size_t>(config, "limits.max_head_size", 256, 65536, settings.max_head_size);
-  readNumber<size_t>(config, "limits.max_client_hello_size", 512, 16384,
-                     settings.max_client_hello_size);
-  readNumber<size_t>(config, "limits.max_buffer_memory", size_t{1} << 20, size_t{1} << 36,
-                     settings.max_buffer_memory);
-  readNumber<size_t>(config, "limits.max_handshake_memory", size_t{1} << 18, size_t{1} << 34,
-                     settings.max_handshake_memory);
-  readDuration(config, "dns.timeout", milliseconds(100), milliseconds(60'000),
-               settings.dns_timeout);
-  auto readSeconds = [&](const char* key, std::chrono::seconds& out) {
-    milliseconds value = out;
-    readDuration(config, key, milliseconds(0), milliseconds(86'400'000), value);
-    out = std::chrono::duration_cast<std::chrono::seconds>(value);
-  };
-  readSeconds("dns.min_ttl", settings.dns_min_ttl);
-  readSeconds("dns.max_ttl", settings.dns_max_ttl);
-  readSeconds("dns.negative_ttl", settings.dns_negative_ttl);
+  settings.workers = *read.number<unsigned>(Setting::kWorkers);
+  settings.mark = read.number<uint32_t>(Setting::kMark);
+  settings.allow_non_tls = read.flag(Setting::kAllowNonTls);
+  settings.allow_no_sni = read.flag(Setting::kAllowNoSni);
+  settings.head_timeout = read.duration(Setting::kHeadTimeout);
+  settings.connect_timeout = read.duration(Setting::kConnectTimeout);
+  settings.happy_eyeballs_delay = read.duration(Setting::kHappyEyeballsDelay);
+  settings.idle_timeout = read.duration(Setting::kIdleTimeout);
+  settings.drain_timeout = read.duration(Setting::kDrainTimeout);
+  settings.keepalive_idle = read.seconds(Setting::kKeepaliveIdle);
+  settings.max_connections = *read.number<size_t>(Setting::kMaxConnections);
+  settings.max_head_size = *read.number<size_t>(Setting::kMaxHeadSize);
+  settings.max_client_hello_size = *read.number<size_t>(Setting::kMaxClientHelloSize);
+  settings.max_buffer_memory = *read.number<size_t>(Setting::kMaxBufferMemory);
+  settings.max_handshake_memory = *read.number<size_t>(Setting::kMaxHandshakeMemory);
+  settings.dns_timeout = read.duration(Setting::kDnsTimeout);
+  settings.dns_min_ttl = read.seconds(Setting::kDnsMinTtl);
+  settings.dns_max_ttl = read.seconds(Setting::kDnsMaxTtl);
+  settings.dns_negative_ttl = read.seconds(Setting::kDnsNegativeTtl);
   if (settings.dns_min_ttl > settings.dns_max_ttl) {
-    throw ConfigError("dns.min_ttl is above dns.max_ttl");
+    throw ConfigError(std::string(settingRow(Setting::kDnsMinTtl).key) + " is above " +
+                      std::string(settingRow(Setting::kDnsMaxTtl).key));
   }
-  readNumber<size_t>(config, "dns.cache_size", 1, 10'000'000, settings.dns_cache_size);
-  readNumber<uint32_t>(config, "log.deny_rate", 0, 1'000'000, settings.deny_log_rate);
-  if (const ConfigValue* value = scalar(config, "log.format")) {
-    if (value->text != "json" && value->text != "text") {
-      fail(*value, "invalid log.format '" + value->text + "': expected json or text");
-    }
-    settings.json_log = value->text == "json";
-  }
-  readBool(config, "proxy.admin_allow_remote", settings.admin_allow_remote);
-  if (const ConfigValue* value = scalar(config, "proxy.admin")) {
+  settings.dns_cache_size = *read.number<size_t>(Setting::kDnsCacheSize);
+  settings.deny_log_rate = *read.number<uint32_t>(Setting::kDenyLogRate);
+  settings.json_log = read.choice(Setting::kLogFormat) == "json";
+  settings.admin_allow_remote = read.flag(Setting::kAdminAllowRemote);
+  if (const std::optional<ConfigValue> value = read.scalar(Setting::kAdmin)) {
     const auto address = SocketAddress::parse(value->text);
-    if (!address || address->port() == 0) {
+    if (!address) {
       fail(*value, "invalid proxy.admin '" + value->text +
                        "': expected IPv4:PORT or [IPv6]:PORT with a port from 1 to 65535");
     }
@@ -316,8 +349,34 @@ ProxySettings buildProxySettings(const Config& config) {
                        "give --admin-allow-remote (proxy.admin_allow_remote = true) to expose it");
     }
     settings.admin = *address;
+    read.record(Setting::kAdmin, address->toString());
   }
   return settings;
+}
+
+std::vector<Setting> changedSettings(const ProxySettings& before, const ProxySettings& after) {
+  std::vector<Setting> changed;
+  for (size_t i = 0; i < kSettingCount; ++i) {
+    if (before.effective[i] != after.effective[i]) {
+      changed.push_back(static_cast<Setting>(i));
+    }
+  }
+  return changed;
+}
+
+void keepRestartSettings(ProxySettings& next, const ProxySettings& running) {
+  // The fields of the rows whose live column is false; the test KeepsEveryRestartSetting
+  // checks that this list and the table agree.
+  next.listeners = running.listeners;
+  next.workers = running.workers;
+  next.admin = running.admin;
+  next.admin_allow_remote = running.admin_allow_remote;
+  for (const SettingRow& row : allSettings()) {
+    if (!row.live) {
+      const size_t i = static_cast<size_t>(row.setting);
+      next.effective[i] = running.effective[i];
+    }
+  }
 }
 
 }  // namespace acr

@@ -1,8 +1,6 @@
 #pragma once
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -11,25 +9,13 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "conf/settings_table.h"
+#include "filters/socket_address.h"
 
 namespace acr {
 
 enum class ListenerKind : uint8_t { kConnect, kTransparent, kSni };
 std::string_view listenerKindName(ListenerKind kind) noexcept;  // "connect", "transparent", "sni"
-
-// A socket address parsed from "ADDR:PORT" or "[V6]:PORT".
-struct SocketAddress {
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-
-  static std::optional<SocketAddress> parse(std::string_view text,
-                                            std::optional<uint16_t> default_port = std::nullopt);
-  const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&storage); }
-  int family() const noexcept { return storage.ss_family; }
-  uint16_t port() const noexcept;
-  bool isLoopback() const noexcept;
-  std::string toString() const;  // "1.2.3.4:443" or "[::1]:443"
-};
 
 struct ListenerSettings {
   ListenerKind kind;
@@ -37,8 +23,9 @@ struct ListenerSettings {
   std::string text;
 };
 
-// Every setting of the proxy outside the policy, validated and typed, with the documented
-// defaults (README "Limits and timeouts").
+// Every setting of the proxy outside the policy, validated and typed. The defaults are the
+// settings table's (conf/settings_table.cc), applied by buildProxySettings: a ProxySettings not
+// made by it holds zeros. Immutable once built; a reload builds a new one and swaps it whole.
 struct ProxySettings {
   std::vector<ListenerSettings> listeners;  // default: connect on 127.0.0.1:3128
   std::vector<std::string> dns_servers;     // empty: /etc/resolv.conf
@@ -49,41 +36,54 @@ struct ProxySettings {
   std::optional<uint32_t> mark;
   bool allow_non_tls = false;
   bool allow_no_sni = false;
-  std::chrono::milliseconds head_timeout{10'000};
-  std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds head_timeout{0};
+  std::chrono::milliseconds connect_timeout{0};
   // RFC 8305 "Connection Attempt Delay": the next address is dialled when the previous attempts
   // have not connected after this long (a failed attempt moves on at once). 0: one address at a
   // time, each with an equal share of what is left of connect_timeout.
-  std::chrono::milliseconds happy_eyeballs_delay{250};
-  std::chrono::milliseconds idle_timeout{15 * 60'000};
-  std::chrono::milliseconds drain_timeout{30'000};
-  std::chrono::seconds keepalive_idle{120};
-  size_t max_connections = 4096;
-  size_t max_head_size = 8192;
-  size_t max_client_hello_size = 16384;
-  // Bytes all tunnels together may hold waiting for a slow reader (README "Relay"); past it the
+  std::chrono::milliseconds happy_eyeballs_delay{0};
+  std::chrono::milliseconds idle_timeout{0};
+  std::chrono::milliseconds drain_timeout{0};
+  std::chrono::seconds keepalive_idle{0};
+  size_t max_connections = 0;
+  size_t max_head_size = 0;
+  size_t max_client_hello_size = 0;
+  // Bytes all tunnels together may hold waiting for a slow reader (docs "Relay"); past it the
   // tunnels holding the most stop being read first.
-  size_t max_buffer_memory = 64 * 1024 * 1024;
+  size_t max_buffer_memory = 0;
   // Bytes all unfinished CONNECT heads and ClientHellos together may hold (THREATS R8); a
   // connection whose bytes would pass it is refused (handshake_memory).
-  size_t max_handshake_memory = 16 * 1024 * 1024;
-  std::chrono::milliseconds dns_timeout{5'000};
-  std::chrono::seconds dns_min_ttl{5};
-  std::chrono::seconds dns_max_ttl{300};
-  std::chrono::seconds dns_negative_ttl{30};
-  size_t dns_cache_size = 10000;
+  size_t max_handshake_memory = 0;
+  std::chrono::milliseconds dns_timeout{0};
+  std::chrono::seconds dns_min_ttl{0};
+  std::chrono::seconds dns_max_ttl{0};
+  std::chrono::seconds dns_negative_ttl{0};
+  size_t dns_cache_size = 0;
   bool json_log = true;
   // Access-log lines for refused connections per second; past it they are counted, not written
   // (proxy/deny_log_limiter.h). 0: every line.
-  uint32_t deny_log_rate = 1000;
+  uint32_t deny_log_rate = 0;
   // The admin HTTP endpoint (proxy/admin_server.h); none by default. Loopback only unless
   // proxy.admin_allow_remote: it has no authentication and shows the policy.
   std::optional<SocketAddress> admin;
   bool admin_allow_remote = false;
+  // Each setting's effective value as canonical text ("15m", "127.0.0.1:3128, [::1]:1"); the
+  // policy settings as given (the policy itself is built by buildPolicy). What a reload compares
+  // (changedSettings) to name the settings that changed.
+  std::array<std::string, kSettingCount> effective;
 };
 
-// Validates `config.settings`. Throws ConfigError naming the origin of a bad value.
+// Validates `config.settings`, filling in the table's defaults. Throws ConfigError naming the
+// origin of a bad value.
 ProxySettings buildProxySettings(const Config& config);
+
+// The settings (policy and proxy) whose effective value differs, in table order.
+std::vector<Setting> changedSettings(const ProxySettings& before, const ProxySettings& after);
+
+// Gives `next` the running values of every setting that is not live (the table's "live" column:
+// listeners, workers, admin), so that a reload's snapshot describes what really runs. A later
+// reload then finds a still-different file "needs a restart" again.
+void keepRestartSettings(ProxySettings& next, const ProxySettings& running);
 
 // Secure by default: a listener on a loopback address serves the host itself; one on any other
 // address (0.0.0.0, [::], a LAN address) would serve whoever reaches it, so it needs a client

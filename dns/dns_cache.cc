@@ -31,6 +31,12 @@ void DnsCache::insert(std::string_view name, const DnsAnswer& answer, Clock::tim
   }
 }
 
+void DnsCache::reset(size_t max_entries) {
+  index_.clear();
+  lru_.clear();
+  max_entries_ = max_entries;
+}
+
 void DnsCache::erase(List::iterator it) {
   index_.erase(it->name);
   lru_.erase(it);

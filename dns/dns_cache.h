@@ -35,6 +35,8 @@ class DnsCache {
 
   size_t size() const noexcept { return index_.size(); }
   size_t maxEntries() const noexcept { return max_entries_; }
+  // Forgets every entry and holds at most `max_entries` from now on (a reload's DNS settings).
+  void reset(size_t max_entries);
 
  private:
   struct Entry {

@@ -152,6 +152,26 @@ Resolver::Resolver(event_base* base, ResolverOptions options)
   }
 }
 
+void Resolver::reconfigure(ResolverOptions options) {
+  validate(options);
+  std::vector<DnsServer> servers = parseServers(options.servers);
+  options.observer = options_.observer;
+  const bool new_channel = servers != servers_ || options.timeout != options_.timeout ||
+                           options.resolv_conf_path != options_.resolv_conf_path;
+  const bool new_cache = new_channel || options.min_ttl != options_.min_ttl ||
+                         options.max_ttl != options_.max_ttl ||
+                         options.negative_ttl != options_.negative_ttl ||
+                         options.max_cache_entries != options_.max_cache_entries;
+  options_ = std::move(options);
+  servers_ = std::move(servers);
+  if (new_cache) {
+    cache_.reset(options_.max_cache_entries);
+  }
+  if (new_channel) {
+    renewChannel();
+  }
+}
+
 Resolver::~Resolver() {
   assert(!channel_->processing());
   // Every c-ares callback runs now with ARES_EDESTRUCTION and frees its Query; the waiters are

@@ -93,6 +93,13 @@ class Resolver {
   // lookup itself goes on (others may share it) and its answer is still cached.
   void cancel(uint64_t ticket) noexcept;
 
+  // New options (a reload): throws like the constructor and then changes nothing. When the
+  // servers, the timeout, the TTL bounds or the cache size differ, the cache is emptied (its
+  // answers came from the old servers and bounds) and, for servers or timeout, a new channel is
+  // made, on which the resolutions in flight start again within their original deadline. The
+  // observer is kept. Must not run from inside one of this Resolver's callbacks.
+  void reconfigure(ResolverOptions options);
+
   ResolverStats stats() const noexcept { return stats_; }
   size_t cacheSize() const noexcept { return cache_.size(); }
   // Names in flight, including lookups abandoned at their deadline that c-ares has not ended.

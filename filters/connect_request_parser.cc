@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "filters/socket_address.h"
+
 namespace acr {
 namespace {
 
@@ -106,55 +108,34 @@ struct Authority {
 // kBadTarget (the text is not an authority) or kBadPort (the port is missing while
 // `port_required`, or is not a canonical decimal 1..65535).
 ConnectError parseAuthority(std::string_view text, bool port_required, Authority& out) {
-  std::string_view port_text;
-  bool has_colon = false;
-  if (!text.empty() && text.front() == '[') {
-    const size_t close = text.find(']');
-    if (close == std::string_view::npos || !parseIpv6(text.substr(1, close - 1), out.address)) {
-      return ConnectError::kBadTarget;
-    }
-    out.host = text.substr(1, close - 1);
-    out.ipv6 = true;
-    const std::string_view rest = text.substr(close + 1);
-    if (!rest.empty()) {
-      if (rest.front() != ':') {
-        return ConnectError::kBadTarget;
-      }
-      port_text = rest.substr(1);
-      has_colon = true;
-    }
-  } else {
-    const size_t colon = text.rfind(':');
-    out.host = text.substr(0, colon);
-    if (!isRegName(out.host)) {
-      return ConnectError::kBadTarget;
-    }
-    if (colon != std::string_view::npos) {
-      port_text = text.substr(colon + 1);
-      has_colon = true;
-    }
+  const std::optional<HostPort> parts = splitHostPort(text);
+  if (!parts) {
+    return ConnectError::kBadTarget;
   }
-  if (!has_colon) {
+  out.host = parts->host;
+  if (parts->bracketed) {
+    if (!parseIpv6(out.host, out.address)) {
+      return ConnectError::kBadTarget;
+    }
+    out.ipv6 = true;
+  } else if (!isRegName(out.host)) {
+    return ConnectError::kBadTarget;  // a bare IPv6 address included: it must be bracketed
+  }
+  if (!parts->has_port) {
     return port_required ? ConnectError::kBadPort : ConnectError::kNone;
   }
+  const std::string_view port_text = parts->port;
   // Characters that cannot be a mistyped port mean the target is not authority-form at all.
   if (!std::all_of(port_text.begin(), port_text.end(),
                    [](char c) { return isAlpha(c) || isDigit(c) || c == '+' || c == '-'; })) {
     return ConnectError::kBadTarget;
   }
-  if (port_text.empty() || port_text.size() > 5 || port_text.front() == '0' ||
-      !std::all_of(port_text.begin(), port_text.end(), isDigit)) {
-    return ConnectError::kBadPort;
-  }
-  uint32_t port = 0;
-  for (char c : port_text) {
-    port = port * 10 + static_cast<uint32_t>(c - '0');
-  }
-  if (port > 65535) {
+  const std::optional<uint16_t> port = parsePort(port_text);
+  if (!port) {
     return ConnectError::kBadPort;
   }
   out.has_port = true;
-  out.port = static_cast<uint16_t>(port);
+  out.port = *port;
   return ConnectError::kNone;
 }
 

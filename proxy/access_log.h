@@ -70,6 +70,8 @@ class AccessLog {
  public:
   AccessLog(std::shared_ptr<spdlog::logger> logger, bool json);
   void write(const AccessRecord& record) const;
+  // The same log written in the other format (a reload may change log.format).
+  AccessLog withFormat(bool json) const { return AccessLog(logger_, json); }
   // The summary of refusals DenyLogLimiter left out: reason "log_suppressed" and their count.
   void writeSuppressed(uint64_t suppressed, uint32_t rate) const;
 

@@ -135,15 +135,16 @@ void AdminServer::handle(evhttp_request* request) {
       reply(request, HTTP_SERVUNAVAIL, "Service Unavailable", kTextType, "no policy loaded\n");
       return;
     }
-    reply(
-        request, HTTP_OK, "OK", "application/json",
-        policyJson(*snapshot, context_.metrics().policyGeneration(), context_.listenerWarnings()) +
-            "\n");
+    reply(request, HTTP_OK, "OK", "application/json",
+          policyJson(*snapshot, context_.metrics().policyGeneration(), context_.listenerWarnings(),
+                     context_.needsRestart()) +
+              "\n");
   }
 }
 
 std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t generation,
-                                    const std::vector<std::string>& warnings) {
+                                    const std::vector<std::string>& warnings,
+                                    const std::vector<std::string>& needs_restart) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
   auto string = [&writer](const std::string& text) {
@@ -225,6 +226,12 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
   writer.EndArray();
   writer.Key("report_only");
   writer.Bool(policy.reportOnly());
+  writer.Key("needs_restart");
+  writer.StartArray();
+  for (const std::string& key : needs_restart) {
+    string(key);
+  }
+  writer.EndArray();
   writer.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }

@@ -36,9 +36,11 @@ class AdminServer {
   // The policy as JSON: generation, host patterns with their origins, ports, explicit allowed
   // and denied CIDRs with counts, the allowed-prefix count, service tags (file, changeNumber,
   // names) and strict_ip.
-  // `warnings`: ProxyContext::listenerWarnings, shown as "listener_warnings".
+  // `warnings`: ProxyContext::listenerWarnings, shown as "listener_warnings"; `needs_restart`:
+  // ProxyContext::needsRestart, the TOML keys of settings a reload could not apply.
   static std::string policyJson(const PolicySnapshot& snapshot, uint64_t generation,
-                                const std::vector<std::string>& warnings = {});
+                                const std::vector<std::string>& warnings = {},
+                                const std::vector<std::string>& needs_restart = {});
 
  private:
   static void onRequest(evhttp_request* request, void* self);

@@ -1,6 +1,5 @@
 #include "proxy/check_command.h"
 
-#include <charconv>
 #include <optional>
 #include <ostream>
 
@@ -8,6 +7,7 @@
 #include "conf/policy_factory.h"
 #include "conf/proxy_settings.h"
 #include "filters/ip_address.h"
+#include "filters/socket_address.h"
 #include "proxy/socket_options.h"
 
 namespace acr {
@@ -18,58 +18,29 @@ struct CheckTarget {
   uint16_t port = kDefaultPort;
 };
 
-std::optional<uint16_t> parsePort(std::string_view text) {
-  unsigned port = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || port == 0 ||
-      port > 65535 || (text.size() > 1 && text[0] == '0')) {
-    return std::nullopt;
-  }
-  return static_cast<uint16_t>(port);
-}
-
 // host | host:port | IPv4 | IPv4:port | [IPv6] | [IPv6]:port
 std::optional<CheckTarget> parseTarget(const std::string& text) {
+  const std::optional<HostPort> parts = splitHostPort(text);
+  if (!parts) {
+    return std::nullopt;
+  }
   CheckTarget target;
-  std::string_view rest = text;
-  if (!rest.empty() && rest.front() == '[') {
-    const size_t close = rest.find(']');
-    if (close == std::string_view::npos) {
-      return std::nullopt;
-    }
-    target.host = std::string(rest.substr(1, close - 1));
+  target.host = std::string(parts->host);
+  if (parts->bracketed) {
     const auto literal = IpAddress::parse(target.host);
     if (!literal || literal->isV4()) {
       return std::nullopt;
     }
-    rest.remove_prefix(close + 1);
-    if (rest.empty()) {
-      return target;
-    }
-    if (rest.front() != ':') {
-      return std::nullopt;
-    }
-    const auto port = parsePort(rest.substr(1));
+  } else if (target.host.find(':') != std::string::npos) {
+    return std::nullopt;  // a bare IPv6 literal must be bracketed
+  }
+  if (parts->has_port) {
+    const auto port = parsePort(parts->port);
     if (!port) {
       return std::nullopt;
     }
     target.port = *port;
-    return target;
   }
-  const size_t colon = rest.find(':');
-  if (colon == std::string_view::npos) {
-    target.host = std::string(rest);
-    return target;
-  }
-  if (rest.find(':', colon + 1) != std::string_view::npos) {
-    return std::nullopt;  // a bare IPv6 literal must be bracketed
-  }
-  const auto port = parsePort(rest.substr(colon + 1));
-  if (!port) {
-    return std::nullopt;
-  }
-  target.host = std::string(rest.substr(0, colon));
-  target.port = *port;
   return target;
 }
 
@@ -101,8 +72,8 @@ int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std
     }
     const CommandLine command_line = parseCommandLine(policy_args);
     if (command_line.positional.empty()) {
-      err << "usage: acr-egress check [--client ADDR] [policy options] TARGET...\n"
-          << policyOptionsHelp();
+      err << "usage: acr-egress check [--client ADDR] [policy options] TARGET...\n";
+      writePolicyOptionsHelp(err);
       return 2;
     }
     std::vector<CheckTarget> targets;

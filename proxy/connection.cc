@@ -53,6 +53,7 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       kind_(kind),
       listener_address_(listener_address),
       policy_(std::move(policy)),
+      settings_(worker.context().settings()),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
       next_state_(state_),
       peer_(peer),
@@ -78,7 +79,7 @@ Connection::~Connection() {
 }
 
 void Connection::start() {
-  const ProxySettings& settings = worker_.context().settings();
+  const ProxySettings& settings = *settings_;
   if (client_ == nullptr || timer_ == nullptr) {
     finish("proxy", true);
     return;
@@ -242,7 +243,7 @@ void Connection::checkInvariants() const {
 // ---- reading the CONNECT head ----
 
 Connection::Step Connection::doReadHead(Event event) {
-  const ProxySettings& settings = worker_.context().settings();
+  const ProxySettings& settings = *settings_;
   switch (event) {
     case Event::kEnter:
       connect_parser_ = std::make_unique<ConnectRequestParser>(settings.max_head_size);
@@ -339,7 +340,7 @@ Connection::Step Connection::readHead() {
 // ---- reading the ClientHello (sni, transparent) ----
 
 Connection::Step Connection::doReadHello(Event event) {
-  const ProxySettings& settings = worker_.context().settings();
+  const ProxySettings& settings = *settings_;
   switch (event) {
     case Event::kEnter:
       hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
@@ -372,7 +373,7 @@ Connection::Step Connection::readHello() {
   const auto* data = evbuffer_pullup(input, -1);
   const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
   if (status == ClientHelloStatus::kNeedMore) {
-    if (length > 2 * worker_.context().settings().max_client_hello_size + 1024) {
+    if (length > 2 * settings_->max_client_hello_size + 1024) {
       return end(CloseReason::kClientHelloTooLarge,
                  "denied: the ClientHello is larger than allowed");
     }
@@ -388,7 +389,7 @@ Connection::Step Connection::readHello() {
 }
 
 Connection::Step Connection::decideHello(const ClientHello& hello) {
-  const ProxySettings& settings = worker_.context().settings();
+  const ProxySettings& settings = *settings_;
   record_.target = std::string(hello.sni);
   if (kind_ == ListenerKind::kSni) {
     port_ = settings.sni_upstream_port.value_or(listener_address_.port());
@@ -598,7 +599,7 @@ Connection::Step Connection::chooseCandidates(const std::vector<IpAddress>& addr
 Connection::Step Connection::doConnect(Event event) {
   switch (event) {
     case Event::kEnter: {
-      const ProxySettings& settings = worker_.context().settings();
+      const ProxySettings& settings = *settings_;
       connect_started_ = Clock::now();
       DialOptions options;
       options.port = port_;
@@ -691,7 +692,7 @@ void Connection::closeUpstream(bool reset) {
 Connection::Step Connection::doTunnelHello(Event event) {
   switch (event) {
     case Event::kEnter: {
-      const ProxySettings& settings = worker_.context().settings();
+      const ProxySettings& settings = *settings_;
       static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
       bufferevent_write(client_, kEstablished, sizeof(kEstablished) - 1);
       hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
@@ -731,14 +732,14 @@ Connection::Step Connection::readTunnelHello() {
   const auto* data = evbuffer_pullup(input, -1);
   const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
   if (status == ClientHelloStatus::kNeedMore) {
-    if (length > 2 * worker_.context().settings().max_client_hello_size + 1024) {
+    if (length > 2 * settings_->max_client_hello_size + 1024) {
       return end(CloseReason::kClientHelloTooLarge,
                  "denied: the tunnel's ClientHello is larger than allowed");
     }
     return Step::kWait;
   }
   if (status == ClientHelloStatus::kNotTls) {
-    if (worker_.context().settings().allow_non_tls) {
+    if (settings_->allow_non_tls) {
       return next(State::kRelay);
     }
     return end(CloseReason::kNotTls, "denied: the tunnel does not start with a TLS ClientHello");
@@ -769,15 +770,14 @@ Connection::Step Connection::readTunnelHello() {
 // ---- relaying ----
 
 Connection::Step Connection::doRelay(Event event) {
-  const auto idle = worker_.context().settings().idle_timeout;
+  const auto idle = settings_->idle_timeout;
   switch (event) {
     case Event::kEnter:
       record_.allowed = true;
       record_.decision_ms = msSince(started_);
       // From here the buffered head bytes are relay data, counted by the output buffers.
       releaseHandshake();
-      relay_.emplace(client_, upstream_, worker_.context().stats(),
-                     worker_.context().settings().max_buffer_memory,
+      relay_.emplace(client_, upstream_, worker_.context().stats(), settings_->max_buffer_memory,
                      static_cast<Relay::Observer&>(*this));
       relay_->start();
       armTimer(std::min<std::chrono::milliseconds>(idle, kIdleCheck));
@@ -845,8 +845,7 @@ bool Connection::holdHandshake(size_t length) {
   const int64_t used =
       worker_.context().stats().handshake_buffered.fetch_add(delta, std::memory_order_relaxed) +
       delta;
-  return delta <= 0 ||
-         used <= static_cast<int64_t>(worker_.context().settings().max_handshake_memory);
+  return delta <= 0 || used <= static_cast<int64_t>(settings_->max_handshake_memory);
 }
 
 void Connection::releaseHandshake() {

@@ -69,12 +69,12 @@ class Connection final : private Relay::Observer {
   void refuseClient(const std::string& sentence);
   // Ends the connection now (shutdown): RST to both sides, log line written.
   void abort(CloseReason reason);
-  // Revoke on reload (docs/operations.md "Reload", THREATS F14), called by Worker::revokeDenied after a
-  // reload installed `policy` (one with revokeOnReload()). A connection not judged yet (reading
-  // its head or hello) is judged by `policy` from now on; one already let through (dns, connect,
-  // tunnel_hello, relay) is judged again by it (client, target, dialled address) and closed with
-  // reason `revoked` if it now denies it (connect listener before the 200: 403), else continues
-  // under `policy`.
+  // Revoke on reload (docs/operations.md "Reload", THREATS F14), called by Worker::revokeDenied
+  // after a reload installed `policy` (one with revokeOnReload()). A connection not judged yet
+  // (reading its head or hello) is judged by `policy` from now on; one already let through (dns,
+  // connect, tunnel_hello, relay) is judged again by it (client, target, dialled address) and
+  // closed with reason `revoked` if it now denies it (connect listener before the 200: 403), else
+  // continues under `policy`.
   void rejudge(std::shared_ptr<const Policy> policy);
   State state() const noexcept { return state_; }
 
@@ -176,6 +176,9 @@ class Connection final : private Relay::Observer {
   // kept from it (first_address_denial_) point at its rules.
   std::shared_ptr<const Policy> policy_;
   std::shared_ptr<const Policy> replaced_policy_;
+  // The settings current when this connection was accepted: a reload's new limits and timeouts
+  // apply to the connections accepted after it.
+  const std::shared_ptr<const ProxySettings> settings_;
   State state_;
   State next_state_;
   bool looping_ = false;

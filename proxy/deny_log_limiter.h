@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -20,7 +21,8 @@ class DenyLogLimiter {
 
   // True if this refused connection's line may be written now; false counts it as suppressed.
   bool admit(Clock::time_point now) {
-    if (rate_ == 0) {
+    const uint32_t rate = rate_.load(std::memory_order_relaxed);
+    if (rate == 0) {
       return true;
     }
     std::lock_guard lock(mutex_);
@@ -28,7 +30,7 @@ class DenyLogLimiter {
       window_start_ = now;
       written_ = 0;
     }
-    if (written_ < rate_) {
+    if (written_ < rate) {
       ++written_;
       return true;
     }
@@ -44,10 +46,12 @@ class DenyLogLimiter {
     return suppressed;
   }
 
-  uint32_t rate() const noexcept { return rate_; }
+  uint32_t rate() const noexcept { return rate_.load(std::memory_order_relaxed); }
+  // A reload's new rate; applies from the next admit().
+  void setRate(uint32_t rate) noexcept { rate_.store(rate, std::memory_order_relaxed); }
 
  private:
-  const uint32_t rate_;
+  std::atomic<uint32_t> rate_;
   std::mutex mutex_;
   Clock::time_point window_start_{};
   uint32_t written_ = 0;

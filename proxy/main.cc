@@ -9,6 +9,7 @@
 #include "conf/command_line.h"
 #include "conf/policy_factory.h"
 #include "conf/proxy_settings.h"
+#include "conf/settings_table.h"
 #include "proxy/check_command.h"
 #include "proxy/proxy_server.h"
 #include "proxy/reference_command.h"
@@ -52,8 +53,9 @@ int runProxy(const std::vector<std::string>& args) {
     // SIGHUP re-reads the same command line and configuration file.
     auto reload = [args] {
       const acr::CommandLine again = acr::parseCommandLine(args);
+      acr::ProxySettings fresh = acr::buildProxySettings(again.config);
       acr::checkListenerExposure(again.config);  // a reload may not drop the last client rule
-      return buildPolicyAndTrim(again.config.policy);
+      return acr::ProxyServer::Reloaded{std::move(fresh), buildPolicyAndTrim(again.config.policy)};
     };
     acr::ProxyServer server(std::move(settings), std::move(snapshot), reload);
     return server.run();
@@ -87,7 +89,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (has(args, "--help") || has(args, "-h")) {
-    std::cout << kUsage << acr::policyOptionsHelp() << acr::proxyOptionsHelp();
+    std::cout << kUsage;
+    acr::writePolicyOptionsHelp(std::cout);
+    acr::writeProxyOptionsHelp(std::cout);
     return 0;
   }
   if (has(args, "--check-config")) {

@@ -30,31 +30,48 @@ struct ProxyStats {
   std::atomic<uint64_t> bytes_down{0};
   std::atomic<uint64_t> accept_errors{0};
   std::atomic<uint64_t> log_suppressed{0};  // refusals not written to the access log
-  // Bytes held now in the tunnels' output buffers (settings().max_buffer_memory), and in
-  // unfinished CONNECT heads and ClientHellos (settings().max_handshake_memory). Signed: the
+  // Bytes held now in the tunnels' output buffers (settings()->max_buffer_memory), and in
+  // unfinished CONNECT heads and ClientHellos (settings()->max_handshake_memory). Signed: the
   // updates of different loops may cross.
   std::atomic<int64_t> relay_buffered{0};
   std::atomic<int64_t> handshake_buffered{0};
 };
 
-// What every worker shares: settings (immutable after start), the current policy snapshot
-// (swapped atomically on reload; each connection keeps the one it was accepted with), the access
-// log and the counters.
+// What every worker shares: the settings snapshot and the policy snapshot (each swapped
+// atomically on reload; each connection keeps the ones it was accepted with), the access log and
+// the counters. The settings that need a restart (listeners, workers, admin) are those of the
+// first snapshot in every later one (ProxySettings' keepRestartSettings).
 class ProxyContext {
  public:
   ProxyContext(ProxySettings settings, std::shared_ptr<const Policy> policy, AccessLog log)
-      : settings_(std::move(settings)),
-        has_transparent_(std::any_of(settings_.listeners.begin(), settings_.listeners.end(),
+      : ProxyContext(std::make_shared<const ProxySettings>(std::move(settings)), std::move(policy),
+                     std::move(log)) {}
+  ProxyContext(std::shared_ptr<const ProxySettings> settings, std::shared_ptr<const Policy> policy,
+               const AccessLog& log)
+      : settings_(settings),
+        has_transparent_(std::any_of(settings->listeners.begin(), settings->listeners.end(),
                                      [](const ListenerSettings& listener) {
                                        return listener.kind == ListenerKind::kTransparent;
                                      })),
         policy_(std::move(policy)),
         local_addresses_(std::make_shared<const LocalAddresses>(
             listeningAddresses(), LocalAddresses::interfaceAddresses())),
-        log_(std::move(log)),
-        deny_log_limiter_(settings_.deny_log_rate) {}
+        json_log_(log.withFormat(true)),
+        text_log_(log.withFormat(false)),
+        json_(settings->json_log),
+        deny_log_limiter_(settings->deny_log_rate) {}
 
-  const ProxySettings& settings() const noexcept { return settings_; }
+  // The current settings; a connection takes its reference when accepted and reads only that.
+  std::shared_ptr<const ProxySettings> settings() const noexcept {
+    return settings_.load(std::memory_order_acquire);
+  }
+  // A reload's new settings (main thread): the log format and the deny-log rate change at once,
+  // the rest for the connections accepted from now on.
+  void setSettings(std::shared_ptr<const ProxySettings> settings) {
+    json_.store(settings->json_log, std::memory_order_relaxed);
+    deny_log_limiter_.setRate(settings->deny_log_rate);
+    settings_.store(std::move(settings), std::memory_order_release);
+  }
   std::shared_ptr<const Policy> policy() const noexcept {
     return policy_.load(std::memory_order_acquire);
   }
@@ -72,12 +89,14 @@ class ProxyContext {
     setPolicy(shared->policy);
     snapshot_.store(std::move(shared), std::memory_order_release);
   }
-  const AccessLog& log() const noexcept { return log_; }
+  const AccessLog& log() const noexcept {
+    return json_.load(std::memory_order_relaxed) ? json_log_ : text_log_;
+  }
   // Writes a finished connection's access-log line, unless it is a refusal past
-  // settings().deny_log_rate in this second (then it is only counted; see flushSuppressedLog).
+  // settings()->deny_log_rate in this second (then it is only counted; see flushSuppressedLog).
   void logConnection(const AccessRecord& record) {
     if (record.allowed || deny_log_limiter_.admit(DenyLogLimiter::Clock::now())) {
-      log_.write(record);
+      log().write(record);
     }
   }
   // Called every second from each loop's heartbeat: one summary line for the refusals left out
@@ -86,7 +105,7 @@ class ProxyContext {
     const uint64_t suppressed = deny_log_limiter_.takeSuppressed();
     if (suppressed != 0) {
       stats_.log_suppressed.fetch_add(suppressed, std::memory_order_relaxed);
-      log_.writeSuppressed(suppressed, deny_log_limiter_.rate());
+      log().writeSuppressed(suppressed, deny_log_limiter_.rate());
     }
   }
   ProxyStats& stats() noexcept { return stats_; }
@@ -111,17 +130,22 @@ class ProxyContext {
   void setLocalAddresses(std::shared_ptr<const LocalAddresses> addresses) noexcept {
     local_addresses_.store(std::move(addresses), std::memory_order_release);
   }
-  // The listeners' addresses and the admin endpoint's.
+  // The listeners' addresses and the admin endpoint's (they need a restart: fixed).
   std::vector<SocketAddress> listeningAddresses() const {
+    const std::shared_ptr<const ProxySettings> settings = this->settings();
     std::vector<SocketAddress> out;
-    for (const ListenerSettings& listener : settings_.listeners) {
+    for (const ListenerSettings& listener : settings->listeners) {
       out.push_back(listener.address);
     }
-    if (settings_.admin) {
-      out.push_back(*settings_.admin);
+    if (settings->admin) {
+      out.push_back(*settings->admin);
     }
     return out;
   }
+  // The settings a reload found changed but cannot apply (listeners, workers, admin): their TOML
+  // keys, shown by /policy. Main thread writes, the admin endpoint (main thread) reads.
+  void setNeedsRestart(std::vector<std::string> keys) { needs_restart_ = std::move(keys); }
+  const std::vector<std::string>& needsRestart() const noexcept { return needs_restart_; }
   // Startup findings an operator must see (a transparent listener without IP_TRANSPARENT): set
   // once on the main thread before the workers and the admin endpoint start, read-only after.
   void setListenerWarnings(std::vector<std::string> warnings) {
@@ -130,18 +154,21 @@ class ProxyContext {
   const std::vector<std::string>& listenerWarnings() const noexcept { return listener_warnings_; }
 
  private:
-  const ProxySettings settings_;
+  std::atomic<std::shared_ptr<const ProxySettings>> settings_;
   const bool has_transparent_;
   std::atomic<std::shared_ptr<const Policy>> policy_;
   std::atomic<std::shared_ptr<const LocalAddresses>> local_addresses_;
   std::atomic<std::shared_ptr<const PolicySnapshot>> snapshot_;
-  const AccessLog log_;
+  const AccessLog json_log_;
+  const AccessLog text_log_;
+  std::atomic<bool> json_;
   DenyLogLimiter deny_log_limiter_;
   ProxyStats stats_;
   Metrics metrics_;
   std::atomic<bool> draining_{false};
   OwnUpstreams own_upstreams_;
   std::vector<std::string> listener_warnings_;
+  std::vector<std::string> needs_restart_;
 };
 
 }  // namespace acr

@@ -55,6 +55,15 @@ std::vector<int> inheritedSockets() {
   return fds;
 }
 
+// "a, b, c": settings named in the reload line and the STATUS line.
+std::string joinKeys(const std::vector<std::string>& keys) {
+  std::string out;
+  for (const std::string& key : keys) {
+    out += (out.empty() ? "" : ", ") + key;
+  }
+  return out;
+}
+
 std::string jsonEscaped(std::string_view text) {
   std::string out;
   AccessLog::appendJsonString(out, text);
@@ -143,18 +152,22 @@ ProxyServer::ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reload
   // First, so that every later message goes to the service log (stderr), never into the access
   // log on stdout.
   AccessLog access_log = makeAccessLog(settings.json_log);
-  const size_t descriptors = raiseDescriptorLimit();
-  const size_t affordable =
-      descriptors > kSpareDescriptors * 2 ? (descriptors - kSpareDescriptors) / 2 : 1;
-  if (settings.max_connections > affordable) {
-    spdlog::warn("max_connections {} needs more descriptors than the limit {} allows; using {}",
-                 settings.max_connections, descriptors, affordable);
-    settings.max_connections = affordable;
-  }
+  descriptors_ = raiseDescriptorLimit();
+  capConnections(settings);
   context_ =
       std::make_unique<ProxyContext>(std::move(settings), snapshot.policy, std::move(access_log));
   base_ = event_base_new();
   context_->setSnapshot(snapshot);
+}
+
+void ProxyServer::capConnections(ProxySettings& settings) const {
+  const size_t affordable =
+      descriptors_ > kSpareDescriptors * 2 ? (descriptors_ - kSpareDescriptors) / 2 : 1;
+  if (settings.max_connections > affordable) {
+    spdlog::warn("max_connections {} needs more descriptors than the limit {} allows; using {}",
+                 settings.max_connections, descriptors_, affordable);
+    settings.max_connections = affordable;
+  }
 }
 
 ProxyServer::~ProxyServer() {
@@ -176,7 +189,8 @@ ProxyServer::~ProxyServer() {
 }
 
 int ProxyServer::run() {
-  const ProxySettings& settings = context_->settings();
+  const std::shared_ptr<const ProxySettings> current = context_->settings();
+  const ProxySettings& settings = *current;
   unsigned count = settings.workers;
   if (count == 0) {
     count = std::max(1u, std::thread::hardware_concurrency());
@@ -284,7 +298,7 @@ void ProxyServer::startDrain(int signal) {
     event_del(watchdog_);
   }
   for (auto& worker : workers_) {
-    worker->drain(context_->settings().drain_timeout);
+    worker->drain(context_->settings()->drain_timeout);
   }
   drain_check_ = event_new(base_, -1, EV_PERSIST, &ProxyServer::onDrainCheck, this);
   static constexpr timeval kDrainCheck{0, 50'000};
@@ -306,6 +320,9 @@ void ProxyServer::notifyStatus(const std::string& state) {
   std::string status = state + "\nSTATUS=serving; policy generation " + std::to_string(generation_);
   if (current_.service_tags_change_number) {
     status += "; service-tags changeNumber " + std::to_string(*current_.service_tags_change_number);
+  }
+  if (!context_->needsRestart().empty()) {
+    status += "; needs a restart: " + joinKeys(context_->needsRestart());
   }
   sd_notify(0, status.c_str());
 }
@@ -333,9 +350,29 @@ void ProxyServer::reload() {
   }
   sd_notify(0, "RELOADING=1\nSTATUS=reloading");
   try {
-    PolicySnapshot snapshot = reload_();
+    Reloaded reloaded = reload_();
+    PolicySnapshot& snapshot = reloaded.policy;
+    ProxySettings& settings = reloaded.settings;
+    const std::shared_ptr<const ProxySettings> running = context_->settings();
+    // Named by the table: what changed, and of that what cannot change without a restart.
+    std::vector<std::string> applied;
+    std::vector<std::string> needs_restart;
+    for (const Setting setting : changedSettings(*running, settings)) {
+      const SettingRow& row = settingRow(setting);
+      (row.live ? applied : needs_restart).emplace_back(row.key);
+    }
+    keepRestartSettings(settings, *running);
+    capConnections(settings);
     const std::string change = describePolicyChange(current_, snapshot);
+    if (settings.json_log != running->json_log) {
+      makeAccessLog(settings.json_log);  // the service log's format; the access log's follows
+    }
+    context_->setSettings(std::make_shared<const ProxySettings>(std::move(settings)));
+    for (const auto& worker : workers_) {
+      worker->applyDnsSettings();
+    }
     context_->setSnapshot(snapshot);
+    context_->setNeedsRestart(needs_restart);
     context_->metrics().recordReload(true);
     current_ = std::move(snapshot);
     ++generation_;
@@ -344,8 +381,21 @@ void ProxyServer::reload() {
         worker->revokeDenied();
       }
     }
-    spdlog::info("{}", jsonEscaped("reloaded the policy (generation " +
-                                   std::to_string(generation_) + "): " + change));
+    // One line: the policy's change, then the settings applied and those that need a restart,
+    // by their TOML keys.
+    const bool settings_changed = !applied.empty() || !needs_restart.empty();
+    std::string line = "reloaded the policy (generation " + std::to_string(generation_) + "): " +
+                       (change == "no change" && settings_changed ? "policy unchanged" : change);
+    if (!applied.empty()) {
+      line += "; settings changed: " + joinKeys(applied);
+    }
+    if (!needs_restart.empty()) {
+      line += "; needs a restart: " + joinKeys(needs_restart);
+      // A warning: the file says one thing and the process does another until a restart.
+      spdlog::warn("{}", jsonEscaped(line));
+    } else {
+      spdlog::info("{}", jsonEscaped(line));
+    }
     for (const std::string& warning : current_.warnings) {
       spdlog::warn("{}", jsonEscaped(warning));
     }
@@ -354,7 +404,7 @@ void ProxyServer::reload() {
     // ConfigError for a bad file or value; anything else (e.g. out of memory) is no better a
     // reason to drop the policy that works.
     const std::string message =
-        std::string("reload failed, keeping the old policy: ") + error.what();
+        std::string("reload failed, keeping the old policy and settings: ") + error.what();
     spdlog::error("{}", jsonEscaped(message));
     context_->metrics().recordReload(false);
     sd_notify(0, ("READY=1\nSTATUS=" + message).c_str());

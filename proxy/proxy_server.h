@@ -14,14 +14,21 @@ namespace acr {
 // The running proxy: N workers (event loops on threads) sharing one ProxyContext, and the main
 // thread's own loop for signals. SIGTERM/SIGINT drain: stop accepting, let tunnels finish until
 // the drain deadline, exit 0; a repeated signal during the drain changes nothing. SIGHUP rebuilds
-// the policy with `reload` off the event loops and swaps it in atomically; on failure the old
-// policy stays (during a drain it is ignored). Listening sockets passed by systemd socket
-// activation (sd_listen_fds) are used for the listeners whose address they carry. Under systemd
-// (Type=notify) it reports READY, RELOADING, STOPPING and STATUS, and feeds the watchdog only while
-// every event loop is alive.
+// the settings and the policy with `reload` off the event loops and swaps both in atomically; the
+// settings the table marks live apply to new connections (DNS and log settings at once), the
+// others keep their running value and are reported as needing a restart (log line, STATUS,
+// /policy). On failure the old settings and policy stay (during a drain it is ignored). Listening
+// sockets passed by systemd socket activation (sd_listen_fds) are used for the listeners whose
+// address they carry. Under systemd (Type=notify) it reports READY, RELOADING, STOPPING and STATUS,
+// and feeds the watchdog only while every event loop is alive.
 class ProxyServer {
  public:
-  using Reloader = std::function<PolicySnapshot()>;
+  // What a reload builds from the configuration: both or nothing (it throws ConfigError).
+  struct Reloaded {
+    ProxySettings settings;
+    PolicySnapshot policy;
+  };
+  using Reloader = std::function<Reloaded()>;
 
   ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reloader reload);
   ~ProxyServer();
@@ -37,6 +44,8 @@ class ProxyServer {
   void startDrain(int signal);
   void reload();
   void notifyStatus(const std::string& state);
+  // Lowers max_connections to what the descriptor limit affords, with a warning.
+  void capConnections(ProxySettings& settings) const;
 
   std::unique_ptr<ProxyContext> context_;
   PolicySnapshot current_;  // what the running policy was built from (reload logs the change)
@@ -50,6 +59,7 @@ class ProxyServer {
   std::unique_ptr<AdminServer> admin_;  // --admin, on base_; reset when the main loop ends
   std::unique_ptr<LocalAddressMonitor> local_addresses_;  // on base_; feeds context_
   uint64_t watchdog_usec_ = 0;
+  size_t descriptors_ = 0;  // RLIMIT_NOFILE after raising it
   bool draining_ = false;
 };
 

@@ -2,6 +2,7 @@
 
 #include <string_view>
 
+#include "conf/settings_table.h"
 #include "proxy/close_reason.h"
 
 namespace acr {
@@ -14,6 +15,7 @@ struct Reference {
 
 // One row per generated table; scripts/update-docs knows the same kinds.
 constexpr Reference kReferences[] = {
+    {"settings", &writeSettingsReference},
     {"reasons", &writeCloseReasonReference},
 };
 

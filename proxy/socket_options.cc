@@ -94,34 +94,10 @@ std::optional<SocketAddress> originalDestination(int fd) noexcept {
   return local;  // not NATed: TPROXY, or a direct connection to the listener
 }
 
-IpAddress toIpAddress(const SocketAddress& address) noexcept {
-  if (address.family() == AF_INET) {
-    return IpAddress::v4(
-        ntohl(reinterpret_cast<const sockaddr_in*>(&address.storage)->sin_addr.s_addr));
-  }
-  std::array<uint8_t, 16> bytes;
-  std::memcpy(bytes.data(), &reinterpret_cast<const sockaddr_in6*>(&address.storage)->sin6_addr,
-              16);
-  return IpAddress::fromV6Bytes(bytes);
-}
+IpAddress toIpAddress(const SocketAddress& address) noexcept { return address.ip(); }
 
 SocketAddress toSocketAddress(const IpAddress& address, uint16_t port) noexcept {
-  SocketAddress out;
-  if (address.isV4()) {
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    v4->sin_addr.s_addr = htonl(address.v4Value());
-    out.length = sizeof(sockaddr_in);
-  } else {
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    const auto bytes = address.v6Bytes();
-    std::memcpy(&v6->sin6_addr, bytes.data(), 16);
-    out.length = sizeof(sockaddr_in6);
-  }
-  return out;
+  return SocketAddress::from(address, port);
 }
 
 }  // namespace acr

@@ -91,7 +91,7 @@ Worker::Worker(ProxyContext& context) : context_(context) {
   if (base_ == nullptr) {
     throw std::runtime_error("cannot create an event loop");
   }
-  ResolverOptions resolver_options = resolverOptions(context.settings());
+  ResolverOptions resolver_options = resolverOptions(*context.settings());
   resolver_options.observer = &context.metrics();
   resolver_ = std::make_unique<Resolver>(base_, std::move(resolver_options));
   reaper_ = event_new(base_, -1, 0, &Worker::onReap, this);
@@ -123,7 +123,7 @@ Worker::~Worker() {
 }
 
 void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>& used) {
-  for (const ListenerSettings& settings : context_.settings().listeners) {
+  for (const ListenerSettings& settings : context_.settings()->listeners) {
     auto listener = std::make_unique<Listener>();
     listener->worker = this;
     listener->kind = settings.kind;
@@ -188,17 +188,17 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
   SocketAddress peer_address;
   std::memcpy(&peer_address.storage, peer, static_cast<size_t>(length));
   peer_address.length = static_cast<socklen_t>(length);
-  if (draining_ ||
-      stats.active.load(std::memory_order_relaxed) >= context_.settings().max_connections) {
+  // The current limit, not a connection's snapshot: a reload's new limit applies at once.
+  const size_t max_connections = context_.settings()->max_connections;
+  if (draining_ || stats.active.load(std::memory_order_relaxed) >= max_connections) {
     // Refuse fast; existing connections keep their resources.
     if (!draining_) {
       stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
     }
     const CloseReason reason = draining_ ? CloseReason::kDraining : CloseReason::kOverloaded;
-    const std::string sentence =
-        draining_ ? "denied: the proxy is shutting down"
-                  : "denied: the proxy is at its connection limit (" +
-                        std::to_string(context_.settings().max_connections) + ")";
+    const std::string sentence = draining_ ? "denied: the proxy is shutting down"
+                                           : "denied: the proxy is at its connection limit (" +
+                                                 std::to_string(max_connections) + ")";
     if (listener.kind == ListenerKind::kConnect) {
       const std::string response = httpRefusal(reason, sentence);
       [[maybe_unused]] const ssize_t sent =
@@ -290,6 +290,28 @@ void Worker::drain(std::chrono::milliseconds deadline) {
 void Worker::revokeDenied() {
   if (!stopped()) {
     event_base_once(base_, -1, EV_TIMEOUT, &Worker::onRevoke, this, nullptr);
+  }
+}
+
+void Worker::applyDnsSettings() {
+  if (!stopped()) {
+    event_base_once(base_, -1, EV_TIMEOUT, &Worker::onDnsSettings, this, nullptr);
+  }
+}
+
+void Worker::onDnsSettings(evutil_socket_t, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  if (worker->resolver_ == nullptr) {
+    return;  // the drain has ended the resolver
+  }
+  // The settings now current, like onRevoke: a later reload may have replaced them already.
+  ResolverOptions options = resolverOptions(*worker->context_.settings());
+  options.observer = &worker->context_.metrics();
+  try {
+    worker->resolver_->reconfigure(std::move(options));
+  } catch (const std::exception& error) {
+    // Validated by buildProxySettings already; the old options stay if c-ares refuses.
+    spdlog::error("{}", std::string("DNS settings not applied: ") + error.what());
   }
 }
 

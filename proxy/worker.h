@@ -41,6 +41,9 @@ class Worker {
   // Thread-safe: after a reload whose policy has revokeOnReload(), judge every open connection
   // again by the current policy (Connection::rejudge; README "Reload").
   void revokeDenied();
+  // Thread-safe: after a reload, gives this loop's resolver the current DNS settings
+  // (Resolver::reconfigure); lookups in flight go on within their deadline.
+  void applyDnsSettings();
 
   event_base* base() noexcept { return base_; }
   // Steady-clock milliseconds of this loop's last heartbeat (a timer every second); the main
@@ -67,6 +70,7 @@ class Worker {
   static void onResume(evutil_socket_t, short, void* arg);
   static void onDrain(evutil_socket_t, short, void* arg);
   static void onRevoke(evutil_socket_t, short, void* arg);
+  static void onDnsSettings(evutil_socket_t, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
   static void onReap(evutil_socket_t, short, void* arg);
   static void onHeartbeat(evutil_socket_t, short, void* arg);

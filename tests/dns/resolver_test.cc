@@ -132,6 +132,35 @@ TEST_F(ResolverTest, ResolvesAAndAaaa) {
   EXPECT_EQ(resolver->stats().queries, 4u);
 }
 
+// A reload's new DNS settings (Resolver::reconfigure): the next lookup asks the new server, not
+// the cache filled by the old one; options that do not validate throw and change nothing.
+TEST_F(ResolverTest, ReconfigureSwitchesServersAndEmptiesTheCache) {
+  Dnsmasq first;
+  ASSERT_NO_FATAL_FAILURE(startDnsmasq(first, {"--host-record=moved.test,198.51.100.1"}));
+  Dnsmasq second;
+  ASSERT_NO_FATAL_FAILURE(startDnsmasq(second, {"--host-record=moved.test,198.51.100.2"}));
+  auto resolver = makeResolver(optionsFor(first.server()));
+  ASSERT_EQ(texts(*resolveNow(*resolver, "moved.test")),
+            (std::vector<std::string>{"198.51.100.1"}));
+  EXPECT_TRUE(resolveNow(*resolver, "moved.test")->from_cache);
+
+  ResolverOptions bad = optionsFor("not a server");
+  EXPECT_THROW(resolver->reconfigure(bad), std::invalid_argument);
+  EXPECT_TRUE(resolveNow(*resolver, "moved.test")->from_cache);
+
+  resolver->reconfigure(optionsFor(second.server()));
+  const auto moved = resolveNow(*resolver, "moved.test");
+  ASSERT_TRUE(moved);
+  EXPECT_FALSE(moved->from_cache);
+  EXPECT_EQ(texts(*moved), (std::vector<std::string>{"198.51.100.2"}));
+  EXPECT_EQ(resolver->stats().channel_resets, 1u);
+
+  // Same options again: nothing to redo, the cache stays.
+  resolver->reconfigure(optionsFor(second.server()));
+  EXPECT_TRUE(resolveNow(*resolver, "moved.test")->from_cache);
+  EXPECT_EQ(resolver->stats().channel_resets, 1u);
+}
+
 // Mixed case and a trailing dot name the same cache entry: one query reaches the server.
 TEST_F(ResolverTest, NameSpellingsShareOneCacheEntry) {
   Dnsmasq dnsmasq;

@@ -9,6 +9,7 @@ Debian's `systemd-socket-activate` passes a listening socket (LISTEN_FDS).
 """
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -441,6 +442,178 @@ class ReloadTest(unittest.TestCase):
         out, err = activator.communicate(timeout=30)
         self.assertNotEqual(activator.returncode, 0)
         self.assertIn("matches no configured listener", err.decode())
+
+    # Issue 12 §4: a reload applies the settings the table marks live and names the others.
+    def write_settings_config(self, path, hosts=(STABLE,), sections=""):
+        """A config allowing `hosts` on the upstream port, plus the TOML `sections` as given
+        ("[limits]\nmax_connections = 1\n")."""
+        allow = ", ".join(f'"{host}"' for host in hosts)
+        text = (f"[policy]\nallow_hosts = [{allow}]\nports = [{self.upstream_port}]\n"
+                f'allow_cidrs = ["{UPSTREAM_IP}/32"]\n' + sections)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+    def curl_connect_code(self, listen, host):
+        """The status curl's CONNECT got from the proxy (`%{http_connect}`): "200" or the
+        refusal's. Past the CONNECT the echo upstream answers curl's GET with its own bytes, so
+        curl's exit status says nothing here."""
+        result = harness.curl("-o", "/dev/null", "-w", "%{http_connect}", "-p", "-x",
+                              f"http://{listen}", "--max-time", "5",
+                              f"http://{host}:{self.upstream_port}/")
+        return result.stdout.strip()
+
+    def reload_and_wait(self, proxy, config_writer, line):
+        """Rewrites the config, sends SIGHUP, and returns the service-log line containing
+        `line` that the reload wrote."""
+        before = proxy.stderr_text().count(line)
+        config_writer()
+        proxy.send_signal(signal.SIGHUP)
+        self.wait_for_service_line(proxy, line, before + 1)
+        return [entry for entry in proxy.stderr_text().splitlines() if line in entry][-1]
+
+    def admin_policy(self, admin):
+        return json.loads(harness.curl("--max-time", "5", f"http://{admin}/policy").stdout)
+
+    def test_changed_max_connections_applies_after_sighup(self):
+        """limits.max_connections lowered in the file applies to the next connection after
+        SIGHUP, without a restart: with one tunnel open, curl's CONNECT is refused 503."""
+        config = os.path.join(self.tmp.path, "limit.toml")
+        self.write_settings_config(config, sections="[limits]\nmax_connections = 100\n")
+        proxy, listen = self.start_proxy(config)
+        status, _, tunnel = self.tunnel(listen, STABLE)
+        self.assertEqual(status, 200)
+        self.addCleanup(tunnel.close)
+        self.assertEqual(self.curl_connect_code(listen, STABLE), "200")
+        line = self.reload_and_wait(
+            proxy, lambda: self.write_settings_config(
+                config, sections="[limits]\nmax_connections = 1\n"), "reloaded the policy")
+        self.assertIn("settings changed: limits.max_connections", line)
+        self.assertEqual(self.curl_connect_code(listen, STABLE), "503")
+        tunnel.sendall(b"still here")  # the open tunnel is not touched
+        self.assertEqual(harness.recv_exact(tunnel, 10), b"still here")
+        self.assertEqual(proxy.pid, proxy.pid)  # same process: no restart happened
+        self.assertTrue(proxy.running())
+
+    def test_changed_head_timeout_applies_to_new_connections(self):
+        """limits.head_timeout shortened by a reload closes a new silent connection after the
+        new timeout, while one accepted before the reload keeps the old one."""
+        config = os.path.join(self.tmp.path, "head.toml")
+        self.write_settings_config(config, sections='[limits]\nhead_timeout = "30s"\n')
+        proxy, listen = self.start_proxy(config)
+        host, port = listen.rsplit(":", 1)
+        old = socket.create_connection((host, int(port)), timeout=10)
+        self.addCleanup(old.close)
+        time.sleep(0.2)  # accepted under the old settings
+        self.reload_and_wait(proxy, lambda: self.write_settings_config(
+            config, sections='[limits]\nhead_timeout = "300ms"\n'), "reloaded the policy")
+        new = socket.create_connection((host, int(port)), timeout=10)
+        self.addCleanup(new.close)
+        started = time.monotonic()
+        self.assertIn(b"408", new.recv(4096))  # head_timeout's refusal
+        self.assertLess(time.monotonic() - started, 5)
+        old.settimeout(0.5)
+        with self.assertRaises(socket.timeout):
+            old.recv(1)  # still waiting for its head under the 30 s limit
+
+    def test_changed_listener_needs_a_restart(self):
+        """A listener address changed in the file is not applied: the reload line, the STATUS
+        line and /policy name listeners.connect as needing a restart; the old address serves
+        on and the new one does not listen."""
+        config = os.path.join(self.tmp.path, "listener.toml")
+        first = f"127.0.0.1:{harness.free_port()}"
+        second = f"127.0.0.1:{harness.free_port()}"
+        admin = f"127.0.0.1:{harness.free_port()}"
+        self.write_settings_config(config, sections=f'[listeners]\nconnect = ["{first}"]\n')
+        notify = NotifySocket(os.path.join(self.tmp.path, "listener.sock"))
+        self.addCleanup(notify.close)
+        proxy = harness.Proxy(["--config", config, "--allow-non-tls", "--dns-server",
+                               self.dns.address, "--admin", admin],
+                              env={"NOTIFY_SOCKET": notify.path})
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        self.assertEqual(self.admin_policy(admin)["needs_restart"], [])
+        line = self.reload_and_wait(proxy, lambda: self.write_settings_config(
+            config, sections=f'[listeners]\nconnect = ["{second}"]\n'), "reloaded the policy")
+        self.assertIn("needs a restart: listeners.connect", line)
+        self.assertNotIn("settings changed", line)
+        self.assertEqual(self.admin_policy(admin)["needs_restart"], ["listeners.connect"])
+        notify.wait_for(lambda m: "needs a restart: listeners.connect" in m.get("STATUS", ""))
+        self.assertEqual(self.curl_connect_code(first, STABLE), "200")
+        self.assertFalse(_port_open(second))
+
+    def test_reload_line_names_every_changed_setting(self):
+        """One reload line names each changed setting by its key (limits, dns, log) and the
+        policy's change, and the policy listing is not written again."""
+        config = os.path.join(self.tmp.path, "names.toml")
+        self.write_settings_config(config)
+        proxy, listen = self.start_proxy(config)
+        sections = ('[limits]\nidle_timeout = "5m"\n[dns]\ntimeout = "2s"\n'
+                    '[log]\ndeny_rate = 10\nformat = "json"\n')
+        line = self.reload_and_wait(proxy, lambda: self.write_settings_config(
+            config, hosts=(STABLE, BETA), sections=sections), "reloaded the policy")
+        self.assertIn(f"rules added: host {BETA}", line)
+        self.assertIn("settings changed: policy.allow_hosts, dns.timeout, limits.idle_timeout, "
+                      "log.deny_rate", line)
+        self.assertNotIn("log.format", line)  # json is the default: not a change
+        self.assertEqual(proxy.stderr_text().count("reloaded the policy"), 1)
+        for listing in ("host patterns:", "allowed prefixes:"):
+            self.assertNotIn(listing, proxy.stderr_text())
+        # Nothing changed: the line says so.
+        line = self.reload_and_wait(proxy, lambda: None, "reloaded the policy (generation 3)")
+        self.assertTrue(line.rstrip('"}').endswith("no change"), line)
+        self.assertEqual(self.curl_connect_code(listen, BETA), "200")
+
+    def test_changed_log_format_applies_at_once(self):
+        """log.format changed to text by a reload: the next connection's access-log line and the
+        service log are plain text lines instead of JSON objects."""
+        config = os.path.join(self.tmp.path, "format.toml")
+        self.write_settings_config(config)
+        proxy, listen = self.start_proxy(config)
+        mark = proxy.log_mark()
+        self.assertEqual(self.curl_connect_code(listen, BETA), "403")
+        harness.wait_until(lambda: len(proxy.stdout_lines()) > mark, 10, 0.02, "a JSON line")
+        self.assertTrue(proxy.stdout_lines()[mark].startswith("{"), proxy.stdout_lines()[mark])
+        self.reload_and_wait(proxy, lambda: self.write_settings_config(
+            config, sections='[log]\nformat = "text"\n'), "reloaded the policy")
+        mark = proxy.log_mark()
+        self.assertEqual(self.curl_connect_code(listen, BETA), "403")
+        harness.wait_until(lambda: len(proxy.stdout_lines()) > mark, 10, 0.02, "a text line")
+        line = proxy.stdout_lines()[mark]
+        self.assertFalse(line.startswith("{"), line)
+        self.assertIn("host_not_allowed", line)
+        self.reload_and_wait(proxy, lambda: None, "reloaded the policy (generation 3)")
+        last = [entry for entry in proxy.stderr_text().splitlines() if "generation 3" in entry][-1]
+        self.assertFalse(last.startswith("{"), last)
+
+    def test_bad_config_keeps_the_old_settings_and_policy(self):
+        """A reload whose settings are valid but whose policy is not applies neither (the new
+        limit of 1 connection is not enforced), and one whose policy is valid but a setting is
+        not applies neither (the removed host stays allowed)."""
+        config = os.path.join(self.tmp.path, "bad.toml")
+        self.write_settings_config(config)
+        proxy, listen = self.start_proxy(config)
+
+        def bad_policy():
+            self.write_settings_config(
+                config, sections="[limits]\nmax_connections = 1\n"
+                '[policy.bad]\n')
+
+        line = self.reload_and_wait(proxy, bad_policy, "reload failed, keeping the old policy")
+        self.assertIn("policy.bad", line)
+        status, _, tunnel = self.tunnel(listen, STABLE)
+        self.assertEqual(status, 200)
+        self.addCleanup(tunnel.close)
+        self.assertEqual(self.curl_connect_code(listen, STABLE), "200")  # limit 1 not applied
+
+        def bad_setting():
+            self.write_settings_config(config, hosts=(BETA,),
+                                       sections='[limits]\nhead_timeout = "10"\n')
+
+        line = self.reload_and_wait(proxy, bad_setting, "reload failed, keeping the old policy")
+        self.assertIn("invalid limits.head_timeout '10'", line)
+        self.assertEqual(self.curl_connect_code(listen, STABLE), "200")
+        self.assertNotEqual(self.curl_connect_code(listen, BETA), "200")
 
 
 def _port_open(address):

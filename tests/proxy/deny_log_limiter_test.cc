@@ -37,5 +37,21 @@ TEST(DenyLogLimiterTest, ZeroRateAdmitsEverything) {
   EXPECT_EQ(limiter.takeSuppressed(), 0u);
 }
 
+// A reload's new rate (log.deny_rate) applies from the next refusal, within the same second.
+TEST(DenyLogLimiterTest, SetRateAppliesAtOnce) {
+  DenyLogLimiter limiter(1);
+  const auto start = DenyLogLimiter::Clock::now();
+  EXPECT_TRUE(limiter.admit(start));
+  EXPECT_FALSE(limiter.admit(start + milliseconds(1)));
+  limiter.setRate(3);
+  EXPECT_EQ(limiter.rate(), 3u);
+  EXPECT_TRUE(limiter.admit(start + milliseconds(2)));
+  EXPECT_TRUE(limiter.admit(start + milliseconds(3)));
+  EXPECT_FALSE(limiter.admit(start + milliseconds(4)));
+  limiter.setRate(0);
+  EXPECT_TRUE(limiter.admit(start + milliseconds(5)));
+  EXPECT_EQ(limiter.takeSuppressed(), 2u);
+}
+
 }  // namespace
 }  // namespace acr

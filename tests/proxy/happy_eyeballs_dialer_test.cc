@@ -97,7 +97,8 @@ class HappyEyeballsDialerTest : public ::testing::Test {
   // A listener on 127.0.0.1 and a port on which nothing listens on [::1] (skips without IPv6).
   uint16_t listenV4Only() {
     listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    const SocketAddress any = *SocketAddress::parse("127.0.0.1:0");
+    // Port 0 (any free port) is for bind() only: no configured address may name it.
+    const SocketAddress any = SocketAddress::from(*IpAddress::parse("127.0.0.1"), 0);
     EXPECT_EQ(bind(listener_, any.get(), any.length), 0);
     EXPECT_EQ(listen(listener_, 8), 0);
     return localAddress(listener_)->port();
@@ -119,7 +120,7 @@ class HappyEyeballsDialerTest : public ::testing::Test {
 // endpoint stays registered for the receiver, every attempt is on record.
 TEST_F(HappyEyeballsDialerTest, RefusedMovesOnAtOnceAndWinnerIsHandedOver) {
   const int probe = socket(AF_INET6, SOCK_STREAM, 0);
-  const SocketAddress loopback6 = *SocketAddress::parse("[::1]:0");
+  const SocketAddress loopback6 = SocketAddress::from(*IpAddress::parse("::1"), 0);
   if (probe < 0 || bind(probe, loopback6.get(), loopback6.length) != 0) {
     close(probe);
     GTEST_SKIP() << "no IPv6 loopback";
