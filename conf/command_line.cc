@@ -66,6 +66,10 @@ constexpr std::string_view kProxyHelp =
     "  --admin ADDR:PORT          admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz,\n"
     "                             /policy (default: off; loopback only unless the next option)\n"
     "  --admin-allow-remote       let --admin listen on a non-loopback address (no auth!)\n"
+    "  --upstream-proxy URL       open allowed tunnels with CONNECT through this HTTP proxy,\n"
+    "                             http://HOST:PORT; it resolves the names (default: dial)\n"
+    "  --upstream-proxy-credentials FILE  Basic auth for it: FILE holds user:password and\n"
+    "                             must not be readable by others\n"
     "Durations T take a unit: ms, s, m or h (\"10s\", \"15m\").\n";
 
 // Options that map to a "table.key" setting; valueless ones store "true".
@@ -104,6 +108,8 @@ constexpr SettingOption kSettingOptions[] = {
     {"--deny-log-rate", "log.deny_rate", true},
     {"--admin", "proxy.admin", true},
     {"--admin-allow-remote", "proxy.admin_allow_remote", false},
+    {"--upstream-proxy", "proxy.upstream_proxy", true},
+    {"--upstream-proxy-credentials", "proxy.upstream_proxy_credentials", true},
 };
 
 }  // namespace

@@ -37,6 +37,8 @@ constexpr std::string_view kScalarSettings[] = {
     "limits.max_buffer_memory",
     "limits.max_handshake_memory",
     "listeners.sni_upstream_port",
+    "proxy.upstream_proxy",
+    "proxy.upstream_proxy_credentials",
 };
 
 std::string where(const std::string& source, const toml::source_region& region) {

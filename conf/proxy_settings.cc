@@ -317,6 +317,8 @@ ProxySettings buildProxySettings(const Config& config) {
     }
     settings.admin = *address;
   }
+  settings.upstream_proxy = readUpstreamProxy(config);
+  checkUpstreamProxyPolicy(config);
   return settings;
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "conf/upstream_proxy.h"
 
 namespace acr {
 
@@ -80,6 +81,8 @@ struct ProxySettings {
   // proxy.admin_allow_remote: it has no authentication and shows the policy.
   std::optional<SocketAddress> admin;
   bool admin_allow_remote = false;
+  // Allowed tunnels go through this HTTP proxy with CONNECT (conf/upstream_proxy.h); unset: dial.
+  std::optional<UpstreamProxySettings> upstream_proxy;
 };
 
 // Validates `config.settings`. Throws ConfigError naming the origin of a bad value.

@@ -141,6 +141,10 @@ constexpr std::array<CloseReasonInfo, kCloseReasonCount> kTable = {{
      "every allowed address refused the connection", "network path to Azure"},
     {R::kUpstreamUnreachable, "upstream_unreachable", 502, "connect",
      "every allowed address failed (unreachable, no route)", "network path to Azure"},
+    {R::kUpstreamProxyRefused, "upstream_proxy_refused", 502, "connect",
+     "`--upstream-proxy` answered the CONNECT with a status other than 2xx (the sentence names "
+     "it: 407 wrong credentials, 403 its own policy, 503 it could not reach the target)",
+     "check `--upstream-proxy-credentials` and the upstream proxy's policy and log"},
     {R::kClientClosed, "client_closed", 0, "head, hello, dns, connect, tunnel_hello",
      "the client closed before the tunnel started (decision `incomplete` if it was allowed, e.g. "
      "after the 200 without a ClientHello)",

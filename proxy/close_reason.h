@@ -73,6 +73,7 @@ enum class CloseReason : uint8_t {
   kUpstreamTimeout,
   kUpstreamRefused,
   kUpstreamUnreachable,
+  kUpstreamProxyRefused,
   kClientClosed,
   kShutdown,
   kRevoked,

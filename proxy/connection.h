@@ -21,6 +21,7 @@
 #include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/relay.h"
+#include "proxy/upstream_proxy_dialer.h"
 
 namespace acr {
 
@@ -32,6 +33,10 @@ class Worker;
 //   connect:      kReadHead -> kResolve -> kConnect -> kTunnelHello -> kRelay
 //   sni:          kReadHello -> kResolve -> kConnect -> kRelay
 //   transparent:  kReadHello -> [kResolve] -> kConnect -> kRelay
+//
+// With --upstream-proxy a name is never resolved here: an allowed target goes from its policy
+// decision straight to kConnect, which asks the upstream proxy for the tunnel (CONNECT
+// name:port, UpstreamProxyDialer) instead of dialling candidates.
 //
 // A denial or failure in any state goes to kRefuse (connect: write the HTTP refusal, then close;
 // others: close with RST, never dialling) or straight to close. Every connection ends in
@@ -50,7 +55,8 @@ class Connection final : private Relay::Observer {
     kReadHello,    // transparent/sni: reading the ClientHello (head timeout runs)
     kResolve,      // waiting for the proxy's own DNS answer for an allowed name (when one family
                    // answered first: the resolution delay runs)
-    kConnect,      // the dialer tries the allowed candidates (connect budget runs)
+    kConnect,      // the dialer tries the allowed candidates, or the upstream proxy opens the
+                   // tunnel (connect budget runs)
     kTunnelHello,  // connect: 200 sent; peeking the tunnel's first bytes for the SNI
     kRelay,        // relaying both ways (idle timeout runs)
     kRefuse,       // connect: flushing a refusal, then closing
@@ -69,12 +75,12 @@ class Connection final : private Relay::Observer {
   void refuseClient(const std::string& sentence);
   // Ends the connection now (shutdown): RST to both sides, log line written.
   void abort(CloseReason reason);
-  // Revoke on reload (docs/operations.md "Reload", THREATS F14), called by Worker::revokeDenied after a
-  // reload installed `policy` (one with revokeOnReload()). A connection not judged yet (reading
-  // its head or hello) is judged by `policy` from now on; one already let through (dns, connect,
-  // tunnel_hello, relay) is judged again by it (client, target, dialled address) and closed with
-  // reason `revoked` if it now denies it (connect listener before the 200: 403), else continues
-  // under `policy`.
+  // Revoke on reload (docs/operations.md "Reload", THREATS F14), called by Worker::revokeDenied
+  // after a reload installed `policy` (one with revokeOnReload()). A connection not judged yet
+  // (reading its head or hello) is judged by `policy` from now on; one already let through (dns,
+  // connect, tunnel_hello, relay) is judged again by it (client, target, dialled address) and
+  // closed with reason `revoked` if it now denies it (connect listener before the 200: 403), else
+  // continues under `policy`.
   void rejudge(std::shared_ptr<const Policy> policy);
   State state() const noexcept { return state_; }
 
@@ -137,6 +143,11 @@ class Connection final : private Relay::Observer {
   // allowed and nothing else can come (`more_coming` false and nothing dialled yet).
   Step chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming = false);
   Step onDialed();
+  // True when tunnels go through --upstream-proxy (names are resolved by it, not here).
+  bool viaUpstreamProxy() const noexcept;
+  // kConnect with an upstream proxy: asks it for the tunnel; its result ends the dial.
+  void dialUpstreamProxy();
+  Step onUpstreamProxyDialed();
   // Before the relay: the client went away (EOF or error).
   Step clientGone();
   // True when `address`:port_ is one of this process's listening endpoints (any listener, a
@@ -201,12 +212,14 @@ class Connection final : private Relay::Observer {
   IpAddress first_denied_address_;
   bool first_denial_is_self_ = false;    // the first denial is self_connection, not the policy's
   std::vector<IpAddress> first_family_;  // addresses of the family that answered first
-  std::unique_ptr<HappyEyeballsDialer> dialer_;  // from the first dial to the end
+  std::unique_ptr<HappyEyeballsDialer> dialer_;        // from the first dial to the end
+  std::unique_ptr<UpstreamProxyDialer> proxy_dialer_;  // the same, through --upstream-proxy
 
   // Event data.
   DnsAnswer answer_;
   bool dns_done_ = false;
   DialResult dial_result_;
+  UpstreamProxyResult proxy_result_;
   bool client_failed_ = false;
   std::string_view relay_closed_by_;
   bool relay_reset_ = false;

@@ -52,7 +52,8 @@ int runProxy(const std::vector<std::string>& args) {
     // SIGHUP re-reads the same command line and configuration file.
     auto reload = [args] {
       const acr::CommandLine again = acr::parseCommandLine(args);
-      acr::checkListenerExposure(again.config);  // a reload may not drop the last client rule
+      acr::checkListenerExposure(again.config);     // a reload may not drop the last client rule
+      acr::checkUpstreamProxyPolicy(again.config);  // nor add strict-ip beside an upstream proxy
       return buildPolicyAndTrim(again.config.policy);
     };
     acr::ProxyServer server(std::move(settings), std::move(snapshot), reload);
