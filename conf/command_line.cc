@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <optional>
 
+#include "filters/ip_address.h"
+
 namespace acr {
 namespace {
 
@@ -30,6 +32,8 @@ constexpr std::string_view kHelp =
     "                         them by their outer SNI (once)\n"
     "  --client-cidr CIDR     clients that may use the proxy; required for a listener on a\n"
     "                         non-loopback address (0.0.0.0/0, ::/0: anyone)\n"
+    "  --bind-host-tag PATTERN=TAG  addresses dialled for names matching PATTERN must lie in\n"
+    "                         service tag TAG (or a CIDR); else address_not_bound\n"
     "  --config FILE          TOML configuration; command-line options add to it (once);\n"
     "                         default /etc/acr-egress/acr-egress.toml if it exists\n"
     "With no --registry, --allow-host or --preset, the hosts allowed are *.azurecr.io,\n"
@@ -112,6 +116,22 @@ constexpr SettingOption kSettingOptions[] = {
     {"--upstream-proxy-credentials", "proxy.upstream_proxy_credentials", true},
 };
 
+// --bind-host-tag PATTERN=TAG, or PATTERN=CIDR (a range instead of a service tag).
+BindConfig parseBindHostTag(const ConfigValue& value) {
+  const size_t equals = value.text.find('=');
+  if (equals == std::string::npos || equals == 0 || equals + 1 == value.text.size()) {
+    throw ConfigError(value.origin + ": invalid binding '" + value.text +
+                      "': expected PATTERN=TAG or PATTERN=CIDR (e.g. "
+                      "*.azurecr.io=AzureContainerRegistry)");
+  }
+  BindConfig bind;
+  bind.origin = value.origin;
+  bind.hosts.push_back({value.text.substr(0, equals), value.origin});
+  ConfigValue bound{value.text.substr(equals + 1), value.origin};
+  (Cidr::parse(bound.text) ? bind.allow_cidrs : bind.service_tags).push_back(std::move(bound));
+  return bind;
+}
+
 }  // namespace
 
 std::string_view proxyOptionsHelp() noexcept { return kProxyHelp; }
@@ -170,6 +190,8 @@ CommandLine parseCommandLine(const std::vector<std::string>& args,
       policy.presets.push_back(value());
     } else if (name == "--client-cidr") {
       policy.client_cidrs.push_back(value());
+    } else if (name == "--bind-host-tag") {
+      policy.binds.push_back(parseBindHostTag(value()));
     } else if (name == "--config") {
       config_path = value().text;
     } else if (name == "--strict-ip" && !inline_value) {

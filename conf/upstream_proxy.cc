@@ -188,6 +188,10 @@ void checkUpstreamProxyPolicy(const Config& config) {
   if (config.policy.strict_ip) {
     fail(*url, "--strict-ip (policy.strict_ip)" + why);
   }
+  if (!config.policy.binds.empty()) {
+    fail(*url, "address binding (--bind-host-tag, [[policy.bind]] at " +
+                   config.policy.binds.front().origin + ")" + why);
+  }
 }
 
 }  // namespace acr

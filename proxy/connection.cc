@@ -437,10 +437,11 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
   host_ = normalizedName(hello.sni);
   if (kind_ == ListenerKind::kTransparent) {
     const IpAddress destination = toIpAddress(*original_dst_);
-    const Decision address = policy_->decideAddress(destination);
+    const Decision address = policy_->decideDialled(host_, destination);
     if (!address.allowed()) {
+      const std::string_view named = address.reason == Reason::kAddressNotBound ? host_ : "";
       return end(closeReasonOf(address.reason),
-                 policy_->describe(address, {"", destination, port_}),
+                 policy_->describe(address, {named, destination, port_}),
                  address.rule != nullptr ? address.rule->text : std::string());
     }
     if (address.reason == Reason::kAddressAllowed) {
@@ -562,7 +563,7 @@ Connection::Step Connection::chooseCandidates(const std::vector<IpAddress>& addr
       }
       continue;  // never dial ourselves
     }
-    const Decision decision = policy_->decideAddress(address);
+    const Decision decision = policy_->decideDialled(host_, address);
     if (decision.allowed()) {
       candidates_.push_back(address);
       noteWouldDeny(decision, {host_, address, port_});
@@ -1146,12 +1147,12 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
     }
     if (state_ == State::kConnect) {  // the addresses being dialled
       for (auto it = candidates_.begin(); decision.allowed() && it != candidates_.end(); ++it) {
-        decision = policy->decideAddress(*it);
+        decision = policy->decideDialled(host_, *it);
         subject = {host_, *it, port_};
       }
     }
     if (decision.allowed() && dialled) {
-      decision = policy->decideAddress(*dialled);
+      decision = policy->decideDialled(host_, *dialled);
       subject = {host_, dialled, port_};
     }
     if (!decision.allowed()) {

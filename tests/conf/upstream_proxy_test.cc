@@ -118,6 +118,11 @@ TEST(UpstreamProxyTest, StrictIpConflicts) {
                        "upstream proxy"),
             std::string::npos)
       << error;
+  EXPECT_NE(errorOf({"--upstream-proxy", "http://127.0.0.1:3128", "--bind-host-tag",
+                     "*.azurecr.io=192.0.2.0/24"})
+                .find("address binding (--bind-host-tag, [[policy.bind]] at --bind-host-tag) "
+                      "cannot be enforced"),
+            std::string::npos);
   EXPECT_EQ(errorOf({"--upstream-proxy", "http://127.0.0.1:3128"}), "");
 }
 
