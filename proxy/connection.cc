@@ -439,7 +439,11 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
     const IpAddress destination = toIpAddress(*original_dst_);
     const Decision address = policy_->decideDialled(host_, destination);
     if (!address.allowed()) {
-      const std::string_view named = address.reason == Reason::kAddressNotBound ? host_ : "";
+      // The name only where the sentence is about it (the binding); a view of host_ itself.
+      std::string_view named;
+      if (address.reason == Reason::kAddressNotBound) {
+        named = host_;
+      }
       return end(closeReasonOf(address.reason),
                  policy_->describe(address, {named, destination, port_}),
                  address.rule != nullptr ? address.rule->text : std::string());

@@ -13,6 +13,7 @@ import subprocess
 import unittest
 
 import harness
+from netns_fixtures import NetNs
 
 GOOD = "good.azurecr.io"          # -> 127.0.0.2, inside its binding
 POISONED = "poisoned.azurecr.io"  # -> 127.0.0.3, outside the tag *.azurecr.io is bound to
@@ -118,6 +119,73 @@ allow_cidrs = ["{INSIDE_IP}/32"]
         self.assertIn(f"bound to {GOOD} ({INSIDE_IP}/32)", lines[2])
         allowed = self.check(f"{GOOD}:{self.port}@{INSIDE_IP}")
         self.assertEqual(allowed.returncode, 0, allowed.stdout + allowed.stderr)
+
+
+BOUND_V4 = "192.0.2.10"   # inside the binding of TRANSPARENT_HOST
+ASTRAY_V4 = "192.0.2.20"  # allowed by --allow-cidr, outside the binding
+TRANSPARENT_HOST = "myreg.azurecr.io"
+MARK = 1
+
+
+class TransparentAddressBindingTest(unittest.TestCase):
+    """The transparent listener behind a real nftables REDIRECT in a private namespace holding
+    documentation addresses: an original destination whose SNI is bound must lie inside the
+    binding, although --allow-cidr admits both addresses."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.TempDir()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"),
+                                             [TRANSPARENT_HOST], [BOUND_V4, ASTRAY_V4])
+        cls.ns = NetNs([BOUND_V4, ASTRAY_V4])
+        cls.addClassCleanup(cls.ns.destroy)
+        cls.ns.create()
+        cls.ns.enter()
+        cls.addClassCleanup(cls.ns.leave)
+        cert, key = cls.certs["cert"], cls.certs["key"]
+        cls.bound = harness.TlsServer(BOUND_V4, 443, cert, key, handler="http")
+        cls.addClassCleanup(cls.bound.stop)
+        cls.astray = harness.TlsServer(ASTRAY_V4, 443, cert, key, handler="http")
+        cls.addClassCleanup(cls.astray.stop)
+        cls.dns = harness.Dnsmasq({TRANSPARENT_HOST: [BOUND_V4, ASTRAY_V4]})
+        cls.dns.start()
+        cls.addClassCleanup(cls.dns.stop)
+        listen_port = harness.free_port("127.0.0.1")
+        cls.firewall = cls.ns.redirect_443(listen_port, MARK)
+        cls.proxy = harness.Proxy(["--transparent", f"127.0.0.1:{listen_port}",
+                                   "--registry", "myreg", "--dns-server", cls.dns.address,
+                                   "--mark", str(MARK), "--workers", "2",
+                                   "--allow-cidr", "192.0.2.0/24",
+                                   "--bind-host-tag", f"{TRANSPARENT_HOST}={BOUND_V4}/32"])
+        cls.proxy.start()
+        cls.addClassCleanup(cls.proxy.stop)
+
+    def curl_https(self, address):
+        return harness.curl("--max-time", "10", "--cacert", self.certs["ca"], "--resolve",
+                            f"{TRANSPARENT_HOST}:443:{address}", f"https://{TRANSPARENT_HOST}/",
+                            timeout=20)
+
+    # A client sent to an address outside the binding is reset, never relayed to it.
+    def test_original_destination_outside_binding_is_refused(self):
+        accepted = self.astray.accepted
+        result = self.curl_https(ASTRAY_V4)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        entry = self.proxy.wait_for_log(lambda e: e.get("original_dst") == f"{ASTRAY_V4}:443")
+        self.assertEqual(entry["listener"], "transparent", entry)
+        self.assertEqual(entry["decision"], "deny", entry)
+        self.assertEqual(entry["reason"], "address_not_bound", entry)
+        self.assertIn(f"bound to {TRANSPARENT_HOST} ({BOUND_V4}/32)", entry["message"])
+        self.assertEqual(self.astray.accepted, accepted)
+
+    # The same name at its bound address is relayed, TLS verified end to end.
+    def test_original_destination_inside_binding_is_relayed(self):
+        result = self.curl_https(BOUND_V4)
+        self.assertEqual(result.returncode, 0, result.stderr + self.proxy.stderr_text())
+        self.assertEqual(result.stdout, f"sni={TRANSPARENT_HOST}\n")
+        entry = self.proxy.wait_for_log(lambda e: e.get("original_dst") == f"{BOUND_V4}:443"
+                                        and e.get("decision") == "allow")
+        self.assertEqual(entry["dialled"], f"{BOUND_V4}:443", entry)
 
 
 if __name__ == "__main__":
