@@ -156,10 +156,11 @@ class UpstreamProxyTest(unittest.TestCase):
         os.chmod(path, mode)
         return path
 
-    def start_proxy(self, password, extra=()):
-        """dnsmasq knowing no name at all, and acr-egress allowing registry myreg on the test's
-        port through Squid with `password`."""
-        dns = harness.Dnsmasq({})
+    def start_proxy(self, password, extra=(), records=None, upstream=None):
+        """dnsmasq knowing only `records` (default: no name at all), and acr-egress allowing
+        registry myreg on the test's port through Squid (`upstream`, default its address) with
+        `password`."""
+        dns = harness.Dnsmasq(records or {})
         dns.__enter__()
         self.addCleanup(dns.__exit__, None, None, None)
         self.proxy_port = harness.free_port("127.0.0.1")
@@ -168,7 +169,7 @@ class UpstreamProxyTest(unittest.TestCase):
         proxy = harness.Proxy(["--connect", f"127.0.0.1:{self.proxy_port}", "--registry", "myreg",
                                "--port", str(self.port), "--dns-server", dns.address,
                                "--workers", "2",
-                               "--upstream-proxy", f"http://{self.squid.address}",
+                               "--upstream-proxy", upstream or f"http://{self.squid.address}",
                                "--upstream-proxy-credentials", credentials] + list(extra))
         proxy.__enter__()
         self.addCleanup(proxy.__exit__, None, None, None)
@@ -248,6 +249,45 @@ class UpstreamProxyTest(unittest.TestCase):
                                        for f in self.squid.access_lines()),
                            timeout=10, message="Squid logged the allowed CONNECT")
         self.assertFalse([f for f in self.squid.access_lines() if OTHER_HOST in f[6]])
+        self.assertEqual(dns.queries(), [])
+
+    # An upstream proxy given by name is resolved by acr-egress's own resolver (the only name it
+    # looks up); the target's name still goes to Squid unresolved.
+    def test_upstream_proxy_by_name(self):
+        dns, proxy = self.start_proxy(PASSWORD, records={"proxy.corp.test": ["127.0.0.1"]},
+                                      upstream=f"http://proxy.corp.test:{self.squid.port}")
+        head = connect_through(self.proxy_port, f"{LOGIN_HOST}:{self.port}")
+        self.assertIn(" 200 ", head.split("\r\n")[0] + " ", head)
+        self.assertEqual(set(dns.queries()), {"proxy.corp.test"})
+
+    # An IP-literal target is judged by the address rules here (inside --allow-cidr: tunnelled
+    # through Squid as CONNECT ip:port; outside: 403, and Squid never sees it).
+    def test_ip_literal_targets_keep_address_rules(self):
+        dns, proxy = self.start_proxy(PASSWORD, extra=["--allow-cidr", f"{REGISTRY_IP}/32"])
+        allowed = connect_through(self.proxy_port, f"{REGISTRY_IP}:{self.port}")
+        self.assertIn(" 200 ", allowed.split("\r\n")[0] + " ", allowed)
+        denied = connect_through(self.proxy_port, f"127.0.0.5:{self.port}")
+        self.assertIn("403", denied.split("\r\n")[0])
+        self.assertIn("address_not_allowed", denied)
+        harness.wait_until(lambda: any(f[6] == f"{REGISTRY_IP}:{self.port}"
+                                       for f in self.squid.access_lines()),
+                           timeout=10, message="Squid logged the literal CONNECT")
+        self.assertFalse([f for f in self.squid.access_lines() if "127.0.0.5" in f[6]])
+
+    # The sni listener asks Squid for its SNI at --sni-upstream-port: curl reaches the registry
+    # (TLS verified end to end) through acr-egress and Squid.
+    def test_sni_listener_through_squid(self):
+        sni_port = harness.free_port("127.0.0.1")
+        dns, proxy = self.start_proxy(PASSWORD, extra=["--sni", f"127.0.0.1:{sni_port}",
+                                                       "--sni-upstream-port", str(self.port)])
+        result = harness.curl("--max-time", "20", "--cacert", self.certs["ca"], "--resolve",
+                              f"{LOGIN_HOST}:{sni_port}:127.0.0.1", "-o", "/dev/null", "-w",
+                              "%{http_code}", f"https://{LOGIN_HOST}:{sni_port}/v2/")
+        self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
+        self.assertEqual(result.stdout, "200")
+        entry = proxy.wait_for_log(lambda e: e.get("listener") == "sni")
+        self.assertEqual(entry["decision"], "allow", entry)
+        self.assertEqual(entry["dialled"], self.squid.address, entry)
         self.assertEqual(dns.queries(), [])
 
     # A credentials file others may read is refused at startup, without quoting it.
