@@ -318,7 +318,8 @@ ProxySettings buildProxySettings(const Config& config) {
     settings.admin = *address;
   }
   settings.upstream_proxy = readUpstreamProxy(config);
-  checkUpstreamProxyPolicy(config);
+  checkUpstreamProxyPolicy(config.policy,
+                           settings.upstream_proxy ? &*settings.upstream_proxy : nullptr);
   return settings;
 }
 

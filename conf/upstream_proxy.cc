@@ -177,20 +177,20 @@ std::optional<UpstreamProxySettings> readUpstreamProxy(const Config& config) {
   return proxy;
 }
 
-void checkUpstreamProxyPolicy(const Config& config) {
-  const ConfigValue* url = scalar(config, kUrlKey);
-  if (url == nullptr || url->text.empty()) {
+void checkUpstreamProxyPolicy(const PolicyConfig& policy, const UpstreamProxySettings* proxy) {
+  if (proxy == nullptr) {
     return;
   }
   const std::string why =
-      " cannot be enforced together with the upstream proxy: the upstream proxy resolves the "
-      "names, so acr-egress never sees the addresses they lead to; drop one of the two";
-  if (config.policy.strict_ip) {
-    fail(*url, "--strict-ip (policy.strict_ip)" + why);
+      " cannot be enforced together with the upstream proxy " + proxy->text +
+      ": the upstream proxy resolves the names, so acr-egress never sees the addresses they "
+      "lead to; drop one of the two";
+  if (policy.strict_ip) {
+    throw ConfigError("--strict-ip (policy.strict_ip)" + why);
   }
-  if (!config.policy.binds.empty()) {
-    fail(*url, "address binding (--bind-host-tag, [[policy.bind]] at " +
-                   config.policy.binds.front().origin + ")" + why);
+  if (!policy.binds.empty()) {
+    throw ConfigError(policy.binds.front().origin +
+                      ": address binding (--bind-host-tag, [[policy.bind]])" + why);
   }
 }
 

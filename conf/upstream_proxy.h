@@ -31,8 +31,10 @@ std::optional<UpstreamProxySettings> readUpstreamProxy(const Config& config);
 
 // With an upstream proxy, acr-egress never learns the addresses the names resolve to, so rules
 // that judge those addresses cannot be enforced: --strict-ip (policy.strict_ip) and address
-// binding (--bind-host-tag, [[policy.bind]]) are refused with a ConfigError saying why. For
-// startup, --check-config and every reload.
-void checkUpstreamProxyPolicy(const Config& config);
+// binding (--bind-host-tag, [[policy.bind]]) are refused with a ConfigError saying why. `proxy`
+// is the upstream proxy the process runs with (null: none): at startup and --check-config the
+// configuration's own, on reload the running one (the setting is not live, so a reloaded file
+// that drops it still runs through the proxy).
+void checkUpstreamProxyPolicy(const PolicyConfig& policy, const UpstreamProxySettings* proxy);
 
 }  // namespace acr

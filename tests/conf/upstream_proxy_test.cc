@@ -20,8 +20,8 @@ Config configOf(const std::vector<std::string>& args) {
 std::string errorOf(const std::vector<std::string>& args) {
   try {
     const Config config = configOf(args);
-    readUpstreamProxy(config);
-    checkUpstreamProxyPolicy(config);
+    const auto proxy = readUpstreamProxy(config);
+    checkUpstreamProxyPolicy(config.policy, proxy ? &*proxy : nullptr);
   } catch (const ConfigError& error) {
     return error.what();
   }
@@ -111,8 +111,9 @@ TEST(UpstreamProxyTest, RefusesBadCredentialsFiles) {
             std::string::npos);
 }
 
-// --strict-ip cannot be enforced beside an upstream proxy: a configuration error saying why.
-TEST(UpstreamProxyTest, StrictIpConflicts) {
+// --strict-ip and address binding cannot be enforced beside an upstream proxy: configuration
+// errors saying why (a binding's names its origin).
+TEST(UpstreamProxyTest, StrictIpAndBindingConflict) {
   const std::string error = errorOf({"--upstream-proxy", "http://127.0.0.1:3128", "--strict-ip"});
   EXPECT_NE(error.find("--strict-ip (policy.strict_ip) cannot be enforced together with the "
                        "upstream proxy"),
@@ -120,8 +121,8 @@ TEST(UpstreamProxyTest, StrictIpConflicts) {
       << error;
   EXPECT_NE(errorOf({"--upstream-proxy", "http://127.0.0.1:3128", "--bind-host-tag",
                      "*.azurecr.io=192.0.2.0/24"})
-                .find("address binding (--bind-host-tag, [[policy.bind]] at --bind-host-tag) "
-                      "cannot be enforced"),
+                .find("--bind-host-tag: address binding (--bind-host-tag, [[policy.bind]]) "
+                      "cannot be enforced together with the upstream proxy http://127.0.0.1:3128"),
             std::string::npos);
   EXPECT_EQ(errorOf({"--upstream-proxy", "http://127.0.0.1:3128"}), "");
 }
