@@ -448,6 +448,7 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
                  policy_->describe(address, {named, destination, port_}),
                  address.rule != nullptr ? address.rule->text : std::string());
     }
+    noteWouldDeny(address, {host_, destination, port_});  // report-only: a waived binding
     if (address.reason == Reason::kAddressAllowed) {
       record_.sentence += "; " + policy_->describe(address, {"", destination, port_});
       if (dialsSelf(destination)) {
@@ -677,7 +678,8 @@ void Connection::dialUpstreamProxy() {
         post(Event::kDialed);
       });
   // The name as judged; an IP literal (CONNECT's, or a transparent destination without SNI) as
-  // the authority form spells it.
+  // the authority form spells it. A normalised name holds only letters, digits, '-' and '.', so
+  // nothing a client sent can break the request line or add a header.
   std::string target = host_;
   if (target.empty() || host_is_literal_) {
     const IpAddress& address = candidates_.front();

@@ -105,6 +105,22 @@ allow_cidrs = ["{INSIDE_IP}/32"]
         self.assertEqual(entry["decision"], "allow", entry)
         self.assertEqual(entry["dialled"], f"{OUTSIDE_IP}:{self.port}")
 
+    # Report-only waives a binding like the other address-set rules: the tunnel opens, and the
+    # line says decision allow, would_deny, address_not_bound.
+    def test_report_only_waives_binding(self):
+        proxy_addr = f"127.0.0.1:{harness.free_port()}"
+        proxy = harness.Proxy(["--connect", proxy_addr, "--dns-server", self.dns.address,
+                               "--workers", "1", "--report-only"] + self.policy_args)
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        result = harness.curl("-p", "-x", f"http://{proxy_addr}", "--cacert", self.certs["ca"],
+                              "--max-time", "20", f"https://{POISONED}:{self.port}/")
+        self.assertEqual(result.returncode, 0, result.stderr + proxy.stderr_text())
+        entry = proxy.wait_for_log(lambda e: e.get("target") == POISONED and e.get("dialled"))
+        self.assertEqual(entry["decision"], "allow", entry)
+        self.assertTrue(entry.get("would_deny"), entry)
+        self.assertEqual(entry["reason"], "address_not_bound", entry)
+
     # `check HOST@ADDRESS` judges a name dialled at an address, both ways, with the same words.
     def test_check_host_at_address(self):
         result = self.check(f"{GOOD}:{self.port}@{INSIDE_IP}", f"{POISONED}:{self.port}@{OUTSIDE_IP}",
