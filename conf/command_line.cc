@@ -5,8 +5,26 @@
 #include <filesystem>
 #include <optional>
 
+#include "filters/ip_address.h"
+
 namespace acr {
 namespace {
+
+// --bind-host-tag PATTERN=TAG, or PATTERN=CIDR (a range instead of a service tag).
+BindConfig parseBindHostTag(const ConfigValue& value) {
+  const size_t equals = value.text.find('=');
+  if (equals == std::string::npos || equals == 0 || equals + 1 == value.text.size()) {
+    throw ConfigError(value.origin + ": invalid binding '" + value.text +
+                      "': expected PATTERN=TAG or PATTERN=CIDR (e.g. "
+                      "*.azurecr.io=AzureContainerRegistry)");
+  }
+  BindConfig bind;
+  bind.origin = value.origin;
+  bind.hosts.push_back({value.text.substr(0, equals), value.origin});
+  ConfigValue bound{value.text.substr(equals + 1), value.origin};
+  (Cidr::parse(bound.text) ? bind.allow_cidrs : bind.service_tags).push_back(std::move(bound));
+  return bind;
+}
 
 // Puts one policy option's value where conf/policy_factory reads it.
 void addPolicyValue(Setting setting, const ConfigValue& value, PolicyConfig& policy) {
@@ -40,6 +58,9 @@ void addPolicyValue(Setting setting, const ConfigValue& value, PolicyConfig& pol
       break;
     case Setting::kClientCidrs:
       policy.client_cidrs.push_back(value);
+      break;
+    case Setting::kBindHostTags:
+      policy.binds.push_back(parseBindHostTag(value));
       break;
     case Setting::kStrictIp:
       policy.strict_ip = true;

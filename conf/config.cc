@@ -35,6 +35,45 @@ std::vector<ConfigValue> stringList(const std::string& source, const std::string
   return values;
 }
 
+// [[policy.bind]]: an array of tables, each with `hosts` and at least one of `service_tags` and
+// `allow_cidrs`.
+void readBinds(const std::string& source, const toml::node& node, PolicyConfig& policy) {
+  const toml::array* array = node.as_array();
+  if (array == nullptr) {
+    fail(source, node, "'policy.bind' must be an array of tables ([[policy.bind]])");
+  }
+  for (const toml::node& item : *array) {
+    const toml::table* table = item.as_table();
+    if (table == nullptr) {
+      fail(source, item, "'policy.bind' must hold tables only ([[policy.bind]])");
+    }
+    BindConfig bind;
+    bind.origin = where(source, item.source());
+    for (const auto& [key_node, value] : *table) {
+      const std::string key(key_node.str());
+      if (key == "hosts") {
+        bind.hosts = stringList(source, "policy.bind.hosts", value);
+      } else if (key == "service_tags") {
+        bind.service_tags = stringList(source, "policy.bind.service_tags", value);
+      } else if (key == "allow_cidrs") {
+        bind.allow_cidrs = stringList(source, "policy.bind.allow_cidrs", value);
+      } else {
+        fail(source, value,
+             "unknown key 'policy.bind." + key + "' (known: hosts, service_tags, allow_cidrs)");
+      }
+    }
+    if (bind.hosts.empty()) {
+      fail(source, item, "a [[policy.bind]] table needs a non-empty 'hosts'");
+    }
+    if (bind.service_tags.empty() && bind.allow_cidrs.empty()) {
+      fail(source, item,
+           "a [[policy.bind]] table needs 'service_tags' or 'allow_cidrs': binding hosts to "
+           "nothing would deny them everywhere");
+    }
+    policy.binds.push_back(std::move(bind));
+  }
+}
+
 void readPolicy(const std::string& source, const std::string& base_directory,
                 const toml::table& table, PolicyConfig& policy) {
   for (const auto& [key_node, node] : table) {
@@ -76,6 +115,9 @@ void readPolicy(const std::string& source, const std::string& base_directory,
         break;
       case Setting::kClientCidrs:
         policy.client_cidrs = stringList(source, key, node);
+        break;
+      case Setting::kBindHostTags:
+        readBinds(source, node, policy);
         break;
       case Setting::kReportOnly:
         policy.report_only = flag();
@@ -235,6 +277,7 @@ void mergeConfig(Config& base, const Config& extra) {
   append(to.ports, from.ports);
   append(to.presets, from.presets);
   append(to.client_cidrs, from.client_cidrs);
+  to.binds.insert(to.binds.end(), from.binds.begin(), from.binds.end());
   if (from.service_tags_file) {
     to.service_tags_file = from.service_tags_file;
   }

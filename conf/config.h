@@ -25,6 +25,15 @@ struct ConfigValue {
   std::string origin;
 };
 
+// One address binding (--bind-host-tag PATTERN=TAG, [[policy.bind]]): addresses dialled for a
+// name matching one of `hosts` must lie inside `service_tags` or `allow_cidrs`.
+struct BindConfig {
+  std::vector<ConfigValue> hosts;
+  std::vector<ConfigValue> service_tags;
+  std::vector<ConfigValue> allow_cidrs;
+  std::string origin;  // "--bind-host-tag" or the [[policy.bind]] table's file:line:column
+};
+
 // The policy settings exactly as given; conf/policy_factory validates them into a Policy.
 struct PolicyConfig {
   std::vector<ConfigValue> registries;
@@ -46,6 +55,7 @@ struct PolicyConfig {
   bool revoke_on_reload = false;
   bool deny_ech = false;  // --deny-ech, policy.ech = "deny" ("allow_outer": the default)
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
+  std::vector<BindConfig> binds;          // address binding, in the order given
 };
 
 // Every other setting, keyed by its row of the settings table (conf/settings_table.h);

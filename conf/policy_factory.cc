@@ -144,25 +144,57 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
          "service tag '" + config.service_tags.front().text +
              "' needs a service-tags file (--service-tags FILE or policy.service_tags_file)");
   }
+  std::optional<ServiceTags> tags;
+  // The tag `name` names, or a ConfigError with the closest names.
+  auto findTag = [&tags](const ConfigValue& name) -> const ServiceTag& {
+    const ServiceTag* tag = tags->find(name.text);
+    if (tag == nullptr) {
+      std::string hint;
+      for (const std::string& suggestion : tags->suggest(name.text)) {
+        hint += (hint.empty() ? "" : ", ") + suggestion;
+      }
+      fail(name, "unknown service tag '" + name.text + "' in " + tags->source() +
+                     " (closest: " + hint + ")");
+    }
+    return *tag;
+  };
   if (config.service_tags_file) {
-    const ServiceTags tags = ServiceTags::load(config.service_tags_file->text);
-    snapshot.service_tags_change_number = tags.changeNumber();
+    tags = ServiceTags::load(config.service_tags_file->text);
+    snapshot.service_tags_change_number = tags->changeNumber();
     snapshot.service_tags_path = config.service_tags_file->text;
     for (const ConfigValue& name : config.service_tags) {
-      const ServiceTag* tag = tags.find(name.text);
-      if (tag == nullptr) {
-        std::string hint;
-        for (const std::string& suggestion : tags.suggest(name.text)) {
-          hint += (hint.empty() ? "" : ", ") + suggestion;
-        }
-        fail(name, "unknown service tag '" + name.text + "' in " + tags.source() +
-                       " (closest: " + hint + ")");
-      }
+      const ServiceTag* tag = &findTag(name);
       builder.addServiceTag(tag->name, tag->prefixes, name.origin);
       for (const Cidr& prefix : tag->prefixes) {
         snapshot.allowed_prefixes.push_back(prefix.toString());
       }
       snapshot.service_tag_names.push_back(tag->name);
+    }
+  }
+  for (const BindConfig& bind : config.binds) {
+    // Every range the binding names, and their names for sentences ("AzureContainerRegistry,
+    // 192.0.2.0/24").
+    std::vector<Cidr> ranges;
+    std::string bound_to;
+    for (const ConfigValue& name : bind.service_tags) {
+      if (!tags) {
+        fail(name, "service tag '" + name.text +
+                       "' of a binding needs a service-tags file (--service-tags FILE or "
+                       "policy.service_tags_file)");
+      }
+      const ServiceTag& tag = findTag(name);
+      ranges.insert(ranges.end(), tag.prefixes.begin(), tag.prefixes.end());
+      bound_to += (bound_to.empty() ? "" : ", ") + tag.name;
+    }
+    for (const ConfigValue& cidr : bind.allow_cidrs) {
+      ranges.push_back(parseCidr(cidr));
+      bound_to += (bound_to.empty() ? "" : ", ") + ranges.back().toString();
+    }
+    for (const ConfigValue& host : bind.hosts) {
+      const std::string error = builder.addBinding(host.text, ranges, bound_to, bind.origin);
+      if (!error.empty()) {
+        fail(host, error);
+      }
     }
   }
   std::sort(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end());
@@ -198,6 +230,7 @@ std::string PolicySnapshot::summary() const {
   std::string allow_cidrs;
   std::string deny_cidrs;
   std::string client_cidrs;
+  std::string bindings;
   for (const Rule& rule : policy->rules()) {
     switch (rule.kind) {
       case Rule::Kind::kHostPattern:
@@ -214,6 +247,9 @@ std::string PolicySnapshot::summary() const {
         break;
       case Rule::Kind::kClientCidr:
         client_cidrs += "  client " + rule.text + "    (" + rule.origin + ")\n";
+        break;
+      case Rule::Kind::kHostBinding:
+        bindings += "  bind " + rule.text + " to " + rule.bound_to + "    (" + rule.origin + ")\n";
         break;
       default:
         break;
@@ -248,6 +284,9 @@ std::string PolicySnapshot::summary() const {
   }
   out += "allowed prefixes: " + std::to_string(policy->allowedPrefixCount()) + "\n";
   out += std::string("strict-ip: ") + (policy->strictIp() ? "on" : "off") + "\n";
+  if (!bindings.empty()) {
+    out += "address bindings (a matching name may be dialled only inside these):\n" + bindings;
+  }
   if (policy->hasClientRules()) {
     out += "clients:\n" + client_cidrs;
   } else {
@@ -277,6 +316,9 @@ std::set<std::string> ruleKeys(const Policy& policy) {
         break;
       case Rule::Kind::kClientCidr:
         keys.insert("client-cidr " + rule.text);
+        break;
+      case Rule::Kind::kHostBinding:
+        keys.insert("bind " + rule.text + " to " + rule.bound_to);
         break;
       case Rule::Kind::kSpecialRange:
         break;

@@ -196,6 +196,13 @@ void recordPolicySettings(const PolicyConfig& policy, SettingReader& read) {
       case Setting::kClientCidrs:
         text = joined(policy.client_cidrs);
         break;
+      case Setting::kBindHostTags:
+        for (const BindConfig& bind : policy.binds) {
+          text += (text.empty() ? "" : "; ") + joined(bind.hosts) + "=" +
+                  joined(bind.service_tags) + (bind.service_tags.empty() ? "" : ",") +
+                  joined(bind.allow_cidrs);
+        }
+        break;
       default:  // --config, and the proxy settings: read by buildProxySettings
         continue;
     }
@@ -351,6 +358,16 @@ ProxySettings buildProxySettings(const Config& config) {
     settings.admin = *address;
     read.record(Setting::kAdmin, address->toString());
   }
+  settings.upstream_proxy = readUpstreamProxy(config);
+  checkUpstreamProxyPolicy(config.policy,
+                           settings.upstream_proxy ? &*settings.upstream_proxy : nullptr);
+  // What a reload compares: the URL as given and the credentials file's name, never its content.
+  if (settings.upstream_proxy) {
+    read.record(Setting::kUpstreamProxy, settings.upstream_proxy->text);
+  }
+  if (const std::optional<ConfigValue> file = read.scalar(Setting::kUpstreamProxyCredentials)) {
+    read.record(Setting::kUpstreamProxyCredentials, file->text);
+  }
   return settings;
 }
 
@@ -371,6 +388,7 @@ void keepRestartSettings(ProxySettings& next, const ProxySettings& running) {
   next.workers = running.workers;
   next.admin = running.admin;
   next.admin_allow_remote = running.admin_allow_remote;
+  next.upstream_proxy = running.upstream_proxy;
   for (const SettingRow& row : allSettings()) {
     if (!row.live) {
       const size_t i = static_cast<size_t>(row.setting);

@@ -10,6 +10,7 @@
 
 #include "conf/config.h"
 #include "conf/settings_table.h"
+#include "conf/upstream_proxy.h"
 #include "filters/socket_address.h"
 
 namespace acr {
@@ -67,6 +68,9 @@ struct ProxySettings {
   // proxy.admin_allow_remote: it has no authentication and shows the policy.
   std::optional<SocketAddress> admin;
   bool admin_allow_remote = false;
+  // Allowed tunnels go through this HTTP proxy with CONNECT (conf/upstream_proxy.h); unset: dial.
+  // Its authorization is a secret: never in a log, /policy or a settings dump.
+  std::optional<UpstreamProxySettings> upstream_proxy;
   // Each setting's effective value as canonical text ("15m", "127.0.0.1:3128, [::1]:1"); the
   // policy settings as given (the policy itself is built by buildPolicy). What a reload compares
   // (changedSettings) to name the settings that changed.

@@ -56,6 +56,10 @@ constexpr SettingRow kRows[] = {
      "CIDR",
      "clients that may use the proxy; required for a listener on a non-loopback address "
      "(0.0.0.0/0, ::/0: anyone)"},
+    {S::kBindHostTags, "--bind-host-tag", "policy.bind", K::kText, true, 0, 0, "", "", true,
+     "PATTERN=TAG",
+     "addresses dialled for names matching PATTERN must lie in service tag TAG (or a CIDR), else "
+     "address_not_bound; TOML: [[policy.bind]] tables with hosts, service_tags, allow_cidrs"},
     {S::kConfig, "--config", "", K::kText, false, 0, 0, "", kDefaultConfigPath, false, "FILE",
      "TOML configuration; command-line options add to it; the default is read only if it "
      "exists"},
@@ -125,6 +129,14 @@ constexpr SettingRow kRows[] = {
      "unless the next option"},
     {S::kAdminAllowRemote, "--admin-allow-remote", "proxy.admin_allow_remote", K::kFlag, false, 0,
      0, "false", "", false, "", "let --admin listen on a non-loopback address (no auth!)"},
+    {S::kUpstreamProxy, "--upstream-proxy", "proxy.upstream_proxy", K::kText, false, 0, 0, "",
+     "dial", false, "URL",
+     "open allowed tunnels with CONNECT through this HTTP proxy, http://HOST:PORT; it resolves "
+     "the names"},
+    {S::kUpstreamProxyCredentials, "--upstream-proxy-credentials",
+     "proxy.upstream_proxy_credentials", K::kText, false, 0, 0, "", "none", false, "FILE",
+     "Basic auth for the upstream proxy: FILE holds user:password and must not be readable by "
+     "others (never on the command line, never logged)"},
 };
 
 constexpr bool rowsFollowTheEnum() {

@@ -29,6 +29,7 @@ enum class Setting : uint8_t {
   kRevokeOnReload,
   kDenyEch,
   kClientCidrs,
+  kBindHostTags,  // --bind-host-tag PATTERN=TAG; TOML [[policy.bind]] tables
   kConfig,  // --config FILE: where the rest comes from; no TOML key
   // The other tables: validated into ProxySettings by conf/proxy_settings.
   kConnectListeners,
@@ -60,6 +61,8 @@ enum class Setting : uint8_t {
   kDenyLogRate,
   kAdmin,
   kAdminAllowRemote,
+  kUpstreamProxy,
+  kUpstreamProxyCredentials,
   kCount,
 };
 inline constexpr size_t kSettingCount = static_cast<size_t>(Setting::kCount);

@@ -16,12 +16,16 @@ struct Rule {
     kDenyCidr,
     kSpecialRange,
     kClientCidr,  // --client-cidr: a range of clients that may use the proxy
+    kHostBinding,  // --bind-host-tag, [[policy.bind]]: a host pattern bound to tags and ranges
   };
   Kind kind;
   std::string text;    // the pattern, the CIDR, the tag name, or what the special range is
   std::string origin;  // where the rule came from ("--registry myreg", "embedded default", ...)
   // A host pattern from a preset: the preset's name ("mcr", "iotedge via mcr"); otherwise empty.
   std::string preset = {};
+  // kHostBinding: the tags and ranges the pattern is bound to, as configured
+  // ("AzureContainerRegistry, 192.0.2.0/24"); otherwise empty.
+  std::string bound_to = {};
 };
 
 enum class Verdict : uint8_t { kAllow, kDeny };
@@ -48,6 +52,9 @@ enum class Reason : uint8_t {
   kClientNotAllowed,    // "client_not_allowed": client rules exist and none holds the client
   // "ech": the ClientHello offers ECH (0xfe0d) and the policy denies ECH (policy.ech = "deny")
   kEch,
+  // "address_not_bound": the name matches a bound host pattern (--bind-host-tag, [[policy.bind]])
+  // and the address is outside the tags and ranges bound to it
+  kAddressNotBound,
 };
 std::string_view reasonName(Reason reason) noexcept;
 
@@ -62,7 +69,8 @@ struct Decision {
   uint8_t detail = 0;
   // Report-only (--report-only): the rules deny (`reason` says why), but the verdict is kAllow
   // because enforcement of that kind of rule is off. Only host, port and address-set denials
-  // (host_not_allowed, port_not_allowed, address_not_allowed, sni_address_mismatch) are waived.
+  // (host_not_allowed, port_not_allowed, address_not_allowed, sni_address_mismatch,
+  // address_not_bound) are waived.
   bool would_deny = false;
 
   static constexpr uint8_t kDetailLiteral = 0;

@@ -40,6 +40,8 @@ std::string_view reasonName(Reason reason) noexcept {
       return "client_not_allowed";
     case Reason::kEch:
       return "ech";
+    case Reason::kAddressNotBound:
+      return "address_not_bound";
   }
   return "unknown";
 }
@@ -95,7 +97,8 @@ Decision Policy::allow(Reason reason, uint32_t rule) const noexcept {
 Decision Policy::deny(Reason reason, const Rule* rule, uint8_t detail) const noexcept {
   if (report_only_ &&
       (reason == Reason::kHostNotAllowed || reason == Reason::kPortNotAllowed ||
-       reason == Reason::kAddressNotAllowed || reason == Reason::kSniAddressMismatch)) {
+       reason == Reason::kAddressNotAllowed || reason == Reason::kSniAddressMismatch ||
+       reason == Reason::kAddressNotBound)) {
     return {Verdict::kAllow, reason, rule, detail, true};
   }
   return {Verdict::kDeny, reason, rule, detail};
@@ -164,6 +167,28 @@ Decision Policy::decideAddress(const IpAddress& address) const noexcept {
     return deny(Reason::kAddressNotAllowed, nullptr, Decision::kDetailStrict);
   }
   return allow(Reason::kAddressPublic, CidrSet::kNoMatch);
+}
+
+Decision Policy::decideDialled(std::string_view host, const IpAddress& address) const noexcept {
+  const Decision decision = decideAddress(address);
+  if (!decision.allowed() || bindings_.empty()) {
+    return decision;
+  }
+  HostName name;
+  if (HostName::normalize(host, name) != HostName::Status::kOk) {
+    return decision;  // an IP literal (or no name): nothing is bound to it
+  }
+  const uint32_t index = bind_hosts_.match(name);
+  if (index == HostMatcher::kNoMatch) {
+    return decision;
+  }
+  const Binding& binding = bindings_[index];
+  if (Spellings(address).lookup(binding.ranges) != CidrSet::kNoMatch) {
+    return decision;
+  }
+  const Decision unbound = deny(Reason::kAddressNotBound, &rules_[binding.rule]);
+  // Report-only waives the binding, but a waived denial must not hide a waived address-set one.
+  return unbound.would_deny && decision.would_deny ? decision : unbound;
 }
 
 Decision Policy::decideOriginalDestination(const IpAddress& destination,
@@ -339,6 +364,11 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
     case Reason::kEch:
       return "denied: the ClientHello offers ECH (0xfe0d), whose inner server name no proxy can "
              "see, and the policy denies ECH (policy.ech = \"deny\")";
+    case Reason::kAddressNotBound: {
+      const std::string bound = decision.rule != nullptr ? decision.rule->bound_to : std::string();
+      return "denied: " + addressText(subject) + " is outside the ranges bound to " + rule + " (" +
+             bound + ")" + (subject.host.empty() ? "" : " for " + printable(subject.host));
+    }
   }
   return "denied";
 }
@@ -381,6 +411,41 @@ void Policy::Builder::addServiceTag(std::string_view name, std::span<const Cidr>
   }
 }
 
+std::string Policy::Builder::addBinding(std::string_view pattern, std::span<const Cidr> ranges,
+                                        std::string_view bound_to, std::string origin) {
+  HostName name;
+  if (HostName::normalize(pattern, name, /*allow_wildcard=*/true) == HostName::Status::kOk) {
+    for (PendingBinding& binding : bindings_) {
+      if (binding.pattern == name.view()) {
+        for (const Cidr& cidr : ranges) {
+          binding.ranges.push_back({cidr, binding.rule});
+        }
+        Rule& rule = rules_[binding.rule];
+        rule.bound_to += ", " + std::string(bound_to);
+        rule.origin += ", " + origin;
+        return {};
+      }
+    }
+  }
+  const auto index = static_cast<uint32_t>(bindings_.size());
+  std::string error = bind_hosts_.add(pattern, index);
+  if (!error.empty()) {
+    return error;
+  }
+  const auto rule = static_cast<uint32_t>(rules_.size());
+  rules_.push_back({Rule::Kind::kHostBinding,
+                    std::string(name.view()),
+                    std::move(origin),
+                    {},
+                    std::string(bound_to)});
+  PendingBinding binding{std::string(name.view()), rule, {}};
+  for (const Cidr& cidr : ranges) {
+    binding.ranges.push_back({cidr, rule});
+  }
+  bindings_.push_back(std::move(binding));
+  return {};
+}
+
 std::shared_ptr<const Policy> Policy::Builder::build() {
   std::shared_ptr<Policy> policy(new Policy());
   // Equal prefixes: the entry listed first wins, so explicit ranges, then regional tags.
@@ -399,6 +464,10 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->report_only_ = report_only_;
   policy->revoke_on_reload_ = revoke_on_reload_;
   policy->deny_ech_ = deny_ech_;
+  policy->bind_hosts_ = std::move(bind_hosts_);
+  for (const PendingBinding& binding : bindings_) {
+    policy->bindings_.push_back({CidrSet(binding.ranges), binding.rule});
+  }
   return policy;
 }
 

@@ -51,6 +51,14 @@ class Policy {
   Decision decideName(std::string_view host, uint16_t port) const noexcept;
   Decision decideLiteral(const IpAddress& address, uint16_t port) const noexcept;
   Decision decideAddress(const IpAddress& address) const noexcept;
+  // An address dialled for `host` (resolved for it, or a transparent destination with that SNI):
+  // decideAddress, and when that allows it and `host` (a valid name) matches a bound host pattern
+  // (the most specific one, as host patterns match), the address must also lie inside the
+  // tags and ranges bound to that pattern, else kAddressNotBound naming the binding's rule. A
+  // binding only narrows: an address inside it still needs decideAddress's allow. An IP literal
+  // or a name no binding matches is judged by decideAddress alone.
+  Decision decideDialled(std::string_view host, const IpAddress& address) const noexcept;
+  bool hasBindings() const noexcept { return !bindings_.empty(); }
   // Transparent listener, after the SNI passed decideName: may the connection go to the address
   // the client really dialled? Yes if decideAddress allows it by a range or tag; no if
   // decideAddress denies it; a public address outside the allowed set only if it is among
@@ -118,6 +126,13 @@ class Policy {
   bool report_only_ = false;
   bool revoke_on_reload_ = false;
   bool deny_ech_ = false;
+  // Address binding: bind_hosts_ maps a name to its binding's index in bindings_.
+  struct Binding {
+    CidrSet ranges;
+    uint32_t rule;  // the kHostBinding rule in rules_
+  };
+  HostMatcher bind_hosts_;
+  std::vector<Binding> bindings_;
 };
 
 // Collects rules, then produces a Policy. Validation of user text (patterns, CIDRs) happens in
@@ -138,6 +153,11 @@ class Policy::Builder {
   void setReportOnly(bool report_only) { report_only_ = report_only; }
   void setRevokeOnReload(bool revoke) { revoke_on_reload_ = revoke; }
   void setDenyEch(bool deny) { deny_ech_ = deny; }
+  // Binds `pattern` (a host pattern) to `ranges` (a service tag's prefixes and CIDRs; `bound_to`
+  // names them for sentences). The same pattern bound twice is bound to both sets together.
+  // Returns an empty string or why the pattern is invalid.
+  std::string addBinding(std::string_view pattern, std::span<const Cidr> ranges,
+                         std::string_view bound_to, std::string origin);
 
   std::shared_ptr<const Policy> build();
 
@@ -154,6 +174,13 @@ class Policy::Builder {
   bool report_only_ = false;
   bool revoke_on_reload_ = false;
   bool deny_ech_ = false;
+  HostMatcher bind_hosts_;
+  struct PendingBinding {
+    std::string pattern;  // normalised
+    uint32_t rule;
+    std::vector<CidrSet::Entry> ranges;
+  };
+  std::vector<PendingBinding> bindings_;
 };
 
 }  // namespace acr

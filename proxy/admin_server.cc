@@ -153,6 +153,7 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
   std::vector<const Rule*> hosts;
   std::vector<const Rule*> allow_cidrs;
   std::vector<const Rule*> deny_cidrs;
+  std::vector<const Rule*> bindings;
   const Policy& policy = *snapshot.policy;
   for (const Rule& rule : policy.rules()) {
     if (rule.kind == Rule::Kind::kHostPattern) {
@@ -161,6 +162,8 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
       allow_cidrs.push_back(&rule);
     } else if (rule.kind == Rule::Kind::kDenyCidr) {
       deny_cidrs.push_back(&rule);
+    } else if (rule.kind == Rule::Kind::kHostBinding) {
+      bindings.push_back(&rule);
     }
   }
   writer.StartObject();
@@ -195,6 +198,19 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
   writer.Uint64(deny_cidrs.size());
   writer.Key("allowed_prefix_count");
   writer.Uint64(policy.allowedPrefixCount());
+  writer.Key("bindings");  // address binding: a matching name may be dialled only inside these
+  writer.StartArray();
+  for (const Rule* rule : bindings) {
+    writer.StartObject();
+    writer.Key("pattern");
+    string(rule->text);
+    writer.Key("bound_to");
+    string(rule->bound_to);
+    writer.Key("origin");
+    string(rule->origin);
+    writer.EndObject();
+  }
+  writer.EndArray();
   writer.Key("service_tags");
   writer.StartObject();
   writer.Key("file");

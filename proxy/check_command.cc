@@ -16,10 +16,26 @@ namespace {
 struct CheckTarget {
   std::string host;  // brackets removed
   uint16_t port = kDefaultPort;
+  // HOST@ADDRESS: the name dialled at this address (judged as a resolved address would be).
+  std::optional<IpAddress> address;
 };
 
-// host | host:port | IPv4 | IPv4:port | [IPv6] | [IPv6]:port
+// host | host:port | IPv4 | IPv4:port | [IPv6] | [IPv6]:port, a name optionally followed by
+// @ADDRESS (IPv4 or IPv6, brackets optional): the name dialled at that address.
 std::optional<CheckTarget> parseTarget(const std::string& text) {
+  if (const size_t at = text.rfind('@'); at != std::string::npos) {
+    auto target = parseTarget(text.substr(0, at));
+    std::string_view address_text = std::string_view(text).substr(at + 1);
+    if (address_text.size() > 2 && address_text.front() == '[' && address_text.back() == ']') {
+      address_text = address_text.substr(1, address_text.size() - 2);
+    }
+    const auto address = IpAddress::parse(address_text);
+    if (!target || !address || IpAddress::parse(target->host) || target->address) {
+      return std::nullopt;
+    }
+    target->address = address;
+    return target;
+  }
   const std::optional<HostPort> parts = splitHostPort(text);
   if (!parts) {
     return std::nullopt;
@@ -81,7 +97,7 @@ int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std
       const auto target = parseTarget(text);
       if (!target) {
         err << "acr-egress check: invalid target '" << text
-            << "': expected host, host:port, IPv4[:port] or [IPv6][:port]\n";
+            << "': expected host, host:port, IPv4[:port], [IPv6][:port] or host[:port]@ADDRESS\n";
         return 2;
       }
       targets.push_back(*target);
@@ -101,8 +117,13 @@ int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std
           continue;
         }
       }
-      const Decision decision = policy.decide(target.host, target.port);
+      Decision decision = policy.decide(target.host, target.port);
       DecisionSubject subject{target.host, IpAddress::parse(target.host), target.port};
+      if (decision.allowed() && target.address) {
+        // HOST@ADDRESS: the name passed; now the address it would be dialled at.
+        decision = policy.decideDialled(target.host, *target.address);
+        subject.address = target.address;
+      }
       all_allowed = all_allowed && decision.allowed();
       out << (decision.allowed() ? "allow " : "deny ") << command_line.positional[i] << " "
           << policy.describe(decision, subject) << " [" << reasonName(decision.reason) << "]\n";

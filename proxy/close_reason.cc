@@ -56,6 +56,12 @@ constexpr std::array<CloseReasonInfo, kCloseReasonCount> kTable = {{
      "`--deny-ech`: the ClientHello offers ECH, whose inner server name no proxy can see (Chrome "
      "sends GREASE ECH on every connection)",
      "intended; or drop `--deny-ech` for such clients"},
+    {R::kAddressNotBound, "address_not_bound", 403, "hello, dns",
+     "the name matches a bound host pattern (`--bind-host-tag`, `[[policy.bind]]`) and the "
+     "address it resolved to (or the original destination) is outside the tags and ranges bound "
+     "to it",
+     "a poisoned or misconfigured DNS answer, or a stale service-tags file; refresh it or widen "
+     "the binding"},
 
     {R::kBadRequestLine, "bad_request_line", 400, kHeadPhase, "malformed CONNECT request line",
      "usually a scanner or a non-proxy client"},
@@ -141,6 +147,10 @@ constexpr std::array<CloseReasonInfo, kCloseReasonCount> kTable = {{
      "every allowed address refused the connection", "network path to Azure"},
     {R::kUpstreamUnreachable, "upstream_unreachable", 502, "connect",
      "every allowed address failed (unreachable, no route)", "network path to Azure"},
+    {R::kUpstreamProxyRefused, "upstream_proxy_refused", 502, "connect",
+     "`--upstream-proxy` answered the CONNECT with a status other than 2xx (the sentence names "
+     "it: 407 wrong credentials, 403 its own policy, 503 it could not reach the target)",
+     "check `--upstream-proxy-credentials` and the upstream proxy's policy and log"},
     {R::kClientClosed, "client_closed", 0, "head, hello, dns, connect, tunnel_hello",
      "the client closed before the tunnel started (decision `incomplete` if it was allowed, e.g. "
      "after the 200 without a ClientHello)",
@@ -172,7 +182,8 @@ constexpr bool tableInEnumOrder() {
 static_assert(tableInEnumOrder(), "one row per CloseReason, in enum order");
 
 // The filters/ enums mirrored by the first blocks.
-static_assert(static_cast<size_t>(Reason::kEch) == static_cast<size_t>(R::kEch));
+static_assert(static_cast<size_t>(Reason::kAddressNotBound) ==
+              static_cast<size_t>(R::kAddressNotBound));
 static_assert(static_cast<size_t>(ConnectError::kTooLarge) -
                   static_cast<size_t>(ConnectError::kBadRequestLine) ==
               static_cast<size_t>(R::kHeadTooLarge) - static_cast<size_t>(R::kBadRequestLine));

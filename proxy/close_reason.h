@@ -37,6 +37,7 @@ enum class CloseReason : uint8_t {
   kClientAllowed,
   kClientNotAllowed,
   kEch,
+  kAddressNotBound,
   // filters/connect_request_parser.h ConnectError, in order from kBadRequestLine.
   kBadRequestLine,
   kBadTarget,
@@ -73,6 +74,7 @@ enum class CloseReason : uint8_t {
   kUpstreamTimeout,
   kUpstreamRefused,
   kUpstreamUnreachable,
+  kUpstreamProxyRefused,
   kClientClosed,
   kShutdown,
   kRevoked,

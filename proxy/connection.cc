@@ -334,7 +334,8 @@ Connection::Step Connection::readHead() {
     return chooseCandidates({*literal});
   }
   host_ = normalizedName(host_);
-  return next(State::kResolve);
+  // Through an upstream proxy the name is resolved there, not here.
+  return next(viaUpstreamProxy() ? State::kConnect : State::kResolve);
 }
 
 // ---- reading the ClientHello (sni, transparent) ----
@@ -437,12 +438,18 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
   host_ = normalizedName(hello.sni);
   if (kind_ == ListenerKind::kTransparent) {
     const IpAddress destination = toIpAddress(*original_dst_);
-    const Decision address = policy_->decideAddress(destination);
+    const Decision address = policy_->decideDialled(host_, destination);
     if (!address.allowed()) {
+      // The name only where the sentence is about it (the binding); a view of host_ itself.
+      std::string_view named;
+      if (address.reason == Reason::kAddressNotBound) {
+        named = host_;
+      }
       return end(closeReasonOf(address.reason),
-                 policy_->describe(address, {"", destination, port_}),
+                 policy_->describe(address, {named, destination, port_}),
                  address.rule != nullptr ? address.rule->text : std::string());
     }
+    noteWouldDeny(address, {host_, destination, port_});  // report-only: a waived binding
     if (address.reason == Reason::kAddressAllowed) {
       record_.sentence += "; " + policy_->describe(address, {"", destination, port_});
       if (dialsSelf(destination)) {
@@ -452,9 +459,10 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
       more_coming_ = false;
       return next(State::kConnect);
     }
-    // Public but not in the allowed set: the SNI's own DNS answers must include it.
+    // Public but not in the allowed set: the SNI's own DNS answers must include it (unless an
+    // upstream proxy resolves the name: then only the address rules above judge it).
   }
-  return next(State::kResolve);
+  return next(viaUpstreamProxy() ? State::kConnect : State::kResolve);
 }
 
 // ---- DNS ----
@@ -561,7 +569,7 @@ Connection::Step Connection::chooseCandidates(const std::vector<IpAddress>& addr
       }
       continue;  // never dial ourselves
     }
-    const Decision decision = policy_->decideAddress(address);
+    const Decision decision = policy_->decideDialled(host_, address);
     if (decision.allowed()) {
       candidates_.push_back(address);
       noteWouldDeny(decision, {host_, address, port_});
@@ -601,6 +609,10 @@ Connection::Step Connection::doConnect(Event event) {
     case Event::kEnter: {
       const ProxySettings& settings = *settings_;
       connect_started_ = Clock::now();
+      if (viaUpstreamProxy()) {
+        dialUpstreamProxy();
+        return Step::kWait;
+      }
       DialOptions options;
       options.port = port_;
       options.attempt_delay = settings.happy_eyeballs_delay;
@@ -641,7 +653,96 @@ Connection::Step Connection::doConnect(Event event) {
   }
 }
 
+bool Connection::viaUpstreamProxy() const noexcept {
+  return settings_->upstream_proxy.has_value();
+}
+
+void Connection::dialUpstreamProxy() {
+  const ProxySettings& settings = *settings_;
+  DialOptions options;
+  options.attempt_delay = settings.happy_eyeballs_delay;
+  options.deadline = connect_started_ + settings.connect_timeout;
+  options.mark = settings.mark;
+  options.keepalive_idle = settings.keepalive_idle;
+  options.own_upstreams =
+      worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
+  proxy_dialer_ = std::make_unique<UpstreamProxyDialer>(
+      worker_.base(), worker_.resolver(), *settings.upstream_proxy, options,
+      [this](UpstreamProxyResult result) {
+        // Adopted at once, so that finish() frees it whatever happens before kDialed runs.
+        if (result.dial.upstream != nullptr && result.dial.endpoint) {
+          upstream_ = result.dial.upstream;
+          upstream_local_ = result.dial.local;
+          upstream_remote_ = *result.dial.endpoint;
+        }
+        proxy_result_ = std::move(result);
+        post(Event::kDialed);
+      });
+  // The name as judged; an IP literal (CONNECT's, or a transparent destination without SNI) as
+  // the authority form spells it. A normalised name holds only letters, digits, '-' and '.', so
+  // nothing a client sent can break the request line or add a header.
+  std::string target = host_;
+  if (target.empty() || host_is_literal_) {
+    const IpAddress& address = candidates_.front();
+    target = address.isV4() ? address.toString() : "[" + address.toString() + "]";
+  }
+  proxy_dialer_->start(target + ":" + std::to_string(port_));
+}
+
+Connection::Step Connection::onUpstreamProxyDialed() {
+  record_.connect_ms = msSince(connect_started_);
+  const UpstreamProxyResult result = std::move(proxy_result_);
+  proxy_result_ = {};
+  const std::string& proxy = settings_->upstream_proxy->text;
+  if (result.dial.endpoint) {
+    record_.dialled = result.dial.endpoint->toString();
+  }
+  using ProxyOutcome = UpstreamProxyResult::Outcome;
+  switch (result.outcome) {
+    case ProxyOutcome::kTunnel:
+      bufferevent_setcb(upstream_, nullptr, nullptr, &Connection::onUpstreamEvent, this);
+      record_.sentence += "; through upstream proxy " + proxy;
+      return next(kind_ == ListenerKind::kConnect ? State::kTunnelHello : State::kRelay);
+    case ProxyOutcome::kRefused:
+      return end(CloseReason::kUpstreamProxyRefused,
+                 "upstream proxy " + proxy + " refused the tunnel to " + host_ + " port " +
+                     std::to_string(port_) + " with " + std::to_string(result.status) + " (" +
+                     result.status_line + ")");
+    case ProxyOutcome::kMalformed:
+      return end(CloseReason::kUpstreamProxyRefused,
+                 "upstream proxy " + proxy +
+                     " answered the CONNECT with something that is not "
+                     "an HTTP status line ('" +
+                     result.status_line + "')");
+    case ProxyOutcome::kTimeout:
+      return end(CloseReason::kUpstreamTimeout,
+                 "upstream proxy " + proxy + " did not answer the CONNECT in time");
+    case ProxyOutcome::kClosed:
+      return end(
+          CloseReason::kUpstreamUnreachable,
+          "upstream proxy " + proxy + " closed the connection before answering the " + "CONNECT" +
+              (result.dial.error != 0 ? " (" + std::string(std::strerror(result.dial.error)) + ")"
+                                      : std::string()));
+    case ProxyOutcome::kDialFailed:
+      break;
+  }
+  const int error = result.dial.error;
+  const bool refused = error == ECONNREFUSED;
+  const bool timed_out = result.dial.timed_out || error == ETIMEDOUT;
+  const CloseReason reason = timed_out && !refused ? CloseReason::kUpstreamTimeout
+                             : refused             ? CloseReason::kUpstreamRefused
+                                                   : CloseReason::kUpstreamUnreachable;
+  std::string why = !result.detail.empty() ? result.detail
+                    : error != 0           ? std::string(std::strerror(error))
+                                           : std::string(closeReasonName(reason));
+  return end(reason, "upstream proxy " + proxy +
+                         " failed: " + std::string(closeReasonName(reason)) + " (" + why + ")");
+}
+
 Connection::Step Connection::onDialed() {
+  if (proxy_dialer_ != nullptr) {
+    return onUpstreamProxyDialed();
+  }
   record_.connect_ms = msSince(connect_started_);
   if (dns_ticket_ != 0) {
     // Dialling started before the whole answer: what is still to come no longer matters.
@@ -673,6 +774,9 @@ Connection::Step Connection::onDialed() {
 void Connection::closeUpstream(bool reset) {
   if (dialer_ != nullptr) {
     dialer_->cancel();
+  }
+  if (proxy_dialer_ != nullptr) {
+    proxy_dialer_->cancel();
   }
   if (upstream_local_) {
     worker_.context().ownUpstreams().remove(*upstream_local_, upstream_remote_);
@@ -997,8 +1101,9 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   connect_parser_.reset();
   hello_parser_.reset();
   state_ = State::kClosed;
-  if (dialer_ != nullptr) {
-    for (const DialAttempt& attempt : dialer_->attempts()) {
+  if (dialer_ != nullptr || proxy_dialer_ != nullptr) {
+    for (const DialAttempt& attempt :
+         dialer_ != nullptr ? dialer_->attempts() : proxy_dialer_->attempts()) {
       record_.attempts.push_back(attempt.toString());
       worker_.context().metrics().recordConnectAttempt(attempt.endpoint.family() == AF_INET6,
                                                        attempt.outcome);
@@ -1026,7 +1131,12 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
     // Already let through: judged again by what it was let through for.
     const IpAddress client = toIpAddress(peer_);
     std::optional<IpAddress> dialled;
-    if (state_ == State::kRelay || state_ == State::kTunnelHello) {
+    if (viaUpstreamProxy()) {
+      // upstream_remote_ is the upstream proxy: only a transparent destination was judged.
+      if (original_dst_) {
+        dialled = toIpAddress(*original_dst_);
+      }
+    } else if (state_ == State::kRelay || state_ == State::kTunnelHello) {
       dialled = toIpAddress(upstream_remote_);
     }
     Decision decision = policy->decideClient(client);
@@ -1042,12 +1152,12 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
     }
     if (state_ == State::kConnect) {  // the addresses being dialled
       for (auto it = candidates_.begin(); decision.allowed() && it != candidates_.end(); ++it) {
-        decision = policy->decideAddress(*it);
+        decision = policy->decideDialled(host_, *it);
         subject = {host_, *it, port_};
       }
     }
     if (decision.allowed() && dialled) {
-      decision = policy->decideAddress(*dialled);
+      decision = policy->decideDialled(host_, *dialled);
       subject = {host_, dialled, port_};
     }
     if (!decision.allowed()) {

@@ -21,6 +21,7 @@
 #include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/relay.h"
+#include "proxy/upstream_proxy_dialer.h"
 
 namespace acr {
 
@@ -32,6 +33,10 @@ class Worker;
 //   connect:      kReadHead -> kResolve -> kConnect -> kTunnelHello -> kRelay
 //   sni:          kReadHello -> kResolve -> kConnect -> kRelay
 //   transparent:  kReadHello -> [kResolve] -> kConnect -> kRelay
+//
+// With --upstream-proxy a name is never resolved here: an allowed target goes from its policy
+// decision straight to kConnect, which asks the upstream proxy for the tunnel (CONNECT
+// name:port, UpstreamProxyDialer) instead of dialling candidates.
 //
 // A denial or failure in any state goes to kRefuse (connect: write the HTTP refusal, then close;
 // others: close with RST, never dialling) or straight to close. Every connection ends in
@@ -50,7 +55,8 @@ class Connection final : private Relay::Observer {
     kReadHello,    // transparent/sni: reading the ClientHello (head timeout runs)
     kResolve,      // waiting for the proxy's own DNS answer for an allowed name (when one family
                    // answered first: the resolution delay runs)
-    kConnect,      // the dialer tries the allowed candidates (connect budget runs)
+    kConnect,      // the dialer tries the allowed candidates, or the upstream proxy opens the
+                   // tunnel (connect budget runs)
     kTunnelHello,  // connect: 200 sent; peeking the tunnel's first bytes for the SNI
     kRelay,        // relaying both ways (idle timeout runs)
     kRefuse,       // connect: flushing a refusal, then closing
@@ -137,6 +143,11 @@ class Connection final : private Relay::Observer {
   // allowed and nothing else can come (`more_coming` false and nothing dialled yet).
   Step chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming = false);
   Step onDialed();
+  // True when tunnels go through --upstream-proxy (names are resolved by it, not here).
+  bool viaUpstreamProxy() const noexcept;
+  // kConnect with an upstream proxy: asks it for the tunnel; its result ends the dial.
+  void dialUpstreamProxy();
+  Step onUpstreamProxyDialed();
   // Before the relay: the client went away (EOF or error).
   Step clientGone();
   // True when `address`:port_ is one of this process's listening endpoints (any listener, a
@@ -204,12 +215,14 @@ class Connection final : private Relay::Observer {
   IpAddress first_denied_address_;
   bool first_denial_is_self_ = false;    // the first denial is self_connection, not the policy's
   std::vector<IpAddress> first_family_;  // addresses of the family that answered first
-  std::unique_ptr<HappyEyeballsDialer> dialer_;  // from the first dial to the end
+  std::unique_ptr<HappyEyeballsDialer> dialer_;        // from the first dial to the end
+  std::unique_ptr<UpstreamProxyDialer> proxy_dialer_;  // the same, through --upstream-proxy
 
   // Event data.
   DnsAnswer answer_;
   bool dns_done_ = false;
   DialResult dial_result_;
+  UpstreamProxyResult proxy_result_;
   bool client_failed_ = false;
   std::string_view relay_closed_by_;
   bool relay_reset_ = false;

@@ -51,10 +51,12 @@ int runProxy(const std::vector<std::string>& args) {
     acr::checkListenerExposure(command_line.config);
     acr::PolicySnapshot snapshot = buildPolicyAndTrim(command_line.config.policy);
     // SIGHUP re-reads the same command line and configuration file.
-    auto reload = [args] {
+    // With the running upstream proxy (not live), a reload may not add strict-ip or a binding.
+    auto reload = [args, upstream = settings.upstream_proxy] {
       const acr::CommandLine again = acr::parseCommandLine(args);
       acr::ProxySettings fresh = acr::buildProxySettings(again.config);
       acr::checkListenerExposure(again.config);  // a reload may not drop the last client rule
+      acr::checkUpstreamProxyPolicy(again.config.policy, upstream ? &*upstream : nullptr);
       return acr::ProxyServer::Reloaded{std::move(fresh), buildPolicyAndTrim(again.config.policy)};
     };
     acr::ProxyServer server(std::move(settings), std::move(snapshot), reload);

@@ -68,11 +68,38 @@ TEST(ConfigTest, ErrorsNameFileLineAndColumn) {
       {"policy_not_table", "policy = 3\n", "'policy' must be a table"},
       {"empty_tags_file", "[policy]\nservice_tags_file = \"\"\n", "must be a non-empty string"},
       {"duplicate_key", "[policy]\nports = [1]\nports = [2]\n", "acr.toml:3:"},
+      {"bind_not_tables", "[policy]\nbind = [\"a\"]\n",
+       "acr.toml:2:9: 'policy.bind' must hold tables only"},
+      {"bind_unknown_key", "[[policy.bind]]\nhosts = [\"a.b\"]\nservice_tag = [\"X\"]\n",
+       "acr.toml:3:15: unknown key 'policy.bind.service_tag'"},
+      {"bind_without_hosts", "[[policy.bind]]\nallow_cidrs = [\"192.0.2.0/24\"]\n",
+       "acr.toml:1:1: a [[policy.bind]] table needs a non-empty 'hosts'"},
+      {"bind_to_nothing", "[[policy.bind]]\nhosts = [\"a.b\"]\n",
+       "acr.toml:1:1: a [[policy.bind]] table needs 'service_tags' or 'allow_cidrs'"},
+      {"bind_hosts_string", "[[policy.bind]]\nhosts = \"a.b\"\n",
+       "acr.toml:2:9: 'policy.bind.hosts' must be an array of strings"},
   };
   for (const Case& c : cases) {
     const std::string error = errorOf(c.text);
     EXPECT_NE(error.find(c.expected), std::string::npos) << c.label << ": " << error;
   }
+}
+
+// [[policy.bind]] tables are read with the line and column of each value, and merged in order.
+TEST(ConfigTest, ReadsBindTables) {
+  const Config config = parseConfigText(
+      "[policy]\nregistries = [\"myreg\"]\n\n[[policy.bind]]\nhosts = [\"*.azurecr.io\"]\n"
+      "service_tags = [\"AzureContainerRegistry\"]\n\n[[policy.bind]]\n"
+      "hosts = [\"myreg.azurecr.io\"]\nallow_cidrs = [\"192.0.2.0/24\"]\n",
+      "acr.toml");
+  ASSERT_EQ(config.policy.binds.size(), 2u);
+  EXPECT_EQ(config.policy.binds[0].hosts[0].text, "*.azurecr.io");
+  EXPECT_EQ(config.policy.binds[0].hosts[0].origin, "acr.toml:5:10");
+  EXPECT_EQ(config.policy.binds[0].service_tags[0].text, "AzureContainerRegistry");
+  EXPECT_EQ(config.policy.binds[1].allow_cidrs[0].origin, "acr.toml:10:16");
+  Config merged = config;
+  mergeConfig(merged, config);
+  EXPECT_EQ(merged.policy.binds.size(), 4u);
 }
 
 // An empty file is a valid, empty configuration (all defaults).

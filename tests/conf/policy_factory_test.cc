@@ -261,3 +261,60 @@ TEST(PolicyFactoryTest, RevokeOnReloadFromFileAndFlag) {
 
 }  // namespace
 }  // namespace acr
+
+namespace acr {
+namespace {
+
+// --bind-host-tag PATTERN=TAG and PATTERN=CIDR build bindings from the real service-tags file:
+// an address of the tag passes, one outside is address_not_bound; errors name the origin.
+TEST(PolicyFactoryTest, BindsHostsToTagsAndRanges) {
+  setenv("ACR_EGRESS_CONFIG", "", 1);
+  const CommandLine line = parseCommandLine(
+      {"--registry", "myreg", "--service-tags", test::serviceTagsPath(), "--bind-host-tag",
+       "*.azurecr.io=AzureContainerRegistry", "--bind-host-tag=myreg.azurecr.io=192.0.2.0/24"});
+  ASSERT_EQ(line.config.policy.binds.size(), 2u);
+  EXPECT_EQ(line.config.policy.binds[1].allow_cidrs.size(), 1u);
+  const PolicySnapshot snapshot = buildPolicy(line.config.policy);
+  const Policy& policy = *snapshot.policy;
+  // The first prefix of AzureContainerRegistry in the real file.
+  const auto acr_address = IpAddress::parse("4.145.75.128");
+  ASSERT_TRUE(acr_address);
+  EXPECT_EQ(policy.decideDialled("myreg.eastus.geo.azurecr.io", *acr_address).reason,
+            Reason::kAddressPublic);
+  EXPECT_EQ(policy.decideDialled("other.azurecr.io", *acr_address).reason, Reason::kAddressPublic);
+  EXPECT_EQ(policy.decideDialled("other.azurecr.io", *IpAddress::parse("8.8.8.8")).reason,
+            Reason::kAddressNotBound);
+  // The exact pattern is bound to 192.0.2.0/24 only.
+  EXPECT_EQ(policy.decideDialled("myreg.azurecr.io", *acr_address).reason,
+            Reason::kAddressNotBound);
+  EXPECT_NE(snapshot.summary().find("bind *.azurecr.io to AzureContainerRegistry"),
+            std::string::npos)
+      << snapshot.summary();
+
+  PolicyConfig no_file;
+  no_file.binds.push_back({{value("*.azurecr.io")}, {value("AzureContainerRegistry")}, {}, "b"});
+  EXPECT_NE(errorOf(no_file).find("--opt: service tag 'AzureContainerRegistry' of a binding needs "
+                                  "a service-tags file"),
+            std::string::npos)
+      << errorOf(no_file);
+  PolicyConfig unknown_tag;
+  unknown_tag.service_tags_file = value(test::serviceTagsPath());
+  unknown_tag.binds.push_back({{value("*.azurecr.io")}, {value("AzureContainerRegistri")}, {}, ""});
+  EXPECT_NE(errorOf(unknown_tag).find("unknown service tag 'AzureContainerRegistri'"),
+            std::string::npos);
+  PolicyConfig bad_cidr;
+  bad_cidr.binds.push_back({{value("*.azurecr.io")}, {}, {value("192.0.2.1/24", "f:3:4")}, ""});
+  EXPECT_TRUE(errorOf(bad_cidr).starts_with("f:3:4: ")) << errorOf(bad_cidr);
+  PolicyConfig bad_pattern;
+  bad_pattern.binds.push_back({{value("*", "f:2:9")}, {}, {value("192.0.2.0/24")}, ""});
+  EXPECT_TRUE(errorOf(bad_pattern).starts_with("f:2:9: ")) << errorOf(bad_pattern);
+  try {
+    parseCommandLine({"--bind-host-tag", "*.azurecr.io"});
+    ADD_FAILURE() << "PATTERN without =TAG accepted";
+  } catch (const ConfigError& error) {
+    EXPECT_NE(std::string(error.what()).find("expected PATTERN=TAG"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace acr

@@ -607,3 +607,84 @@ TEST(PolicyTest, ReportOnlyWaivesOnlyRuleDenials) {
 
 }  // namespace
 }  // namespace acr
+
+namespace acr {
+namespace {
+
+// Address binding: an address dialled for a bound name must lie inside the bound ranges (the most
+// specific matching pattern decides), after the normal address rules; other names, IP literals
+// and addresses the normal rules deny are untouched by it. Table of named cases.
+TEST(PolicyTest, AddressBinding) {
+  Policy::Builder builder;
+  builder.addHostPattern("*.azurecr.io", "test");
+  builder.addHostPattern("*.blob.core.windows.net", "test");
+  builder.addPort(443);
+  const Cidr acr = *Cidr::parse("20.37.0.0/24");
+  const Cidr own = *Cidr::parse("40.64.0.0/28");
+  const Cidr second = *Cidr::parse("2a01:111::/32");
+  ASSERT_EQ(builder.addBinding("*.azurecr.io", std::span(&acr, 1), "Acr", "--bind-host-tag"), "");
+  ASSERT_EQ(builder.addBinding("myreg.azurecr.io", std::span(&own, 1), "40.64.0.0/28", "t"), "");
+  // The same pattern again: bound to both sets together.
+  ASSERT_EQ(builder.addBinding("*.azurecr.io", std::span(&second, 1), "2a01:111::/32", "t2"), "");
+  EXPECT_NE(builder.addBinding("*", std::span(&acr, 1), "x", "t"), "");
+  builder.addAllowCidr(*Cidr::parse("40.64.0.0/24"), "test");
+  builder.addDenyCidr(*Cidr::parse("20.37.0.66/32"), "test");
+  const auto policy = builder.build();
+  ASSERT_TRUE(policy->hasBindings());
+  struct Case {
+    const char* label;
+    const char* host;
+    const char* address;
+    Reason reason;
+  };
+  const Case cases[] = {
+      {"public_outside_binding", "other.azurecr.io", "8.8.8.8", Reason::kAddressNotBound},
+      {"inside_binding_public", "other.azurecr.io", "20.37.0.7", Reason::kAddressPublic},
+      {"second_set_same_pattern", "other.azurecr.io", "2a01:111::5", Reason::kAddressPublic},
+      {"mapped_spelling", "other.azurecr.io", "::ffff:20.37.0.7", Reason::kAddressPublic},
+      {"exact_pattern_wins", "myreg.azurecr.io", "20.37.0.7", Reason::kAddressNotBound},
+      {"exact_pattern_inside", "myreg.azurecr.io", "40.64.0.5", Reason::kAddressAllowed},
+      {"allowed_range_outside_binding", "other.azurecr.io", "40.64.0.5", Reason::kAddressNotBound},
+      {"deny_cidr_still_first", "other.azurecr.io", "20.37.0.66", Reason::kAddressDenied},
+      {"special_still_denied", "other.azurecr.io", "127.0.0.1", Reason::kAddressSpecial},
+      {"unbound_name", "acct.blob.core.windows.net", "8.8.8.8", Reason::kAddressPublic},
+      {"ip_literal_host", "8.8.8.8", "8.8.8.8", Reason::kAddressPublic},
+      {"trailing_dot_and_case", "OTHER.azurecr.io.", "8.8.8.8", Reason::kAddressNotBound},
+  };
+  for (const Case& c : cases) {
+    const IpAddress address = *IpAddress::parse(c.address);
+    const Decision decision = policy->decideDialled(c.host, address);
+    EXPECT_EQ(decision.reason, c.reason) << c.label;
+    EXPECT_EQ(decision.allowed(),
+              c.reason == Reason::kAddressPublic || c.reason == Reason::kAddressAllowed)
+        << c.label;
+  }
+  // The sentence names the address, the pattern, what it is bound to, and the name.
+  const IpAddress outside = *IpAddress::parse("8.8.8.8");
+  const Decision denial = policy->decideDialled("other.azurecr.io", outside);
+  EXPECT_EQ(policy->describe(denial, {"other.azurecr.io", outside, 443}),
+            "denied: 8.8.8.8 is outside the ranges bound to *.azurecr.io (Acr, 2a01:111::/32) "
+            "for other.azurecr.io");
+  EXPECT_EQ(reasonName(Reason::kAddressNotBound), "address_not_bound");
+}
+
+// Report-only waives a binding like the other address-set rules, never a special range.
+TEST(PolicyTest, ReportOnlyWaivesBinding) {
+  Policy::Builder builder;
+  builder.addHostPattern("*.azurecr.io", "test");
+  builder.addPort(443);
+  const Cidr acr = *Cidr::parse("198.51.100.0/24");
+  ASSERT_EQ(builder.addBinding("*.azurecr.io", std::span(&acr, 1), "Acr", "t"), "");
+  builder.setReportOnly(true);
+  const auto policy = builder.build();
+  const Decision waived = policy->decideDialled("a.azurecr.io", *IpAddress::parse("8.8.8.8"));
+  EXPECT_TRUE(waived.allowed());
+  EXPECT_TRUE(waived.would_deny);
+  EXPECT_EQ(waived.reason, Reason::kAddressNotBound);
+  const Decision special = policy->decideDialled("a.azurecr.io", *IpAddress::parse("10.0.0.1"));
+  EXPECT_FALSE(special.allowed());
+  EXPECT_EQ(special.reason, Reason::kAddressSpecial);
+}
+
+}  // namespace
+}  // namespace acr
