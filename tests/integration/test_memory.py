@@ -1,8 +1,9 @@
 """Memory bounds under hostile load (issue 10 defect 10, THREATS R8).
 
 Stalled readers: clients that stop reading while their upstream keeps sending. Each tunnel holds
-at most 64 KiB per direction, and all tunnels together at most --max-buffer-memory (past it the
-tunnels holding the most stop being read first, so a reader that keeps up still gets its bytes).
+at most one read (64 KiB) per direction, and all tunnels together at most --max-buffer-memory
+plus 16 KiB each (past the budget every read is 16 KiB, and a side is read only when none of its
+bytes wait, so a reader that keeps up still gets its bytes).
 Parked half-requests: unfinished CONNECT heads and ClientHellos together hold at most
 --max-handshake-memory; the connection whose bytes would pass it is refused handshake_memory.
 
@@ -147,7 +148,8 @@ class MemoryTest(unittest.TestCase):
 
     def test_one_stalled_tunnel_holds_at_most_64_kib_per_direction(self):
         """One client that stops reading while its upstream floods: the proxy holds at most
-        64 KiB (plus one read) for it."""
+        64 KiB for it (the relay stops reading a side while any of its bytes wait: at most what
+        one read could not hand on)."""
         proxy = self.start_proxy()
         sock = self.stalled_tunnel()
         self.addCleanup(sock.close)
@@ -155,8 +157,9 @@ class MemoryTest(unittest.TestCase):
         time.sleep(1)
         buffered = metric(self.scrape(), "acr_egress_relay_buffered_bytes")
         self.assertIsNotNone(buffered)
-        self.assertGreater(buffered, 16 * 1024, "the tunnel was not stalled")
-        self.assertLessEqual(buffered, 64 * 1024 + 16 * 1024 + 4096)
+        # Stalled: bytes of the last read wait for the client (none would, had it kept up).
+        self.assertGreater(buffered, 0, "the tunnel was not stalled")
+        self.assertLessEqual(buffered, 64 * 1024)
 
     def test_stalled_tunnels_stay_under_the_buffer_budget(self):
         """N stalled tunnels (ACR_STALLED_TUNNELS, 512) with --max-buffer-memory 8 MiB hold at
