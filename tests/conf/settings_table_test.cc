@@ -1,6 +1,7 @@
 #include "conf/settings_table.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <set>
@@ -123,12 +124,34 @@ TEST(SettingsTableTest, FlagAndKeyReachTheSameSetting) {
 TEST(SettingsTableTest, KeepsEveryRestartSetting) {
   setenv("ACR_EGRESS_CONFIG", "", 1);
   const ProxySettings running = buildProxySettings(Config{});
-  ProxySettings next = buildProxySettings(
-      parseCommandLine({"--connect", "127.0.0.1:4000", "--transparent", "127.0.0.1:4001", "--sni",
-                        "127.0.0.1:4002", "--workers", "3", "--admin", "127.0.0.1:9000",
-                        "--admin-allow-remote", "--max-connections", "7", "--dns-timeout", "1s",
-                        "--log-format", "text"})
-          .config);
+  char credentials[] = "/tmp/acr-settings-test-XXXXXX";  // mkstemp: mode 0600, as required
+  const int fd = mkstemp(credentials);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "user:secret\n", 12), 12);
+  close(fd);
+  ProxySettings next = buildProxySettings(parseCommandLine({"--connect",
+                                                            "127.0.0.1:4000",
+                                                            "--transparent",
+                                                            "127.0.0.1:4001",
+                                                            "--sni",
+                                                            "127.0.0.1:4002",
+                                                            "--workers",
+                                                            "3",
+                                                            "--admin",
+                                                            "127.0.0.1:9000",
+                                                            "--admin-allow-remote",
+                                                            "--max-connections",
+                                                            "7",
+                                                            "--dns-timeout",
+                                                            "1s",
+                                                            "--log-format",
+                                                            "text",
+                                                            "--upstream-proxy",
+                                                            "http://127.0.0.1:3129",
+                                                            "--upstream-proxy-credentials",
+                                                            credentials})
+                                              .config);
+  unlink(credentials);
   std::vector<std::string> before;
   for (const Setting setting : changedSettings(running, next)) {
     before.emplace_back(settingRow(setting).key);
@@ -136,7 +159,8 @@ TEST(SettingsTableTest, KeepsEveryRestartSetting) {
   EXPECT_EQ(before,
             (std::vector<std::string>{"listeners.connect", "listeners.transparent", "listeners.sni",
                                       "proxy.workers", "dns.timeout", "limits.max_connections",
-                                      "log.format", "proxy.admin", "proxy.admin_allow_remote"}));
+                                      "log.format", "proxy.admin", "proxy.admin_allow_remote",
+                                      "proxy.upstream_proxy", "proxy.upstream_proxy_credentials"}));
   keepRestartSettings(next, running);
   std::vector<std::string> after;
   for (const Setting setting : changedSettings(running, next)) {
@@ -148,6 +172,7 @@ TEST(SettingsTableTest, KeepsEveryRestartSetting) {
   EXPECT_EQ(next.listeners.size(), 1u);
   EXPECT_EQ(next.workers, 0u);
   EXPECT_FALSE(next.admin.has_value());
+  EXPECT_FALSE(next.upstream_proxy.has_value());
   EXPECT_EQ(next.max_connections, 7u);
   // Every row that is not live is one of those kept above (or --config, which has no key).
   for (const SettingRow& row : allSettings()) {

@@ -30,7 +30,7 @@ class ScriptedProxy {
   ScriptedProxy(std::string answer, std::chrono::milliseconds linger)
       : answer_(std::move(answer)), linger_(linger) {
     listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    const SocketAddress any = *SocketAddress::parse("127.0.0.1:0");
+    const SocketAddress any = SocketAddress::from(*IpAddress::parse("127.0.0.1"), 0);
     EXPECT_EQ(bind(listener_, any.get(), any.length), 0);
     EXPECT_EQ(listen(listener_, 4), 0);
     port_ = localAddress(listener_)->port();
@@ -187,7 +187,7 @@ TEST_F(UpstreamProxyDialerTest, ClosedSilentAndUnreachable) {
     EXPECT_LT(std::chrono::steady_clock::now() - started, 1200ms);
   }
   const int probe = socket(AF_INET, SOCK_STREAM, 0);
-  const SocketAddress any = *SocketAddress::parse("127.0.0.1:0");
+  const SocketAddress any = SocketAddress::from(*IpAddress::parse("127.0.0.1"), 0);
   ASSERT_EQ(bind(probe, any.get(), any.length), 0);
   const uint16_t closed_port = localAddress(probe)->port();
   close(probe);
