@@ -82,10 +82,11 @@ void readPolicy(const std::string& source, const std::string& base_directory,
     if (row == nullptr) {
       fail(source, node, "unknown key 'policy." + key + "'");
     }
-    auto flag = [&] {
-      const auto* value = node.as_boolean();
+    // Captures `node` by an init-capture: clang 14 cannot capture a structured binding.
+    auto flag = [&source, &key, &item = node] {
+      const auto* value = item.as_boolean();
       if (value == nullptr) {
-        fail(source, node, "'" + key + "' must be true or false");
+        fail(source, item, "'" + key + "' must be true or false");
       }
       return value->get();
     };
