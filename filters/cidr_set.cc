@@ -63,10 +63,12 @@ void CidrSet::IntervalIndex<Key>::build(std::vector<Prefix> prefixes) {
       throw std::length_error("CidrSet: values must be below 2^30 - 1");
     }
   }
-  root_.assign(size_t{1} << kRootBits, 0);
+  const int root_bits = starts_.size() > kSmallIntervals ? kRootBits : kSmallRootBits;
+  root_shift_ = static_cast<uint32_t>(std::min(kBits, 64) - root_bits);
+  root_.assign(size_t{1} << root_bits, 0);
   nodes_.clear();
   tables_.clear();
-  const Key span = Key{1} << (kBits - kRootBits);
+  const Key span = Key{1} << (kBits - root_bits);
   for (size_t j = 0; j < root_.size(); ++j) {
     const Key first = static_cast<Key>(j) * span;
     root_[j] = makeEntry(first, first + (span - 1));

@@ -56,7 +56,7 @@ class CidrSet {
     };
     void build(std::vector<Prefix> prefixes);
     uint32_t lookup(Key key) const noexcept {
-      uint32_t entry = root_[static_cast<size_t>(key >> (kBits - kRootBits))];
+      uint32_t entry = root_[rootIndex(key)];
       if constexpr (kBits > 64) {
         if ((entry & kNodeFlag) != 0) {
           entry = shortcutFor(static_cast<uint64_t>(key >> 64), entry);
@@ -96,7 +96,23 @@ class CidrSet {
 
    private:
     static constexpr int kBits = sizeof(Key) * 8;
+    // The root indexes the top 16 bits of a key when the family has more than kSmallIntervals
+    // intervals, else the top 8: a 2^16-entry root is 256 KiB to build and keep per family and
+    // set, which for the small sets (the embedded policy, special ranges, deny and client ranges)
+    // was most of an idle proxy's heap and most of its start-up time, while a 256-entry root
+    // costs those sets at most a step or two more (bench/: BM_CidrLookup_*Small*).
     static constexpr int kRootBits = 16;
+    static constexpr int kSmallRootBits = 8;
+    static constexpr size_t kSmallIntervals = 256;
+    // The root index from the key's top bits. An IPv6 key is shifted as its high 64-bit half (a
+    // variable 128-bit shift is several dependent instructions; this is one).
+    size_t rootIndex(Key key) const noexcept {
+      if constexpr (kBits > 64) {
+        return static_cast<size_t>(static_cast<uint64_t>(key >> 64) >> root_shift_);
+      } else {
+        return static_cast<size_t>(key >> root_shift_);
+      }
+    }
     // Entry encodings: kNodeFlag | offset of a node in tables_; kValueFlag | the value itself
     // (one interval); otherwise a leaf: first interval << 8 | number of following intervals that
     // may also hold the key.
@@ -162,6 +178,7 @@ class CidrSet {
     std::vector<Key> starts_{Key{0}};
     std::vector<uint32_t> values_{kNoMatch};
     std::vector<uint32_t> root_;
+    uint32_t root_shift_ = 0;  // (kBits, or 64 for IPv6) - the root's bits
     std::vector<Node> nodes_;
     std::vector<uint32_t> tables_;
     // Power-of-two size, at most half full, so that a probe always ends at an empty slot.

@@ -99,12 +99,76 @@ TEST(ServiceTagsTest, RefusesBadFilesWithLocation) {
        "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"addressPrefixes\":[]}},"
        "{\"name\":\"A\",\"properties\":{\"addressPrefixes\":[]}}]}",
        "$.values[1].name: duplicate tag name 'A'"},
+      // A member the loader uses, given twice: which one would count is ambiguous.
+      {"duplicate_member",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"name\":\"B\",\"properties\":"
+       "{\"addressPrefixes\":[]}}]}",
+       "$.values[0]: duplicate member \"name\""},
+      {"duplicate_prefixes",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"addressPrefixes\":"
+       "[],\"addressPrefixes\":[\"10.0.0.0/8\"]}}]}",
+       "$.values[0].properties: duplicate member \"addressPrefixes\""},
+      {"duplicate_values", "{\"changeNumber\":1,\"values\":[],\"values\":[]}",
+       "$: duplicate member \"values\""},
+      {"scalar_top", "5", "$: the top level must be an object"},
+      {"tag_not_object", "{\"changeNumber\":1,\"values\":[7]}", "$.values[0]: must be an object"},
+      {"empty_name",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"\",\"properties\":{\"addressPrefixes\":[]}}]}",
+       "$.values[0].name: must be a non-empty string"},
+      {"region_number",
+       "{\"changeNumber\":1,\"values\":[{\"name\":\"A\",\"properties\":{\"region\":1,"
+       "\"addressPrefixes\":[]}}]}",
+       "$.values[0].properties.region: must be a string"},
+      {"fraction_change", "{\"changeNumber\":1.5,\"values\":[]}",
+       "$.changeNumber: must be a non-negative integer"},
+      {"huge_change", "{\"changeNumber\":18446744073709551615,\"values\":[]}",
+       "$.changeNumber: must be a non-negative integer"},
+      {"no_values", "{\"changeNumber\":1}", "$: missing \"values\""},
+      {"no_properties", "{\"changeNumber\":1,\"values\":[{\"name\":\"A\"}]}",
+       "$.values[0]: missing \"properties\""},
+      // Nesting deeper than any stack could recurse: a clean error, not a crash (the reader
+      // parses iteratively).
+      {"deep_unclosed", "{\"changeNumber\":1,\"x\":" + std::string(1 << 20, '['), "invalid JSON"},
   };
   for (const Case& c : cases) {
     const std::string error = errorOf(c.json);
     EXPECT_NE(error.find(c.expected), std::string::npos) << c.label << ": " << error;
   }
   EXPECT_THROW(ServiceTags::load("/nonexistent/tags.json"), ConfigError);
+  try {
+    ServiceTags::load("/");
+    ADD_FAILURE() << "a directory loaded";
+  } catch (const ConfigError& error) {
+    EXPECT_NE(
+        std::string(error.what()).find("/: cannot read the service-tags file: not a regular file"),
+        std::string::npos)
+        << error.what();
+  }
+}
+
+// Members in any order, members the loader does not use skipped whatever their shape (however
+// deep), and what it uses kept exactly.
+TEST(ServiceTagsTest, ReadsMembersInAnyOrderAndSkipsTheRest) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const ServiceTags tags = ServiceTags::parse(
+      "{\"values\":[{\"properties\":{\"addressPrefixes\":[\"192.0.2.0/24\",\"2001:db8::/32\"],"
+      "\"networkFeatures\":[\"API\",{\"a\":[null,true,1.5]}],\"region\":\"westeurope\","
+      "\"systemService\":\"AzureContainerRegistry\"},\"id\":\"X\",\"name\":\"A.WestEurope\"},"
+      "{\"name\":\"B\",\"properties\":{\"addressPrefixes\":[]},\"extra\":" +
+          deep + "}],\"cloud\":\"Public\",\"other\":{\"values\":5},\"changeNumber\":42}",
+      "tags.json");
+  EXPECT_EQ(tags.changeNumber(), 42);
+  EXPECT_EQ(tags.cloud(), "Public");
+  ASSERT_EQ(tags.tags().size(), 2u);
+  const ServiceTag* a = tags.find("A.WestEurope");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->region, "westeurope");
+  ASSERT_EQ(a->prefixes.size(), 2u);
+  EXPECT_EQ(a->prefixes[0].toString(), "192.0.2.0/24");
+  EXPECT_EQ(a->prefixes[1].toString(), "2001:db8::/32");
+  ASSERT_NE(tags.find("B"), nullptr);
+  EXPECT_TRUE(tags.find("B")->prefixes.empty());
+  EXPECT_EQ(tags.find("B")->region, "");
 }
 
 }  // namespace

@@ -219,5 +219,51 @@ TEST(CidrSetTest, AgreesWithBinarySearchAtEveryPrefixEdgeOfTheRealFile) {
   EXPECT_EQ(checked, entries.size() * 24);
 }
 
+// Sets on either side of the small-root threshold (a 256-entry root up to 256 intervals per
+// family, 2^16 above), drawn from the real file: every prefix edge agrees with brute force, and
+// so do random addresses.
+TEST(CidrSetTest, SmallAndLargeRootsAgreeWithBruteForce) {
+  const std::vector<CidrSet::Entry> all = realFileEntries();
+  std::mt19937_64 random(11);
+  for (const size_t size : {0, 1, 2, 40, 120, 127, 128, 129, 130, 200, 400}) {
+    std::vector<CidrSet::Entry> entries;
+    for (size_t i = 0; i < size; ++i) {
+      entries.push_back({all[random() % all.size()].cidr, static_cast<uint32_t>(i)});
+    }
+    // A default route in some sets, so that whole root slots carry a value.
+    if (size % 2 == 1) {
+      entries.push_back({cidr("0.0.0.0/0"), 999});
+      entries.push_back({cidr("::/0"), 998});
+    }
+    const CidrSet set(entries);
+    std::vector<IpAddress> probes;
+    for (const auto& entry : entries) {
+      const IpAddress& a = entry.cidr.address;
+      probes.push_back(a);
+      if (a.isV4()) {
+        const uint32_t host =
+            entry.cidr.length == 0 ? 0xffffffffu : (1u << (32 - entry.cidr.length)) - 1;
+        probes.push_back(IpAddress::v4(a.v4Value() | host));
+        probes.push_back(IpAddress::v4((a.v4Value() | host) + 1));
+        probes.push_back(IpAddress::v4(a.v4Value() - 1));
+      } else {
+        const Uint128 host =
+            entry.cidr.length == 0 ? ~Uint128{0} : (Uint128{1} << (128 - entry.cidr.length)) - 1;
+        probes.push_back(IpAddress::v6(a.v6Value() | host));
+        probes.push_back(IpAddress::v6((a.v6Value() | host) + 1));
+        probes.push_back(IpAddress::v6(a.v6Value() - 1));
+      }
+    }
+    for (int i = 0; i < 2000; ++i) {
+      probes.push_back(IpAddress::v4(static_cast<uint32_t>(random())));
+      probes.push_back(IpAddress::v6((Uint128{random()} << 64) | random()));
+    }
+    for (const IpAddress& address : probes) {
+      ASSERT_EQ(set.lookup(address), bruteForce(entries, address))
+          << "set of " << size << ": " << address.toString();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace acr
