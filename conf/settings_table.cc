@@ -109,10 +109,9 @@ constexpr SettingRow kRows[] = {
      "no per-client limit)"},
     // Off by default: with one listener (the default) it would only repeat --max-connections.
     {S::kMaxConnectionsPerListener, "--max-connections-per-listener",
-     "limits.max_connections_per_listener", K::kNumber, false, 0, 1'000'000, "0",
-     "0: off (--max-connections)", true, "N",
+     "limits.max_connections_per_listener", K::kNumber, false, 0, 1'000'000, "0", "", true, "N",
      "concurrent connections on each listener, so that a flood on one cannot take the slots of "
-     "the others"},
+     "the others (0: off)"},
     {S::kMaxHeadSize, "--max-head-size", "limits.max_head_size", K::kNumber, false, 256, 65536,
      "8192", "", true, "N", "CONNECT head cap in bytes"},
     {S::kMaxClientHelloSize, "--max-client-hello-size", "limits.max_client_hello_size", K::kNumber,
