@@ -84,6 +84,20 @@ int boundSocket(const ListenerSettings& settings) {
   return fd;
 }
 
+// The sentence of a refusal at accept, naming the limit that refused.
+std::string limitSentence(CloseReason reason, size_t limit) {
+  switch (reason) {
+    case CloseReason::kClientOverloaded:
+      return "denied: this client address has " + std::to_string(limit) +
+             " connections open, its limit (max_connections_per_client)";
+    case CloseReason::kListenerOverloaded:
+      return "denied: this listener has " + std::to_string(limit) +
+             " connections open, its limit (max_connections_per_listener)";
+    default:
+      return "denied: the proxy is at its connection limit (" + std::to_string(limit) + ")";
+  }
+}
+
 }  // namespace
 
 Worker::Worker(ProxyContext& context) : context_(context) {
@@ -182,24 +196,6 @@ void Worker::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int l
   auto* listener = static_cast<Listener*>(arg);
   listener->worker->accept(*listener, fd, peer, length);
 }
-
-namespace {
-
-// The sentence of a refusal at accept, naming the limit that refused.
-std::string limitSentence(CloseReason reason, size_t limit) {
-  switch (reason) {
-    case CloseReason::kClientOverloaded:
-      return "denied: this client address has " + std::to_string(limit) +
-             " connections open, its limit (max_connections_per_client)";
-    case CloseReason::kListenerOverloaded:
-      return "denied: this listener has " + std::to_string(limit) +
-             " connections open, its limit (max_connections_per_listener)";
-    default:
-      return "denied: the proxy is at its connection limit (" + std::to_string(limit) + ")";
-  }
-}
-
-}  // namespace
 
 void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length) {
   ProxyStats& stats = context_.stats();
