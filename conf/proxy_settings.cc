@@ -328,6 +328,8 @@ ProxySettings buildProxySettings(const Config& config) {
   settings.drain_timeout = read.duration(Setting::kDrainTimeout);
   settings.keepalive_idle = read.seconds(Setting::kKeepaliveIdle);
   settings.max_connections = *read.number<size_t>(Setting::kMaxConnections);
+  settings.max_connections_per_client = *read.number<size_t>(Setting::kMaxConnectionsPerClient);
+  settings.max_connections_per_listener = *read.number<size_t>(Setting::kMaxConnectionsPerListener);
   settings.max_head_size = *read.number<size_t>(Setting::kMaxHeadSize);
   settings.max_client_hello_size = *read.number<size_t>(Setting::kMaxClientHelloSize);
   settings.max_buffer_memory = *read.number<size_t>(Setting::kMaxBufferMemory);

@@ -47,6 +47,10 @@ struct ProxySettings {
   std::chrono::milliseconds drain_timeout{0};
   std::chrono::seconds keepalive_idle{0};
   size_t max_connections = 0;
+  // Concurrent connections from one source address (an IPv4-mapped IPv6 source counts as its
+  // IPv4), and on each listener (THREATS R4); 0: no such limit, only max_connections.
+  size_t max_connections_per_client = 0;
+  size_t max_connections_per_listener = 0;
   size_t max_head_size = 0;
   size_t max_client_hello_size = 0;
   // Bytes all tunnels together may hold waiting for a slow reader (docs "Relay"); past it the

@@ -100,6 +100,18 @@ constexpr SettingRow kRows[] = {
      2 * kHour, "120s", "", true, "T", "TCP keepalive idle time on both sides (whole seconds)"},
     {S::kMaxConnections, "--max-connections", "limits.max_connections", K::kNumber, false, 1,
      1'000'000, "4096", "", true, "N", "concurrent connections"},
+    // One host may hold a quarter of the default global limit: a flood from one address cannot
+    // take every slot, yet a docker daemon pulling many layers at once (a few dozen tunnels)
+    // never meets it. A value at or above --max-connections changes nothing.
+    {S::kMaxConnectionsPerClient, "--max-connections-per-client",
+     "limits.max_connections_per_client", K::kNumber, false, 0, 1'000'000, "1024", "", true, "N",
+     "concurrent connections from one source address (IPv4-mapped IPv6 counts as its IPv4; 0: "
+     "no per-client limit)"},
+    // Off by default: with one listener (the default) it would only repeat --max-connections.
+    {S::kMaxConnectionsPerListener, "--max-connections-per-listener",
+     "limits.max_connections_per_listener", K::kNumber, false, 0, 1'000'000, "0", "", true, "N",
+     "concurrent connections on each listener, so that a flood on one cannot take the slots of "
+     "the others (0: off)"},
     {S::kMaxHeadSize, "--max-head-size", "limits.max_head_size", K::kNumber, false, 256, 65536,
      "8192", "", true, "N", "CONNECT head cap in bytes"},
     {S::kMaxClientHelloSize, "--max-client-hello-size", "limits.max_client_hello_size", K::kNumber,

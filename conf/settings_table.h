@@ -30,7 +30,7 @@ enum class Setting : uint8_t {
   kDenyEch,
   kClientCidrs,
   kBindHostTags,  // --bind-host-tag PATTERN=TAG; TOML [[policy.bind]] tables
-  kConfig,  // --config FILE: where the rest comes from; no TOML key
+  kConfig,        // --config FILE: where the rest comes from; no TOML key
   // The other tables: validated into ProxySettings by conf/proxy_settings.
   kConnectListeners,
   kTransparentListeners,
@@ -49,6 +49,8 @@ enum class Setting : uint8_t {
   kDrainTimeout,
   kKeepaliveIdle,
   kMaxConnections,
+  kMaxConnectionsPerClient,
+  kMaxConnectionsPerListener,
   kMaxHeadSize,
   kMaxClientHelloSize,
   kMaxBufferMemory,

@@ -165,6 +165,14 @@ constexpr std::array<CloseReasonInfo, kCloseReasonCount> kTable = {{
      "intended; the message names the new policy's denial"},
     {R::kOverloaded, "overloaded", 503, "accept", "at `--max-connections`",
      "raise the limit (and `LimitNOFILE`)"},
+    {R::kClientOverloaded, "client_overloaded", 503, "accept",
+     "the client's source address has `--max-connections-per-client` connections open (an "
+     "IPv4-mapped IPv6 source counts as its IPv4)",
+     "a flood or a connection leak in that client; raise the limit for a busy NAT gateway "
+     "in front of many hosts"},
+    {R::kListenerOverloaded, "listener_overloaded", 503, "accept",
+     "the listener has `--max-connections-per-listener` connections open",
+     "a flood on that listener; the other listeners keep their slots"},
     {R::kDraining, "draining", 503, "accept", "a new connection while the proxy shuts down",
      "intended: the next process takes new connections"},
     {R::kInternalError, "internal_error", 0, "accept",

@@ -79,6 +79,8 @@ enum class CloseReason : uint8_t {
   kShutdown,
   kRevoked,
   kOverloaded,
+  kClientOverloaded,
+  kListenerOverloaded,
   kDraining,
   kInternalError,
 };

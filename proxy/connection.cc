@@ -48,12 +48,14 @@ bool isWildcard(const SocketAddress& address) {
 }  // namespace
 
 Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& listener_address,
-                       int fd, const SocketAddress& peer, std::shared_ptr<const Policy> policy)
+                       int fd, const SocketAddress& peer, std::shared_ptr<const Policy> policy,
+                       ConnectionSlot slot)
     : worker_(worker),
       kind_(kind),
       listener_address_(listener_address),
       policy_(std::move(policy)),
       settings_(worker.context().settings()),
+      slot_(std::move(slot)),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
       next_state_(state_),
       peer_(peer),
@@ -653,9 +655,7 @@ Connection::Step Connection::doConnect(Event event) {
   }
 }
 
-bool Connection::viaUpstreamProxy() const noexcept {
-  return settings_->upstream_proxy.has_value();
-}
+bool Connection::viaUpstreamProxy() const noexcept { return settings_->upstream_proxy.has_value(); }
 
 void Connection::dialUpstreamProxy() {
   const ProxySettings& settings = *settings_;
@@ -1112,6 +1112,8 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   if (record_.reason.empty()) {
     setReason(CloseReason::kInternalError);  // never set up (start() failed)
   }
+  // Before the log line: whoever sees the line may count on the slot being free.
+  slot_.release();
   ProxyStats& stats = worker_.context().stats();
   (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, std::memory_order_relaxed);
   worker_.context().logConnection(record_);

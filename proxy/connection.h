@@ -19,6 +19,7 @@
 #include "filters/policy.h"
 #include "proxy/access_log.h"
 #include "proxy/close_reason.h"
+#include "proxy/connection_limits.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/relay.h"
 #include "proxy/upstream_proxy_dialer.h"
@@ -63,8 +64,9 @@ class Connection final : private Relay::Observer {
     kClosed,       // finished; waiting for deferred deletion
   };
 
+  // `slot`: the connection's share of the connection limits, given back in finish().
   Connection(Worker& worker, ListenerKind kind, const SocketAddress& listener_address, int fd,
-             const SocketAddress& peer, std::shared_ptr<const Policy> policy);
+             const SocketAddress& peer, std::shared_ptr<const Policy> policy, ConnectionSlot slot);
   ~Connection() override;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -190,6 +192,9 @@ class Connection final : private Relay::Observer {
   // The settings current when this connection was accepted: a reload's new limits and timeouts
   // apply to the connections accepted after it.
   const std::shared_ptr<const ProxySettings> settings_;
+  // Released in finish(), so that the slot is free again as soon as the connection has ended;
+  // its destructor releases it on any path that never finishes (a worker torn down).
+  ConnectionSlot slot_;
   State state_;
   State next_state_;
   bool looping_ = false;

@@ -236,7 +236,9 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
   appendScalar(out, "acr_egress_accepted_total", "counter", "Connections accepted.",
                stats.accepted.load(kRelaxed));
   appendScalar(out, "acr_egress_rejected_overload_total", "counter",
-               "Connections closed at accept because max_connections were open.",
+               "Connections closed at accept by a connection limit (max_connections, per "
+               "listener or per client: the reason label of acr_egress_connections_total says "
+               "which).",
                stats.rejected_overload.load(kRelaxed));
   appendScalar(out, "acr_egress_access_log_suppressed_total", "counter",
                "Refused connections not written to the access log (past deny_log_rate per second; "

@@ -9,6 +9,7 @@
 #include "conf/proxy_settings.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/connection_limits.h"
 #include "proxy/deny_log_limiter.h"
 #include "proxy/local_addresses.h"
 #include "proxy/metrics.h"
@@ -59,7 +60,8 @@ class ProxyContext {
         json_log_(log.withFormat(true)),
         text_log_(log.withFormat(false)),
         json_(settings->json_log),
-        deny_log_limiter_(settings->deny_log_rate) {}
+        deny_log_limiter_(settings->deny_log_rate),
+        limits_(settings->listeners.size(), settings->max_connections, stats_.active) {}
 
   // The current settings; a connection takes its reference when accepted and reads only that.
   std::shared_ptr<const ProxySettings> settings() const noexcept {
@@ -111,6 +113,10 @@ class ProxyContext {
   ProxyStats& stats() noexcept { return stats_; }
   const ProxyStats& stats() const noexcept { return stats_; }
   Metrics& metrics() noexcept { return metrics_; }
+  // The concurrent-connection limits, enforced at accept (Worker::accept); stats().active is
+  // their global count.
+  ConnectionLimits& limits() noexcept { return limits_; }
+  const ConnectionLimits& limits() const noexcept { return limits_; }
   const Metrics& metrics() const noexcept { return metrics_; }
   // Set once a drain (SIGTERM/SIGINT) has begun: /readyz answers 503 from then on.
   void setDraining() noexcept { draining_.store(true, std::memory_order_relaxed); }
@@ -164,6 +170,7 @@ class ProxyContext {
   std::atomic<bool> json_;
   DenyLogLimiter deny_log_limiter_;
   ProxyStats stats_;
+  ConnectionLimits limits_;  // after stats_, whose `active` it counts in
   Metrics metrics_;
   std::atomic<bool> draining_{false};
   OwnUpstreams own_upstreams_;

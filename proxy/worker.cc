@@ -84,6 +84,20 @@ int boundSocket(const ListenerSettings& settings) {
   return fd;
 }
 
+// The sentence of a refusal at accept, naming the limit that refused.
+std::string limitSentence(CloseReason reason, size_t limit) {
+  switch (reason) {
+    case CloseReason::kClientOverloaded:
+      return "denied: this client address has " + std::to_string(limit) +
+             " connections open, its limit (max_connections_per_client)";
+    case CloseReason::kListenerOverloaded:
+      return "denied: this listener has " + std::to_string(limit) +
+             " connections open, its limit (max_connections_per_listener)";
+    default:
+      return "denied: the proxy is at its connection limit (" + std::to_string(limit) + ")";
+  }
+}
+
 }  // namespace
 
 Worker::Worker(ProxyContext& context) : context_(context) {
@@ -127,6 +141,7 @@ void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>&
     auto listener = std::make_unique<Listener>();
     listener->worker = this;
     listener->kind = settings.kind;
+    listener->index = listeners_.size();
     listener->address = settings.address;
     // A socket-activated socket is listening already (backlog 0: libevent does not listen()).
     int fd = inheritedListener(settings, inherited, used);
@@ -188,45 +203,26 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
   SocketAddress peer_address;
   std::memcpy(&peer_address.storage, peer, static_cast<size_t>(length));
   peer_address.length = static_cast<socklen_t>(length);
-  // The current limit, not a connection's snapshot: a reload's new limit applies at once.
-  const size_t max_connections = context_.settings()->max_connections;
-  if (draining_ || stats.active.load(std::memory_order_relaxed) >= max_connections) {
-    // Refuse fast; existing connections keep their resources.
-    if (!draining_) {
-      stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
-    }
-    const CloseReason reason = draining_ ? CloseReason::kDraining : CloseReason::kOverloaded;
-    const std::string sentence = draining_ ? "denied: the proxy is shutting down"
-                                           : "denied: the proxy is at its connection limit (" +
-                                                 std::to_string(max_connections) + ")";
-    if (listener.kind == ListenerKind::kConnect) {
-      const std::string response = httpRefusal(reason, sentence);
-      [[maybe_unused]] const ssize_t sent =
-          send(fd, response.data(), response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    } else {
-      setResetOnClose(fd);
-    }
-    close(fd);
-    // A refusal is a connection too: it gets its log line, so operators see the overload.
-    AccessRecord record;
-    record.listener = listenerKindName(listener.kind);
-    record.client = peer_address.toString();
-    record.reason = closeReasonName(reason);
-    record.sentence = sentence;
-    record.closed_by = "proxy";
-    record.phase = "accept";
-    // Counted like every other connection, from the same record as its log line.
-    stats.denied.fetch_add(1, std::memory_order_relaxed);
-    context_.logConnection(record);
-    context_.metrics().recordConnection(listener.kind, reason, record);
+  if (draining_) {
+    refuseAtAccept(listener, fd, peer_address, CloseReason::kDraining,
+                   "denied: the proxy is shutting down");
     return;
   }
-  stats.active.fetch_add(1, std::memory_order_relaxed);
-  std::shared_ptr<const Policy> policy = context_.policy();
   const IpAddress client = toIpAddress(peer_address);
+  // The current limits, not a connection's snapshot: a reload's new limits apply at once.
+  ConnectionLimits::Admission admission =
+      context_.limits().admit(listener.index, client, *context_.settings());
+  if (!admission.slot.held()) {
+    // Refuse fast; existing connections keep their resources.
+    stats.rejected_overload.fetch_add(1, std::memory_order_relaxed);
+    refuseAtAccept(listener, fd, peer_address, admission.refusal,
+                   limitSentence(admission.refusal, admission.limit));
+    return;
+  }
+  std::shared_ptr<const Policy> policy = context_.policy();
   const Decision admitted = policy->decideClient(client);
   auto connection = std::make_unique<Connection>(*this, listener.kind, listener.address, fd,
-                                                 peer_address, policy);
+                                                 peer_address, policy, std::move(admission.slot));
   Connection* raw = connection.get();
   connections_.emplace(raw, std::move(connection));
   if (!admitted.allowed()) {
@@ -235,6 +231,30 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
     return;
   }
   raw->start();
+}
+
+void Worker::refuseAtAccept(const Listener& listener, int fd, const SocketAddress& peer,
+                            CloseReason reason, const std::string& sentence) {
+  if (listener.kind == ListenerKind::kConnect) {
+    const std::string response = httpRefusal(reason, sentence);
+    [[maybe_unused]] const ssize_t sent =
+        send(fd, response.data(), response.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  } else {
+    setResetOnClose(fd);
+  }
+  close(fd);
+  // A refusal is a connection too: it gets its log line, so operators see the overload.
+  AccessRecord record;
+  record.listener = listenerKindName(listener.kind);
+  record.client = peer.toString();
+  record.reason = closeReasonName(reason);
+  record.sentence = sentence;
+  record.closed_by = "proxy";
+  record.phase = "accept";
+  // Counted like every other connection, from the same record as its log line.
+  context_.stats().denied.fetch_add(1, std::memory_order_relaxed);
+  context_.logConnection(record);
+  context_.metrics().recordConnection(listener.kind, reason, record);
 }
 
 void Worker::onAcceptError(evconnlistener* evlistener, void* arg) {
@@ -255,8 +275,8 @@ void Worker::onResume(evutil_socket_t, short, void* arg) {
 }
 
 void Worker::release(Connection* connection) {
+  // Its connection slot (and so stats().active) was released by Connection::finish.
   finished_.push_back(connection);
-  context_.stats().active.fetch_sub(1, std::memory_order_relaxed);
   event_active(reaper_, 0, 0);
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dns/resolver.h"
+#include "proxy/close_reason.h"
 #include "proxy/proxy_context.h"
 
 namespace acr {
@@ -59,6 +60,7 @@ class Worker {
   struct Listener {
     Worker* worker;
     ListenerKind kind;
+    size_t index;  // in settings()->listeners: the same listener in every worker (its limit)
     SocketAddress address;
     evconnlistener* listener = nullptr;
     event* resume = nullptr;  // re-enables accepting after EMFILE backoff
@@ -76,6 +78,10 @@ class Worker {
   static void onHeartbeat(evutil_socket_t, short, void* arg);
 
   void accept(Listener& listener, int fd, const sockaddr* peer, int length);
+  // Closes a connection before a Connection exists (draining, a connection limit): connect
+  // listener the reason's 503 with `sentence`, others a reset; logged and counted like any other.
+  void refuseAtAccept(const Listener& listener, int fd, const SocketAddress& peer,
+                      CloseReason reason, const std::string& sentence);
   void closeListeners();
 
   ProxyContext& context_;

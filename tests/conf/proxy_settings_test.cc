@@ -116,6 +116,7 @@ sni = ["127.0.0.1:8443"]
 [limits]
 idle_timeout = "30m"
 max_connections = 50
+max_connections_per_client = 3
 [proxy]
 allow_non_tls = true
 [dns]
@@ -125,10 +126,13 @@ format = "text"
 deny_rate = 20
 )",
                                   "acr.toml");
-  mergeConfig(config,
-              parseCommandLine({"--connect", "127.0.0.1:3129", "--max-connections", "7"}).config);
+  mergeConfig(config, parseCommandLine({"--connect", "127.0.0.1:3129", "--max-connections", "7",
+                                        "--max-connections-per-listener", "5"})
+                          .config);
   const ProxySettings s = buildProxySettings(config);
   EXPECT_EQ(s.listeners.size(), 3u);
+  EXPECT_EQ(s.max_connections_per_client, 3u);
+  EXPECT_EQ(s.max_connections_per_listener, 5u);
   EXPECT_EQ(s.idle_timeout, std::chrono::minutes(30));
   EXPECT_EQ(s.max_connections, 7u);
   EXPECT_TRUE(s.allow_non_tls);
@@ -155,6 +159,9 @@ TEST(ProxySettingsTest, RefusesBadValues) {
       {{"--workers", "-1"}, "invalid proxy.workers"},
       {{"--mark", "0"}, "invalid proxy.mark"},
       {{"--max-connections", "0"}, "invalid limits.max_connections"},
+      {{"--max-connections-per-client", "-1"}, "invalid limits.max_connections_per_client"},
+      {{"--max-connections-per-listener", "1000001"},
+       "invalid limits.max_connections_per_listener"},
       {{"--max-client-hello-size", "20000"}, "invalid limits.max_client_hello_size"},
       {{"--log-format", "xml"}, "invalid log.format"},
       {{"--deny-log-rate", "-5"}, "invalid log.deny_rate"},

@@ -53,6 +53,8 @@ TEST(SettingsTableTest, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(s.drain_timeout, std::chrono::seconds(30));
   EXPECT_EQ(s.keepalive_idle, std::chrono::seconds(120));
   EXPECT_EQ(s.max_connections, 4096u);
+  EXPECT_EQ(s.max_connections_per_client, 1024u);
+  EXPECT_EQ(s.max_connections_per_listener, 0u);  // off: only max_connections
   EXPECT_EQ(s.max_head_size, 8192u);
   EXPECT_EQ(s.max_client_hello_size, 16384u);
   EXPECT_EQ(s.max_buffer_memory, 64u * 1024 * 1024);

@@ -24,6 +24,89 @@ UPSTREAM_IP = "127.0.0.2"
 SPOOF_V4 = "203.0.113.10"  # only inside the transparent tests' private namespace
 
 
+def connect_from(source, addr, target, timeout=5):
+    """A CONNECT to `target` through the proxy at `addr` from the loopback address `source`
+    (127.0.0.3 and 127.0.0.4 play two hosts). Returns (status, reason header, sock); status 0
+    when the proxy reset or closed without an answer. The caller closes sock."""
+    host, port = addr.rsplit(":", 1)
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect((host, int(port)))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+    status = int(head.split(" ")[1]) if head.startswith("HTTP/1.1 ") else 0
+    reason = None
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "x-acr-egress-reason":
+            reason = value.strip()
+    return status, reason, sock
+
+
+def burst_from(source, addr, count, payload, socks):
+    """`count` connections from `source` to `addr` opened at once (all connected before any is
+    read), each sending `payload`; appends the sockets, unread, to `socks` (the caller closes
+    them). A socket the proxy reset before connect() or the send returned has `acr_reset` set
+    (the kernel reports a reset once: to that call, not to a later recv)."""
+    host, port = addr.rsplit(":", 1)
+    opened = []
+    for _ in range(count):
+        sock = harness.TunnelSocket(socket.AF_INET, socket.SOCK_STREAM)  # takes attributes
+        socks.append(sock)
+        opened.append(sock)
+        sock.acr_reset = False
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        try:
+            sock.connect((host, int(port)))
+        except ConnectionResetError:
+            sock.acr_reset = True  # refused so fast that the handshake's end met the reset
+    for sock in opened:
+        if payload and not sock.acr_reset:
+            try:
+                sock.sendall(payload)
+            except ConnectionResetError:
+                sock.acr_reset = True  # refused already; the error is reported only once
+            except BrokenPipeError:
+                pass  # closed already (after the 503)
+    return opened
+
+
+def answer(sock, timeout=5):
+    """What the proxy did with a `burst_from` socket: (bytes received, 'fin'/'rst'/'timeout')."""
+    try:
+        data, how = harness.recv_until_closed(sock, timeout)
+    except OSError:  # never connected: ENOTCONN
+        data, how = b"", "rst"
+    return data, "rst" if sock.acr_reset else how
+
+
+def metric(text, name, **labels):
+    """The value of the sample `name{labels}` in the exposition `text`, or None."""
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        got = {}
+        if "{" in head:
+            for pair in head[head.index("{") + 1:-1].split(","):
+                key, _, quoted = pair.partition("=")
+                got[key] = quoted.strip('"')
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
 def process_cpu_seconds(pid):
     """User + system CPU time of process `pid` so far, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
@@ -144,8 +227,8 @@ class LimitsTest(unittest.TestCase):
 
     def test_max_connections_refuses_the_next_with_503(self):
         """R4: with --max-connections 20 and 20 open tunnels, the 21st connection gets 503
-        overloaded at once, the 20 tunnels keep working, and a slot freed by closing one tunnel
-        serves a new client."""
+        overloaded at once, so do 200 more opened at once (10x), the 20 tunnels keep working, and
+        a slot freed by closing one tunnel serves a new client."""
         proxy, addr = self.start_proxy("--max-connections", "20", "--allow-non-tls")
         tunnels = [self.echo_tunnel(addr) for _ in range(20)]
         for t in tunnels:
@@ -158,6 +241,17 @@ class LimitsTest(unittest.TestCase):
             self.assertEqual(status, 503, (headers, body))
             self.assertEqual(headers.get("x-acr-egress-reason"), "overloaded")
             self.assertLess(time.monotonic() - started, 1.0)
+        # 10x the limit at once: every one refused, none queued behind the tunnels.
+        target = f"{ECHO_NAME}:{self.echo_port}"
+        started = time.monotonic()
+        burst = []
+        self.addCleanup(lambda: [s.close() for s in burst])
+        burst_from("127.0.0.1", addr, 200,
+                   f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode(), burst)
+        for sock in burst:
+            data, _ = answer(sock)
+            self.assertIn(b"X-Acr-Egress-Reason: overloaded\r\n", data)
+        self.assertLess(time.monotonic() - started, 3.0)
         for t in tunnels:
             self.assert_echoes(t, b"still alive")
 
@@ -173,6 +267,126 @@ class LimitsTest(unittest.TestCase):
             time.sleep(0.1)
         self.assertEqual(status, 200, "the freed slot was not reused")
         self.assert_echoes(sock)
+
+    def scrape(self, admin_port):
+        return harness.curl("-s", "--max-time", "5",
+                            f"http://127.0.0.1:{admin_port}/metrics").stdout
+
+    def test_per_client_limit_refuses_a_burst_and_spares_other_clients(self):
+        """R4: with --max-connections-per-client 4 and 4 tunnels open from 127.0.0.3, a burst of
+        40 more CONNECTs from it (10x its limit) is answered 503 client_overloaded at once, and
+        10 connections from it to the sni listener are reset (the count is per address, across
+        listeners); the 4 tunnels keep relaying, 127.0.0.4 still gets its tunnel, /metrics and
+        the access log count each refusal, and once the 4 tunnels close 127.0.0.3 is served
+        again."""
+        admin_port = harness.free_port()
+        sni = f"127.0.0.1:{harness.free_port()}"
+        proxy, addr = self.start_proxy("--max-connections-per-client", "4", "--allow-non-tls",
+                                       "--sni", sni, "--admin", f"127.0.0.1:{admin_port}")
+        target = f"{ECHO_NAME}:{self.echo_port}"
+        tunnels = []
+        self.addCleanup(lambda: [t.close() for t in tunnels])
+        for _ in range(4):
+            status, reason, sock = connect_from("127.0.0.3", addr, target)
+            tunnels.append(sock)
+            self.assertEqual(status, 200, reason)
+            self.assert_echoes(sock)
+
+        started = time.monotonic()
+        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+        burst = []
+        self.addCleanup(lambda: [s.close() for s in burst])
+        burst_from("127.0.0.3", addr, 40, head, burst)
+        burst_from("127.0.0.3", sni, 10, harness.client_hello(TLS_NAME), burst)
+        for t in tunnels:  # relaying while the refusals come
+            self.assert_echoes(t, b"during the burst")
+        answers = [answer(s) for s in burst]
+        elapsed = time.monotonic() - started
+        for data, how in answers[:40]:
+            self.assertTrue(data.startswith(b"HTTP/1.1 503 "), data[:80])
+            self.assertIn(b"X-Acr-Egress-Reason: client_overloaded\r\n", data)
+            self.assertIn(b"max_connections_per_client", data)
+        self.assertEqual([how for _, how in answers[40:]], ["rst"] * 10)
+        self.assertLess(elapsed, 3.0, "the burst was not refused fast")
+
+        status, reason, other = connect_from("127.0.0.4", addr, target)
+        self.addCleanup(other.close)
+        self.assertEqual(status, 200, reason)
+        self.assert_echoes(other)
+        for t in tunnels:
+            self.assert_echoes(t, b"after the burst")
+
+        refusals = proxy.wait_for_log_count(50, lambda e: e.get("reason") == "client_overloaded")
+        self.assertEqual({(e["listener"], e["phase"], e["decision"], e["client"].split(":")[0])
+                          for e in refusals},
+                         {("connect", "accept", "deny", "127.0.0.3"),
+                          ("sni", "accept", "deny", "127.0.0.3")})
+        metrics = self.scrape(admin_port)
+        self.assertEqual(metric(metrics, "acr_egress_connections_total", listener="connect",
+                                decision="deny", reason="client_overloaded"), 40, metrics)
+        self.assertEqual(metric(metrics, "acr_egress_connections_total", listener="sni",
+                                decision="deny", reason="client_overloaded"), 10, metrics)
+        self.assertEqual(metric(metrics, "acr_egress_rejected_overload_total"), 50, metrics)
+
+        clients = {"%s:%d" % t.getsockname() for t in tunnels}
+        for t in tunnels:
+            t.close()
+        proxy.wait_for_log_count(4, lambda e: e.get("client") in clients
+                                 and e.get("decision") == "allow")
+        # The slot is free once the tunnel's log line is written (Connection::finish).
+        status, reason, again = connect_from("127.0.0.3", addr, target)
+        self.addCleanup(again.close)
+        self.assertEqual(status, 200, reason)
+        self.assert_echoes(again)
+
+    def test_per_listener_limit_keeps_the_other_listener_serving(self):
+        """R4: with --max-connections-per-listener 8 (the per-client limit off, so one source can
+        fill it), 80 silent connections to the sni listener (10x) leave 8 waiting for their
+        ClientHello and the other 72 reset with listener_overloaded, while the connect listener
+        still serves curl; when the 8 leave, the sni listener serves a TLS client again."""
+        admin_port = harness.free_port()
+        connect = f"127.0.0.1:{harness.free_port()}"
+        proxy, sni = self.start_proxy("--max-connections-per-listener", "8",
+                                      "--max-connections-per-client", "0", "--connect", connect,
+                                      "--admin", f"127.0.0.1:{admin_port}", listener="sni",
+                                      port=self.tls_port)
+        flood = []
+        self.addCleanup(lambda: [s.close() for s in flood])
+        burst_from("127.0.0.3", sni, 80, b"", flood)
+        proxy.wait_for_log_count(72, lambda e: e.get("reason") == "listener_overloaded")
+
+        def reset(sock):
+            if sock.acr_reset:
+                return True
+            sock.setblocking(False)
+            try:
+                return sock.recv(1) == b""  # FIN: not expected either way
+            except ConnectionResetError:
+                return True
+            except BlockingIOError:
+                return False  # accepted: waiting for its ClientHello
+
+        self.assertEqual(sorted(reset(s) for s in flood), [False] * 8 + [True] * 72)
+        result = self.curl_ok(connect)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"sni={TLS_NAME}\n")
+        metrics = self.scrape(admin_port)
+        self.assertEqual(metric(metrics, "acr_egress_connections_total", listener="sni",
+                                decision="deny", reason="listener_overloaded"), 72, metrics)
+        self.assertIn(metric(metrics, "acr_egress_connections_total", listener="connect",
+                             decision="deny", reason="listener_overloaded"), (0, None), metrics)
+
+        for s in flood:
+            s.close()
+        proxy.wait_for_log_count(8, lambda e: e.get("listener") == "sni"
+                                 and e.get("reason") == "client_closed")
+        host, port = sni.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            tls = harness.MemoryTlsClient(s, TLS_NAME, self.certs["ca"])
+            s.sendall(tls.first_flight())
+            tls.finish_handshake()
+            self.assertTrue(tls.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").endswith(
+                f"sni={TLS_NAME}\n".encode()))
 
     # ---------------------------------------------------------------- R6, R5
 

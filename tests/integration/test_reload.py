@@ -495,6 +495,28 @@ class ReloadTest(unittest.TestCase):
         self.assertEqual(proxy.pid, proxy.pid)  # same process: no restart happened
         self.assertTrue(proxy.running())
 
+    def test_raised_per_client_limit_applies_after_sighup(self):
+        """R4: limits.max_connections_per_client raised by a reload applies to the next
+        connection: with the limit 1 and one tunnel open from 127.0.0.1, curl's CONNECT is
+        refused 503 client_overloaded; after SIGHUP with the limit 3 it gets its tunnel, and the
+        open tunnel kept relaying."""
+        config = os.path.join(self.tmp.path, "per-client.toml")
+        self.write_settings_config(config,
+                                   sections="[limits]\nmax_connections_per_client = 1\n")
+        proxy, listen = self.start_proxy(config)
+        status, _, tunnel = self.tunnel(listen, STABLE)
+        self.assertEqual(status, 200)
+        self.addCleanup(tunnel.close)
+        self.assertEqual(self.tunnel(listen, STABLE)[:2], (503, "client_overloaded"))
+        line = self.reload_and_wait(
+            proxy, lambda: self.write_settings_config(
+                config, sections="[limits]\nmax_connections_per_client = 3\n"),
+            "reloaded the policy")
+        self.assertIn("settings changed: limits.max_connections_per_client", line)
+        self.assertEqual(self.curl_connect_code(listen, STABLE), "200")
+        tunnel.sendall(b"still here")
+        self.assertEqual(harness.recv_exact(tunnel, 10), b"still here")
+
     def test_changed_head_timeout_applies_to_new_connections(self):
         """limits.head_timeout shortened by a reload closes a new silent connection after the
         new timeout, while one accepted before the reload keeps the old one."""

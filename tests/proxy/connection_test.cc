@@ -180,9 +180,14 @@ class Proxy {
     EXPECT_TRUE(used[0]);
     worker_->start(0);
   }
-  ~Proxy() {
-    worker_->drain(0ms);
-    worker_->join();
+  ~Proxy() { stop(); }
+  // Drains with deadline 0 (open connections end as shutdown) and joins the loop.
+  void stop() {
+    if (worker_ != nullptr) {
+      worker_->drain(0ms);
+      worker_->join();
+      worker_.reset();
+    }
   }
   uint16_t port() const noexcept { return port_; }
 
@@ -198,6 +203,20 @@ class Proxy {
     return false;
   }
   const ProxyStats& stats() const { return context_->stats(); }
+  const ConnectionLimits& limits() const { return context_->limits(); }
+  // Waits (up to 10 s) until no connection holds a slot of the limits.
+  bool waitForNoSlots() const {
+    const IpAddress loopback = IpAddress::v4(0x7f000001);
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (limits().active() == 0 && limits().listenerCount(0) == 0 &&
+          limits().clientCount(loopback) == 0 && limits().clients() == 0) {
+        return true;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  }
 
  private:
   uint16_t port_ = 0;
@@ -398,6 +417,114 @@ TEST(ConnectionTest, DnsFailureAnswers5xx) {
   EXPECT_TRUE(
       proxy.waitFor(ListenerKind::kConnect, Outcome::kDeny,
                     reason == "dns_timeout" ? CloseReason::kDnsTimeout : CloseReason::kDnsFailure));
+}
+
+}  // namespace
+}  // namespace acr
+
+namespace acr {
+namespace {
+
+// Every exit path gives its connection-limit slot back exactly once (THREATS R4): head timeout,
+// malformed head, denied host, client gone mid-head, dial refused, a relayed tunnel, a client
+// the client rules refuse, and the drain's abort. After each, the global, listener and client
+// counts are back to 0 (a double release would wrap them, a missing one keep them above 0).
+TEST(ConnectionTest, EveryExitPathReleasesItsSlot) {
+  EchoSink sink;
+  const uint16_t closed = closedPort();
+  Proxy proxy(ListenerKind::kConnect,
+              {"--head-timeout", "300ms", "--allow-cidr", "127.0.0.0/8", "--port",
+               std::to_string(sink.port()), "--port", std::to_string(closed), "--allow-non-tls",
+               "--max-connections-per-client", "3"});
+  int client = connectTo(proxy.port());
+  readHead(client);
+  close(client);
+  EXPECT_TRUE(proxy.waitFor(ListenerKind::kConnect, Outcome::kDeny, CloseReason::kHeadTimeout));
+  EXPECT_TRUE(proxy.waitForNoSlots()) << "head_timeout";
+
+  client = connectTo(proxy.port());
+  sendAll(client, "CONNECT nohostport HTTP/1.1\r\n\r\n");
+  readToEnd(client);
+  close(client);
+  EXPECT_TRUE(proxy.waitForNoSlots()) << "bad_port";
+
+  client = connectTo(proxy.port());
+  sendAll(client, "CONNECT denied.example:443 HTTP/1.1\r\nHost: denied.example:443\r\n\r\n");
+  readToEnd(client);
+  close(client);
+  EXPECT_TRUE(proxy.waitForNoSlots()) << "host_not_allowed";
+
+  client = connectTo(proxy.port());
+  sendAll(client, "CONNECT 127.0.0.1:443 HTTP/1.1\r\n");
+  close(client);
+  EXPECT_TRUE(
+      proxy.waitFor(ListenerKind::kConnect, Outcome::kIncomplete, CloseReason::kClientClosed));
+  EXPECT_TRUE(proxy.waitForNoSlots()) << "client_closed";
+
+  client = connectTo(proxy.port());
+  sendAll(client, connectHead(closed));
+  readToEnd(client);
+  close(client);
+  EXPECT_TRUE(proxy.waitForNoSlots()) << "upstream_refused";
+
+  client = connectTo(proxy.port());
+  sendAll(client, connectHead(sink.port()));
+  ASSERT_EQ(readHead(client), "HTTP/1.1 200 Connection established\r\n\r\n");
+  sendAll(client, "relayed");
+  shutdown(client, SHUT_WR);
+  EXPECT_EQ(readToEnd(client), "relayed");
+  close(client);
+  EXPECT_TRUE(proxy.waitForNoSlots()) << "relay";
+
+  // Open when the drain aborts them: released by the abort's finish().
+  const int open_tunnel = connectTo(proxy.port());
+  sendAll(open_tunnel, connectHead(sink.port()));
+  ASSERT_EQ(readHead(open_tunnel), "HTTP/1.1 200 Connection established\r\n\r\n");
+  const int open_head = connectTo(proxy.port());
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (proxy.limits().active() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(proxy.limits().clientCount(IpAddress::v4(0x7f000001)), 2u);
+  proxy.stop();
+  EXPECT_EQ(proxy.limits().active(), 0u);
+  EXPECT_EQ(proxy.limits().clients(), 0u);
+  close(open_tunnel);
+  close(open_head);
+
+  Proxy refusing(ListenerKind::kConnect, {"--client-cidr", "192.0.2.0/24"});
+  client = connectTo(refusing.port());
+  EXPECT_EQ(reasonHeader(readHead(client)), "client_not_allowed");
+  close(client);
+  EXPECT_TRUE(refusing.waitForNoSlots()) << "client_not_allowed";
+}
+
+// --max-connections-per-client 2: with two connections of 127.0.0.1 open the third is answered
+// 503 client_overloaded at accept, naming the limit; once one closes, the client is served again.
+TEST(ConnectionTest, PerClientLimitAnswers503) {
+  Proxy proxy(ListenerKind::kConnect, {"--max-connections-per-client", "2"});
+  const int first = connectTo(proxy.port());
+  const int second = connectTo(proxy.port());
+  const int third = connectTo(proxy.port());
+  const std::string head = readHead(third);
+  EXPECT_EQ(head.rfind("HTTP/1.1 503 ", 0), 0u) << head;
+  EXPECT_EQ(reasonHeader(head), "client_overloaded");
+  EXPECT_NE(readToEnd(third).find("max_connections_per_client"), std::string::npos);
+  close(third);
+  EXPECT_TRUE(
+      proxy.waitFor(ListenerKind::kConnect, Outcome::kDeny, CloseReason::kClientOverloaded));
+  EXPECT_EQ(proxy.limits().clientCount(IpAddress::v4(0x7f000001)), 2u);
+  close(first);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (proxy.limits().clientCount(IpAddress::v4(0x7f000001)) > 1 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  const int again = connectTo(proxy.port());
+  sendAll(again, "CONNECT nohostport HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(reasonHeader(readHead(again)), "bad_port");  // admitted: judged, not refused
+  close(again);
+  close(second);
 }
 
 }  // namespace
