@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -74,15 +75,11 @@ void readBinds(const std::string& source, const toml::node& node, PolicyConfig& 
   }
 }
 
-void readPolicy(const std::string& source, const std::string& base_directory,
-                const toml::table& table, PolicyConfig& policy) {
-  for (const auto& [key_node, node] : table) {
-    const std::string key(key_node.str());
-    const SettingRow* row = findSettingByKey("policy." + key);
-    if (row == nullptr) {
-      fail(source, node, "unknown key 'policy." + key + "'");
-    }
-    // Captures `node` by an init-capture: clang 14 cannot capture a structured binding.
+// One key of [policy] (or of a [[group]]: `row` is then one of kGroupSettings).
+void readPolicyKey(const std::string& source, const std::string& base_directory,
+                   const std::string& key, const SettingRow* row, const toml::node& node,
+                   PolicyConfig& policy) {
+  {
     auto flag = [&source, &key, &item = node] {
       const auto* value = item.as_boolean();
       if (value == nullptr) {
@@ -170,6 +167,89 @@ void readPolicy(const std::string& source, const std::string& base_directory,
   }
 }
 
+void readPolicy(const std::string& source, const std::string& base_directory,
+                const toml::table& table, PolicyConfig& policy) {
+  for (const auto& [key_node, node] : table) {
+    const std::string key(key_node.str());
+    const SettingRow* row = findSettingByKey("policy." + key);
+    if (row == nullptr) {
+      fail(source, node, "unknown key 'policy." + key + "'");
+    }
+    readPolicyKey(source, base_directory, key, row, node, policy);
+  }
+}
+
+bool validGroupName(std::string_view name) {
+  if (name.empty() || name.size() > 64) {
+    return false;
+  }
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+  });
+}
+
+// [[group]]: an array of tables, each with `name`, `clients` and any of kGroupSettings. The keys
+// that hold for every client (deny_cidrs, strict_ip, bind, ...) are refused here by name.
+void readGroups(const std::string& source, const std::string& base_directory,
+                const toml::node& node, PolicyConfig& policy) {
+  const toml::array* array = node.as_array();
+  if (array == nullptr) {
+    fail(source, node, "'group' must be an array of tables ([[group]])");
+  }
+  for (const toml::node& item : *array) {
+    const toml::table* table = item.as_table();
+    if (table == nullptr) {
+      fail(source, item, "'group' must hold tables only ([[group]])");
+    }
+    GroupConfig group;
+    group.origin = where(source, item.source());
+    bool named = false;
+    for (const auto& [key_node, value] : *table) {
+      const std::string key(key_node.str());
+      if (key == "name") {
+        const auto* text = value.as_string();
+        if (text == nullptr || !validGroupName(text->get())) {
+          fail(source, value,
+               "'group.name' must be 1 to 64 characters of letters, digits, '_', '.' and '-'");
+        }
+        group.name = {text->get(), where(source, value.source())};
+        named = true;
+        continue;
+      }
+      if (key == "clients") {
+        group.clients = stringList(source, "group.clients", value);
+        continue;
+      }
+      const SettingRow* row = findSettingByKey("policy." + key);
+      if (row == nullptr) {
+        fail(source, value, "unknown key 'group." + key + "'");
+      }
+      if (std::find(std::begin(kGroupSettings), std::end(kGroupSettings), row->setting) ==
+          std::end(kGroupSettings)) {
+        fail(source, value,
+             "'" + key +
+                 "' holds for every client: set it in [policy], not in a [[group]] "
+                 "(a group inherits it)");
+      }
+      readPolicyKey(source, base_directory, key, row, value, group.policy);
+      if (std::find(group.given.begin(), group.given.end(), row->setting) == group.given.end()) {
+        group.given.push_back(row->setting);
+      }
+    }
+    if (!named) {
+      fail(source, item, "a [[group]] table needs a 'name'");
+    }
+    if (group.clients.empty()) {
+      fail(source, item, "group '" + group.name.text + "' needs a non-empty 'clients'");
+    }
+    if (policy.groups.size() >= kMaxGroups) {
+      fail(source, item, "too many [[group]] tables (at most " + std::to_string(kMaxGroups) + ")");
+    }
+    policy.groups.push_back(std::move(group));
+  }
+}
+
 // Whether `name` is a table of the settings table other than [policy] ("limits", "dns").
 bool isSettingTable(std::string_view name) {
   for (const SettingRow& row : allSettings()) {
@@ -236,6 +316,8 @@ Config parseConfigText(std::string_view text, const std::string& source,
         fail(source, node, "'policy' must be a table ([policy])");
       }
       readPolicy(source, base_directory, *table, config.policy);
+    } else if (key == "group") {
+      readGroups(source, base_directory, node, config.policy);
     } else if (isSettingTable(key)) {
       const toml::table* table = node.as_table();
       if (table == nullptr) {
@@ -279,6 +361,7 @@ void mergeConfig(Config& base, const Config& extra) {
   append(to.presets, from.presets);
   append(to.client_cidrs, from.client_cidrs);
   to.binds.insert(to.binds.end(), from.binds.begin(), from.binds.end());
+  to.groups.insert(to.groups.end(), from.groups.begin(), from.groups.end());
   if (from.service_tags_file) {
     to.service_tags_file = from.service_tags_file;
   }

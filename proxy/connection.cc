@@ -653,9 +653,7 @@ Connection::Step Connection::doConnect(Event event) {
   }
 }
 
-bool Connection::viaUpstreamProxy() const noexcept {
-  return settings_->upstream_proxy.has_value();
-}
+bool Connection::viaUpstreamProxy() const noexcept { return settings_->upstream_proxy.has_value(); }
 
 void Connection::dialUpstreamProxy() {
   const ProxySettings& settings = *settings_;
@@ -1123,13 +1121,22 @@ void Connection::finish(std::string_view closed_by, bool reset) {
 // Revoke on reload (THREATS F14). Kept apart from the state handlers: it only reads the state and
 // ends through end()/finish() like any other refusal.
 
-void Connection::rejudge(std::shared_ptr<const Policy> policy) {
+void Connection::setGroup(const ActivePolicy& active, uint32_t group) {
+  record_.group = group == Policy::kNoGroup ? std::string_view()
+                                            : std::string_view(active.policy->groups()[group].name);
+  record_.group_series = active.seriesOf(group);
+}
+
+void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
+  const IpAddress client = toIpAddress(peer_);
+  const Policy::ClientChoice choice = active->policy->chooseClient(client);
+  // The new snapshot's policy for this client: its group's, or the top-level one.
+  std::shared_ptr<const Policy> policy = active->judging(choice);
   if (state_ == State::kRefuse || state_ == State::kClosed || policy == policy_) {
     return;
   }
   if (state_ != State::kReadHead && state_ != State::kReadHello) {
     // Already let through: judged again by what it was let through for.
-    const IpAddress client = toIpAddress(peer_);
     std::optional<IpAddress> dialled;
     if (viaUpstreamProxy()) {
       // upstream_remote_ is the upstream proxy: only a transparent destination was judged.
@@ -1139,7 +1146,7 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
     } else if (state_ == State::kRelay || state_ == State::kTunnelHello) {
       dialled = toIpAddress(upstream_remote_);
     }
-    Decision decision = policy->decideClient(client);
+    Decision decision = choice.decision;
     DecisionSubject subject{"", client, 0};
     if (decision.allowed()) {
       if (!host_.empty()) {
@@ -1180,6 +1187,9 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
     }
   }
   replaced_policy_ = std::exchange(policy_, std::move(policy));
+  if (choice.decision.allowed()) {
+    setGroup(*active, choice.group);
+  }
 }
 
 }  // namespace acr

@@ -18,6 +18,7 @@
 #include "filters/connect_request_parser.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/active_policy.h"
 #include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/relay.h"
@@ -81,7 +82,12 @@ class Connection final : private Relay::Observer {
   // connect, tunnel_hello, relay) is judged again by it (client, target, dialled address) and
   // closed with reason `revoked` if it now denies it (connect listener before the 200: 403), else
   // continues under `policy`.
-  void rejudge(std::shared_ptr<const Policy> policy);
+  // The client's group in `active` is chosen again (a reload may move the client to another
+  // group, or refuse it): the connection continues under that group's policy.
+  void rejudge(const std::shared_ptr<const ActivePolicy>& active);
+  // Before start(): the client group `group` of `active` (Policy::kNoGroup: the top-level policy)
+  // judges this connection; its log line and the group metrics name it.
+  void setGroup(const ActivePolicy& active, uint32_t group);
   State state() const noexcept { return state_; }
 
  private:
