@@ -1,0 +1,193 @@
+"""Client groups ([[group]], issue 11 section 1) against real clients.
+
+One acr-egress, configured by a file, serves the class on a connect listener on 127.0.0.1 with two
+groups: "build" (127.0.0.3/32) reaches buildreg.azurecr.io and basereg.azurecr.io, "device"
+(127.0.0.4/31) only devicereg.westeurope.data.azurecr.io; there is no client_cidrs, so any other
+client is refused. dnsmasq resolves the three names to a TLS server on 127.0.0.2. Clients pick
+their source address among the loopback addresses (curl --interface), so one machine plays the
+two subnets and an outsider.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import unittest
+
+import harness
+
+BUILDREG, BASEREG = "buildreg.azurecr.io", "basereg.azurecr.io"
+DEVICEREG = "devicereg.westeurope.data.azurecr.io"
+TLS_IP = "127.0.0.2"
+BUILD, DEVICE, DEVICE_TOO, OUTSIDER = "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
+
+
+def config_text(port, groups):
+    return ("[policy]\n"
+            "registries = []\n"                       # inherited: no name outside a group
+            f'allow_cidrs = ["{TLS_IP}/32"]\n'         # inherited: the upstream's address
+            f"ports = [{port}]\n" + groups)
+
+
+GROUPS = ('[[group]]\nname = "build"\nclients = ["127.0.0.3/32"]\n'
+          'registries = ["buildreg", "basereg"]\n'
+          '[[group]]\nname = "device"\nclients = ["127.0.0.4/31"]\n'
+          'registries = ["devicereg"]\nregions = ["westeurope"]\n')
+# The reload: 127.0.0.5 leaves "device" for a new group "lab", which reaches basereg only.
+GROUPS_RELOADED = ('[[group]]\nname = "build"\nclients = ["127.0.0.3/32"]\n'
+                   'registries = ["buildreg", "basereg"]\n'
+                   '[[group]]\nname = "device"\nclients = ["127.0.0.4/32"]\n'
+                   'registries = ["devicereg"]\nregions = ["westeurope"]\n'
+                   '[[group]]\nname = "lab"\nclients = ["127.0.0.5/32"]\n'
+                   'registries = ["basereg"]\n')
+
+
+class ClientGroupsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        harness.isolate_in_netns(cls)
+        cls.tmp = harness.TempDir()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        names = [BUILDREG, BASEREG, DEVICEREG]
+        cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"), names, [TLS_IP])
+        cls.port = harness.common_free_port([TLS_IP])
+        cls.tls = harness.TlsServer(TLS_IP, cls.port, cls.certs["cert"], cls.certs["key"],
+                                    handler="http")
+        cls.addClassCleanup(cls.tls.stop)
+        cls.dns = harness.Dnsmasq({name: [TLS_IP] for name in names})
+        cls.dns.start()
+        cls.addClassCleanup(cls.dns.stop)
+        cls.config = os.path.join(cls.tmp.path, "acr-egress.toml")
+        with open(cls.config, "w") as f:
+            f.write(config_text(cls.port, GROUPS))
+        cls.proxy_port = harness.free_port()
+        cls.admin_port = harness.free_port()
+        cls.proxy = harness.Proxy([
+            "--config", cls.config, "--connect", f"127.0.0.1:{cls.proxy_port}",
+            "--dns-server", cls.dns.address, "--workers", "2",
+            "--admin", f"127.0.0.1:{cls.admin_port}"])
+        cls.proxy.start()
+        cls.addClassCleanup(cls.proxy.stop)
+
+    def curl_from(self, source, name):
+        """A real curl through the connect listener from `source` to `name`; returns (CONNECT
+        status, curl's stderr)."""
+        result = harness.curl("--interface", source, "-x", f"http://127.0.0.1:{self.proxy_port}",
+                              "--cacert", self.certs["ca"], "-o", "/dev/null",
+                              "-w", "%{http_connect}", f"https://{name}:{self.port}/v2/")
+        return result.stdout, result.stderr
+
+    def log_of(self, source, name, since):
+        return self.proxy.wait_for_log(
+            lambda e: e.get("client", "").startswith(source + ":") and e.get("target") == name,
+            since=since)
+
+    def admin(self, path):
+        return harness.curl(f"http://127.0.0.1:{self.admin_port}{path}").stdout
+
+    def group_count(self, group, decision):
+        prefix = f'acr_egress_group_connections_total{{group="{group}",decision="{decision}"}} '
+        for line in self.admin("/metrics").splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+        return None
+
+    # Each group reaches its own registries and gets 403 host_not_allowed for the other group's;
+    # every log line names the group; the group series count them.
+    def test_each_group_reaches_its_own_registries_only(self):
+        before = {g: (self.group_count(g, "allow") or 0, self.group_count(g, "deny") or 0)
+                  for g in ("build", "device")}
+        cases = ((BUILD, "build", BUILDREG, True), (BUILD, "build", BASEREG, True),
+                 (BUILD, "build", DEVICEREG, False), (DEVICE, "device", DEVICEREG, True),
+                 (DEVICE, "device", BUILDREG, False), (DEVICE_TOO, "device", DEVICEREG, True),
+                 (DEVICE_TOO, "device", BASEREG, False))
+        for source, group, name, allowed in cases:
+            with self.subTest(source=source, name=name):
+                mark = self.proxy.log_mark()
+                status, err = self.curl_from(source, name)
+                self.assertEqual(status, "200" if allowed else "403", err)
+                entry = self.log_of(source, name, mark)
+                self.assertEqual(entry["group"], group)
+                self.assertEqual(entry["decision"], "allow" if allowed else "deny")
+                self.assertEqual(entry["reason"], "host_allowed" if allowed else "host_not_allowed")
+        self.assertEqual(self.group_count("build", "allow"), before["build"][0] + 2)
+        self.assertEqual(self.group_count("build", "deny"), before["build"][1] + 1)
+        self.assertEqual(self.group_count("device", "allow"), before["device"][0] + 2)
+        self.assertEqual(self.group_count("device", "deny"), before["device"][1] + 2)
+
+    # A client in no group (and no client_cidrs) is refused before any lookup, with
+    # client_not_allowed, and its log line names no group.
+    def test_client_in_no_group_is_refused(self):
+        queries = len(self.dns.queries())
+        mark = self.proxy.log_mark()
+        status, err = self.curl_from(OUTSIDER, BASEREG)
+        self.assertEqual(status, "403", err)
+        entry = self.proxy.wait_for_log(
+            lambda e: e.get("client", "").startswith(OUTSIDER + ":"), since=mark)
+        self.assertEqual(entry["reason"], "client_not_allowed")
+        self.assertNotIn("group", entry)
+        self.assertEqual(entry["message"], f"denied: client {OUTSIDER} is in no client range "
+                         "(--client-cidr or a [[group]])")
+        self.assertEqual(len(self.dns.queries()), queries, "a refused client caused a lookup")
+
+    # /policy lists the groups with their clients and their effective rules.
+    def test_policy_endpoint_lists_groups(self):
+        policy = json.loads(self.admin("/policy"))
+        groups = {g["name"]: g for g in policy["groups"]}
+        self.assertEqual(set(groups), {"build", "device"})
+        self.assertEqual(groups["device"]["clients"], ["127.0.0.4/31"])
+        patterns = {p["pattern"] for p in groups["device"]["policy"]["host_patterns"]}
+        self.assertIn(DEVICEREG, patterns)
+        self.assertNotIn(BASEREG, patterns)
+        self.assertEqual(groups["build"]["policy"]["ports"], [self.port])  # inherited
+        self.assertEqual(policy["host_patterns"], [])
+
+    # check --client judges as that client's group would, naming the group.
+    def test_check_command_names_the_group(self):
+        result = subprocess.run(
+            [harness.binary_path(), "check", "--config", self.config, "--client", DEVICE,
+             f"{DEVICEREG}:{self.port}", f"{BASEREG}:{self.port}"],
+            capture_output=True, text=True, timeout=30, env=dict(os.environ, ACR_EGRESS_CONFIG=""))
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertTrue(lines[0].startswith(f"allow {DEVICEREG}:{self.port} "), lines)
+        self.assertTrue(lines[1].startswith(f"deny {BASEREG}:{self.port} "), lines)
+        for line in lines:
+            self.assertIn(f"client {DEVICE} is in group device (client range 127.0.0.4/31)", line)
+
+    # A SIGHUP that moves 127.0.0.5 from "device" to a new group "lab" applies to the next
+    # connection; the new group gets its series and a kept group's counters continue.
+    def test_reload_moves_a_client_to_another_group(self):
+        status, err = self.curl_from(DEVICE_TOO, DEVICEREG)
+        self.assertEqual(status, "200", err)
+        device_allowed = self.group_count("device", "allow")
+        self.assertIsNone(self.group_count("lab", "allow"))
+
+        def reload(groups, count):
+            with open(self.config, "w") as f:
+                f.write(config_text(self.port, groups))
+            self.proxy.send_signal(signal.SIGHUP)
+            harness.wait_until(
+                lambda: self.proxy.stderr_text().count("reloaded the policy") >= count, 10,
+                message="the reload")
+
+        reloads = self.proxy.stderr_text().count("reloaded the policy")
+        reload(GROUPS_RELOADED, reloads + 1)
+        self.addCleanup(reload, GROUPS, reloads + 2)
+        self.assertIn("groups added: lab", self.proxy.stderr_text())
+        mark = self.proxy.log_mark()
+        status, err = self.curl_from(DEVICE_TOO, BASEREG)
+        self.assertEqual(status, "200", err)
+        self.assertEqual(self.log_of(DEVICE_TOO, BASEREG, mark)["group"], "lab")
+        status, err = self.curl_from(DEVICE_TOO, DEVICEREG)
+        self.assertEqual(status, "403", err)
+        self.assertEqual(self.group_count("lab", "allow"), 1)
+        self.assertEqual(self.group_count("lab", "deny"), 1)
+        self.assertEqual(self.group_count("device", "allow"), device_allowed)
+        status, err = self.curl_from(DEVICE, DEVICEREG)  # still in "device"
+        self.assertEqual(status, "200", err)
+        self.assertEqual(self.group_count("device", "allow"), device_allowed + 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
