@@ -144,9 +144,10 @@ report_only = true
 // bad or missing name, no clients.
 TEST(ConfigTest, GroupErrorsNameFileLineAndColumn) {
   const std::string head = "[[group]]\nname = \"build\"\nclients = [\"10.20.0.0/16\"]\n";
-  for (const char* key : {"deny_cidrs = [\"10.0.0.0/8\"]", "strict_ip = true",
-                          "client_cidrs = [\"10.0.0.0/8\"]", "service_tags_file = \"t.json\"",
-                          "bind = [{hosts = [\"a.azurecr.io\"], allow_cidrs = [\"192.0.2.0/24\"]}]"}) {
+  for (const char* key :
+       {"deny_cidrs = [\"10.0.0.0/8\"]", "strict_ip = true", "client_cidrs = [\"10.0.0.0/8\"]",
+        "service_tags_file = \"t.json\"",
+        "bind = [{hosts = [\"a.azurecr.io\"], allow_cidrs = [\"192.0.2.0/24\"]}]"}) {
     const std::string error = errorOf(head + key + "\n");
     EXPECT_TRUE(error.starts_with("acr.toml:4:")) << error;
     EXPECT_NE(error.find("set it in [policy], not in a [[group]]"), std::string::npos) << error;
@@ -155,9 +156,10 @@ TEST(ConfigTest, GroupErrorsNameFileLineAndColumn) {
   EXPECT_EQ(errorOf("[[group]]\nname = \"a b\"\nclients = [\"10.0.0.0/8\"]\n"),
             "acr.toml:2:8: 'group.name' must be 1 to 64 characters of letters, digits, '_', '.' "
             "and '-'");
-  EXPECT_EQ(errorOf("[[group]]\nname = \"" + std::string(65, 'a') + "\"\nclients = [\"10.0.0.0/8\"]\n")
-                .substr(0, 13),
-            "acr.toml:2:8:");
+  EXPECT_EQ(
+      errorOf("[[group]]\nname = \"" + std::string(65, 'a') + "\"\nclients = [\"10.0.0.0/8\"]\n")
+          .substr(0, 13),
+      "acr.toml:2:8:");
   EXPECT_EQ(errorOf("[[group]]\nclients = [\"10.0.0.0/8\"]\n"),
             "acr.toml:1:1: a [[group]] table needs a 'name'");
   EXPECT_EQ(errorOf("[[group]]\nname = \"x\"\n"),

@@ -447,12 +447,12 @@ report_only = true
 // A reload names the groups it adds and removes and what changed inside a kept one, and a client
 // moved from one group to another.
 TEST(PolicyFactoryTest, DescribesGroupChanges) {
-  const PolicySnapshot before = buildPolicy(
-      parseConfigText("[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\"]\n"
-                      "registries = [\"areg\"]\n"
-                      "[[group]]\nname = \"b\"\nclients = [\"10.2.0.0/16\"]\n",
-                      "acr.toml")
-          .policy);
+  const PolicySnapshot before =
+      buildPolicy(parseConfigText("[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\"]\n"
+                                  "registries = [\"areg\"]\n"
+                                  "[[group]]\nname = \"b\"\nclients = [\"10.2.0.0/16\"]\n",
+                                  "acr.toml")
+                      .policy);
   const PolicySnapshot after = buildPolicy(
       parseConfigText("[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\", \"10.2.0.0/16\"]\n"
                       "registries = [\"breg\"]\n"
@@ -463,8 +463,7 @@ TEST(PolicyFactoryTest, DescribesGroupChanges) {
   EXPECT_NE(change.find("client-cidr 10.2.0.0/16 (group a)"), std::string::npos) << change;
   EXPECT_NE(change.find("groups added: c"), std::string::npos) << change;
   EXPECT_NE(change.find("groups removed: b"), std::string::npos) << change;
-  EXPECT_NE(change.find("group a: rules added: host breg.azurecr.io"), std::string::npos)
-      << change;
+  EXPECT_NE(change.find("group a: rules added: host breg.azurecr.io"), std::string::npos) << change;
   EXPECT_EQ(describePolicyChange(after, after), "no change");
 }
 

@@ -265,8 +265,8 @@ TEST(ProxySettingsTest, NonLoopbackListenerNeedsAClientRule) {
   EXPECT_EQ(exposure({"--config", path, "--client-cidr", "10.20.0.0/16"}), "");
   std::remove(path);
   // A [[group]]'s clients are client rules too: whoever is in no group is refused.
-  Config grouped = parseConfigText(
-      text + "[[group]]\nname = \"lan\"\nclients = [\"10.20.0.0/16\"]\n", "g.toml");
+  Config grouped =
+      parseConfigText(text + "[[group]]\nname = \"lan\"\nclients = [\"10.20.0.0/16\"]\n", "g.toml");
   EXPECT_NO_THROW(checkListenerExposure(grouped));
 }
 

@@ -581,11 +581,12 @@ TEST(PolicyTest, ClientGroupsTakeTheMostSpecificRange) {
     const Policy::ClientChoice choice = policy->chooseClient(*IpAddress::parse(c.client));
     ASSERT_TRUE(choice.decision.allowed()) << c.label;
     EXPECT_EQ(choice.group, c.group) << c.label;
-    EXPECT_EQ(choice.policy, c.group == Policy::kNoGroup ? policy.get()
-                                                         : policy->groups()[c.group].policy.get())
+    EXPECT_EQ(choice.policy,
+              c.group == Policy::kNoGroup ? policy.get() : policy->groups()[c.group].policy.get())
         << c.label;
     for (const char* host : hosts) {
-      EXPECT_EQ(choice.policy->decide(host, 443).allowed(), std::string_view(host) == c.allowed_host)
+      EXPECT_EQ(choice.policy->decide(host, 443).allowed(),
+                std::string_view(host) == c.allowed_host)
           << c.label << " " << host;
     }
   }
