@@ -11,6 +11,7 @@ two subnets and an outsider.
 import json
 import os
 import signal
+import socket
 import subprocess
 import unittest
 
@@ -26,7 +27,8 @@ def config_text(port, groups):
     return ("[policy]\n"
             "registries = []\n"                       # inherited: no name outside a group
             f'allow_cidrs = ["{TLS_IP}/32"]\n'         # inherited: the upstream's address
-            f"ports = [{port}]\n" + groups)
+            f"ports = [{port}]\n"
+            "revoke_on_reload = true\n" + groups)
 
 
 GROUPS = ('[[group]]\nname = "build"\nclients = ["127.0.0.3/32"]\n'
@@ -81,6 +83,26 @@ class ClientGroupsTest(unittest.TestCase):
         return self.proxy.wait_for_log(
             lambda e: e.get("client", "").startswith(source + ":") and e.get("target") == name,
             since=since)
+
+    def relaying_tunnel(self, source, name):
+        """A tunnel from `source` to `name` through the connect listener, relaying: the CONNECT
+        answered 200 and a real ClientHello answered by the upstream's first TLS record."""
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind((source, 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", self.proxy_port))
+        sock.sendall(f"CONNECT {name}:{self.port} HTTP/1.1\r\nHost: {name}:{self.port}\r\n\r\n"
+                     .encode())
+        head = b""
+        for _ in range(64):
+            if b"\r\n\r\n" in head:
+                break
+            head += sock.recv(1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        sock.sendall(harness.client_hello(name))
+        self.assertEqual(sock.recv(1), b"\x16", "no TLS record from the upstream")
+        return sock
 
     def admin(self, path):
         return harness.curl(f"http://127.0.0.1:{self.admin_port}{path}").stdout
@@ -156,12 +178,18 @@ class ClientGroupsTest(unittest.TestCase):
             self.assertIn(f"client {DEVICE} is in group device (client range 127.0.0.4/31)", line)
 
     # A SIGHUP that moves 127.0.0.5 from "device" to a new group "lab" applies to the next
-    # connection; the new group gets its series and a kept group's counters continue.
+    # connection; the new group gets its series and a kept group's counters continue. With
+    # revoke_on_reload, 127.0.0.5's open tunnel to devicereg is judged by "lab" and closed
+    # (revoked), while 127.0.0.4's, still in "device", carries on.
     def test_reload_moves_a_client_to_another_group(self):
         status, err = self.curl_from(DEVICE_TOO, DEVICEREG)
         self.assertEqual(status, "200", err)
         device_allowed = self.group_count("device", "allow")
         self.assertIsNone(self.group_count("lab", "allow"))
+        moved = self.relaying_tunnel(DEVICE_TOO, DEVICEREG)
+        moved_client = "%s:%d" % moved.getsockname()
+        kept = self.relaying_tunnel(DEVICE, DEVICEREG)
+        kept_client = "%s:%d" % kept.getsockname()
 
         def reload(groups, count):
             with open(self.config, "w") as f:
@@ -175,6 +203,15 @@ class ClientGroupsTest(unittest.TestCase):
         reload(GROUPS_RELOADED, reloads + 1)
         self.addCleanup(reload, GROUPS, reloads + 2)
         self.assertIn("groups added: lab", self.proxy.stderr_text())
+        self.assertIn(harness.recv_until_closed(moved, 5)[1], ("rst", "fin"))
+        entry = self.proxy.wait_for_log(lambda e: e.get("client") == moved_client)
+        self.assertEqual(entry["reason"], "revoked")
+        self.assertIn("revoked by a reload: denied: host " + DEVICEREG, entry["message"])
+        self.assertEqual(harness.recv_until_closed(kept, 1)[1], "timeout")  # still open
+        kept.close()
+        entry = self.proxy.wait_for_log(lambda e: e.get("client") == kept_client)
+        self.assertEqual((entry["reason"], entry["group"]), ("host_allowed", "device"))
+        device_allowed += 2  # the two tunnels, relayed
         mark = self.proxy.log_mark()
         status, err = self.curl_from(DEVICE_TOO, BASEREG)
         self.assertEqual(status, "200", err)
