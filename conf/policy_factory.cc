@@ -556,7 +556,7 @@ std::string describePolicyChange(const PolicySnapshot& before, const PolicySnaps
       if (old_group.name == group.name) {
         const std::string change = describePolicyChange(*old_group.snapshot, *group.snapshot);
         if (change != "no change") {
-          out += (out.empty() ? "group " : "; group ") + group.name + ": " + change;
+          out += (out.empty() ? "group " : "; group ") + group.name + " (" + change + ")";
         }
       }
     }

@@ -52,7 +52,9 @@ struct PolicySnapshot {
 
 // What changed from `before` to `after`, in one line for the reload log: rules, ports and tags
 // added or removed, allowed prefixes added/removed (counts and the first few), strict-ip, and the
-// service-tags changeNumber old -> new. "no change" when the two are equivalent.
+// service-tags changeNumber old -> new, groups added or removed and, for a kept group, its own
+// change in parentheses ("group build (rules added: ...)"). "no change" when the two are
+// equivalent.
 std::string describePolicyChange(const PolicySnapshot& before, const PolicySnapshot& after);
 
 // Validates every value of `config` and builds the policy, loading the service-tags file if one
