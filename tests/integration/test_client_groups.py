@@ -5,7 +5,8 @@ groups: "build" (127.0.0.3/32) reaches buildreg.azurecr.io and basereg.azurecr.i
 (127.0.0.4/31) only devicereg.westeurope.data.azurecr.io; there is no client_cidrs, so any other
 client is refused. dnsmasq resolves the three names to a TLS server on 127.0.0.2. Clients pick
 their source address among the loopback addresses (curl --interface), so one machine plays the
-two subnets and an outsider.
+two subnets and an outsider. An sni listener on 127.0.0.8 shows that the SNI is judged by the
+group's policy too.
 """
 
 import json
@@ -19,7 +20,7 @@ import harness
 
 BUILDREG, BASEREG = "buildreg.azurecr.io", "basereg.azurecr.io"
 DEVICEREG = "devicereg.westeurope.data.azurecr.io"
-TLS_IP = "127.0.0.2"
+TLS_IP, SNI_IP = "127.0.0.2", "127.0.0.8"
 BUILD, DEVICE, DEVICE_TOO, OUTSIDER = "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
 
 
@@ -52,7 +53,7 @@ class ClientGroupsTest(unittest.TestCase):
         cls.addClassCleanup(cls.tmp.cleanup)
         names = [BUILDREG, BASEREG, DEVICEREG]
         cls.certs = harness.make_ca_and_cert(os.path.join(cls.tmp.path, "pki"), names, [TLS_IP])
-        cls.port = harness.common_free_port([TLS_IP])
+        cls.port = harness.common_free_port([TLS_IP, SNI_IP])
         cls.tls = harness.TlsServer(TLS_IP, cls.port, cls.certs["cert"], cls.certs["key"],
                                     handler="http")
         cls.addClassCleanup(cls.tls.stop)
@@ -66,6 +67,7 @@ class ClientGroupsTest(unittest.TestCase):
         cls.admin_port = harness.free_port()
         cls.proxy = harness.Proxy([
             "--config", cls.config, "--connect", f"127.0.0.1:{cls.proxy_port}",
+            "--sni", f"{SNI_IP}:{cls.port}",
             "--dns-server", cls.dns.address, "--workers", "2",
             "--admin", f"127.0.0.1:{cls.admin_port}"])
         cls.proxy.start()
@@ -136,6 +138,27 @@ class ClientGroupsTest(unittest.TestCase):
         self.assertEqual(self.group_count("build", "deny"), before["build"][1] + 1)
         self.assertEqual(self.group_count("device", "allow"), before["device"][0] + 2)
         self.assertEqual(self.group_count("device", "deny"), before["device"][1] + 2)
+
+    # The sni listener judges the SNI by the client's group too: build's ClientHello for
+    # buildreg reaches the upstream, its ClientHello for devicereg is refused (host_not_allowed).
+    def test_sni_listener_uses_the_group_policy(self):
+        for name, allowed in ((BUILDREG, True), (DEVICEREG, False)):
+            with self.subTest(name=name):
+                sock = socket.socket()
+                self.addCleanup(sock.close)
+                sock.bind((BUILD, 0))
+                sock.settimeout(10)
+                client = "%s:%d" % sock.getsockname()
+                sock.connect((SNI_IP, self.port))
+                sock.sendall(harness.client_hello(name))
+                if allowed:
+                    self.assertEqual(sock.recv(1), b"\x16", "no TLS record from the upstream")
+                    sock.close()
+                else:
+                    self.assertIn(harness.recv_until_closed(sock, 5)[1], ("rst", "fin"))
+                entry = self.proxy.wait_for_log(lambda e: e.get("client") == client)
+                self.assertEqual((entry["listener"], entry["group"]), ("sni", "build"))
+                self.assertEqual(entry["reason"], "host_allowed" if allowed else "host_not_allowed")
 
     # A client in no group (and no client_cidrs) is refused before any lookup, with
     # client_not_allowed, and its log line names no group.
