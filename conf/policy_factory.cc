@@ -266,7 +266,14 @@ PolicyConfig groupConfig(const PolicyConfig& top, const GroupConfig& group) {
         (setting == Setting::kRegistries ? config.registries : config.allow_hosts) =
             setting == Setting::kRegistries ? own.registries : own.allow_hosts;
         // A host list given in the group, even an empty one: the default patterns never apply.
+        // config.cc wrote its origin as "FILE:L:C (policy.KEY)"; it is the group's key.
         config.host_list_origin = own.host_list_origin;
+        if (config.host_list_origin) {
+          const size_t at = config.host_list_origin->find("(policy.");
+          if (at != std::string::npos) {
+            config.host_list_origin->replace(at, 8, "(group " + group.name.text + " ");
+          }
+        }
         break;
       case Setting::kRegions:
         config.regions = own.regions;

@@ -372,6 +372,11 @@ ports = [5671]
       "[[group]]\nname = \"g\"\nclients = [\"10.0.0.0/8\"]\nports = [443]\n", "d.toml");
   const PolicySnapshot inherited = buildPolicy(defaults.policy);
   EXPECT_TRUE(inherited.groups[0].snapshot->policy->decide("x.azurecr.io", 443).allowed());
+  // An explicitly empty host list in a group is named as the group's.
+  const Config empty = parseConfigText(
+      "[[group]]\nname = \"g\"\nclients = [\"10.0.0.0/8\"]\nallow_hosts = []\n", "e.toml");
+  EXPECT_EQ(buildPolicy(empty.policy).groups[0].snapshot->empty_host_list_origin,
+            std::optional<std::string>("e.toml:4:15 (group g allow_hosts)"));
   // --check-config's summary lists the groups, their clients and their own rules.
   const std::string summary = snapshot.summary();
   EXPECT_NE(summary.find("group build    (acr.toml:7:1)\n  clients: 10.20.0.0/16\n"),
