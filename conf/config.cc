@@ -79,91 +79,89 @@ void readBinds(const std::string& source, const toml::node& node, PolicyConfig& 
 void readPolicyKey(const std::string& source, const std::string& base_directory,
                    const std::string& key, const SettingRow* row, const toml::node& node,
                    PolicyConfig& policy) {
-  {
-    auto flag = [&source, &key, &item = node] {
-      const auto* value = item.as_boolean();
-      if (value == nullptr) {
-        fail(source, item, "'" + key + "' must be true or false");
-      }
-      return value->get();
-    };
-    switch (row->setting) {
-      case Setting::kRegistries:
-      case Setting::kAllowHosts:
-        (row->setting == Setting::kRegistries ? policy.registries : policy.allow_hosts) =
-            stringList(source, key, node);
-        if (!policy.host_list_origin) {
-          policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
-        }
-        break;
-      case Setting::kRegions:
-        policy.regions = stringList(source, key, node);
-        break;
-      case Setting::kAllowCidrs:
-        policy.allow_cidrs = stringList(source, key, node);
-        break;
-      case Setting::kDenyCidrs:
-        policy.deny_cidrs = stringList(source, key, node);
-        break;
-      case Setting::kServiceTags:
-        policy.service_tags = stringList(source, key, node);
-        break;
-      case Setting::kPresets:
-        policy.presets = stringList(source, key, node);
-        break;
-      case Setting::kClientCidrs:
-        policy.client_cidrs = stringList(source, key, node);
-        break;
-      case Setting::kBindHostTags:
-        readBinds(source, node, policy);
-        break;
-      case Setting::kReportOnly:
-        policy.report_only = flag();
-        break;
-      case Setting::kRevokeOnReload:
-        policy.revoke_on_reload = flag();
-        break;
-      case Setting::kStrictIp:
-        policy.strict_ip = flag();
-        break;
-      case Setting::kDenyEch: {
-        const auto* text = node.as_string();
-        if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
-          fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
-        }
-        policy.deny_ech = text->get() == "deny";
-        break;
-      }
-      case Setting::kServiceTagsFile: {
-        const auto* text = node.as_string();
-        if (text == nullptr || text->get().empty()) {
-          fail(source, node, "'service_tags_file' must be a non-empty string");
-        }
-        std::filesystem::path path(text->get());
-        if (path.is_relative() && !base_directory.empty()) {
-          path = std::filesystem::path(base_directory) / path;
-        }
-        policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
-        break;
-      }
-      case Setting::kPorts: {
-        const toml::array* array = node.as_array();
-        if (array == nullptr) {
-          fail(source, node, "'ports' must be an array of integers");
-        }
-        policy.ports.clear();
-        for (const toml::node& item : *array) {
-          const auto* number = item.as_integer();
-          if (number == nullptr) {
-            fail(source, item, "'ports' must hold integers only");
-          }
-          policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
-        }
-        break;
-      }
-      default:  // a row of another table: its key does not start with "policy."
-        fail(source, node, "unknown key 'policy." + key + "'");
+  auto flag = [&source, &key, &node] {
+    const auto* value = node.as_boolean();
+    if (value == nullptr) {
+      fail(source, node, "'" + key + "' must be true or false");
     }
+    return value->get();
+  };
+  switch (row->setting) {
+    case Setting::kRegistries:
+    case Setting::kAllowHosts:
+      (row->setting == Setting::kRegistries ? policy.registries : policy.allow_hosts) =
+          stringList(source, key, node);
+      if (!policy.host_list_origin) {
+        policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
+      }
+      break;
+    case Setting::kRegions:
+      policy.regions = stringList(source, key, node);
+      break;
+    case Setting::kAllowCidrs:
+      policy.allow_cidrs = stringList(source, key, node);
+      break;
+    case Setting::kDenyCidrs:
+      policy.deny_cidrs = stringList(source, key, node);
+      break;
+    case Setting::kServiceTags:
+      policy.service_tags = stringList(source, key, node);
+      break;
+    case Setting::kPresets:
+      policy.presets = stringList(source, key, node);
+      break;
+    case Setting::kClientCidrs:
+      policy.client_cidrs = stringList(source, key, node);
+      break;
+    case Setting::kBindHostTags:
+      readBinds(source, node, policy);
+      break;
+    case Setting::kReportOnly:
+      policy.report_only = flag();
+      break;
+    case Setting::kRevokeOnReload:
+      policy.revoke_on_reload = flag();
+      break;
+    case Setting::kStrictIp:
+      policy.strict_ip = flag();
+      break;
+    case Setting::kDenyEch: {
+      const auto* text = node.as_string();
+      if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
+        fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
+      }
+      policy.deny_ech = text->get() == "deny";
+      break;
+    }
+    case Setting::kServiceTagsFile: {
+      const auto* text = node.as_string();
+      if (text == nullptr || text->get().empty()) {
+        fail(source, node, "'service_tags_file' must be a non-empty string");
+      }
+      std::filesystem::path path(text->get());
+      if (path.is_relative() && !base_directory.empty()) {
+        path = std::filesystem::path(base_directory) / path;
+      }
+      policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
+      break;
+    }
+    case Setting::kPorts: {
+      const toml::array* array = node.as_array();
+      if (array == nullptr) {
+        fail(source, node, "'ports' must be an array of integers");
+      }
+      policy.ports.clear();
+      for (const toml::node& item : *array) {
+        const auto* number = item.as_integer();
+        if (number == nullptr) {
+          fail(source, item, "'ports' must hold integers only");
+        }
+        policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
+      }
+      break;
+    }
+    default:  // a row of another table: its key does not start with "policy."
+      fail(source, node, "unknown key 'policy." + key + "'");
   }
 }
 

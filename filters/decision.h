@@ -15,7 +15,7 @@ struct Rule {
     kServiceTag,
     kDenyCidr,
     kSpecialRange,
-    kClientCidr,   // --client-cidr: a range of clients that may use the proxy
+    kClientCidr,  // --client-cidr: a range of clients that may use the proxy
     kHostBinding,  // --bind-host-tag, [[policy.bind]]: a host pattern bound to tags and ranges
   };
   Kind kind;
@@ -35,23 +35,23 @@ enum class Verdict : uint8_t { kAllow, kDeny };
 // Why a decision went the way it did. The names (reasonName) are stable: logs, metrics labels,
 // the X-Acr-Egress-Reason header and tests all use them.
 enum class Reason : uint8_t {
-  kHostAllowed,         // "host_allowed": the name matches a host pattern
-  kAddressAllowed,      // "address_allowed": the address is in --allow-cidr or a service tag
-  kAddressPublic,       // "address_public": a resolved address outside every special range
-  kInvalidHost,         // "invalid_host": not a valid host name (see HostName)
-  kHostNotAllowed,      // "host_not_allowed": no host pattern matches
-  kPortNotAllowed,      // "port_not_allowed"
-  kAddressSpecial,      // "address_special": special-purpose range, not explicitly allowed
-  kAddressNotAllowed,   // "address_not_allowed": an IP literal, or --strict-ip, outside the set
-  kAddressDenied,       // "address_denied": inside a --deny-cidr range
+  kHostAllowed,        // "host_allowed": the name matches a host pattern
+  kAddressAllowed,     // "address_allowed": the address is in --allow-cidr or a service tag
+  kAddressPublic,      // "address_public": a resolved address outside every special range
+  kInvalidHost,        // "invalid_host": not a valid host name (see HostName)
+  kHostNotAllowed,     // "host_not_allowed": no host pattern matches
+  kPortNotAllowed,     // "port_not_allowed"
+  kAddressSpecial,     // "address_special": special-purpose range, not explicitly allowed
+  kAddressNotAllowed,  // "address_not_allowed": an IP literal, or --strict-ip, outside the set
+  kAddressDenied,      // "address_denied": inside a --deny-cidr range
   kSniAddressMismatch,  // "sni_address_mismatch": a transparent destination outside the allowed
                         // set and not among the SNI's own DNS answers
   kNoSni,  // "no_sni": a ClientHello without SNI (with --allow-no-sni: and its destination is not
            // inside the allowed set; `detail` holds the address's own Reason, if one was judged)
   kEsni,   // "esni": the ClientHello offers the obsolete ESNI extension (0xffce), which hides the
            // real name from any proxy
-  kClientAllowed,     // "client_allowed": the client is in a --client-cidr range, or none is set
-  kClientNotAllowed,  // "client_not_allowed": client rules exist and none holds the client
+  kClientAllowed,       // "client_allowed": the client is in a --client-cidr range, or none is set
+  kClientNotAllowed,    // "client_not_allowed": client rules exist and none holds the client
   // "ech": the ClientHello offers ECH (0xfe0d) and the policy denies ECH (policy.ech = "deny")
   kEch,
   // "address_not_bound": the name matches a bound host pattern (--bind-host-tag, [[policy.bind]])

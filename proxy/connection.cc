@@ -653,7 +653,9 @@ Connection::Step Connection::doConnect(Event event) {
   }
 }
 
-bool Connection::viaUpstreamProxy() const noexcept { return settings_->upstream_proxy.has_value(); }
+bool Connection::viaUpstreamProxy() const noexcept {
+  return settings_->upstream_proxy.has_value();
+}
 
 void Connection::dialUpstreamProxy() {
   const ProxySettings& settings = *settings_;
