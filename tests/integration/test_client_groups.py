@@ -22,6 +22,7 @@ BUILDREG, BASEREG = "buildreg.azurecr.io", "basereg.azurecr.io"
 DEVICEREG = "devicereg.westeurope.data.azurecr.io"
 TLS_IP, SNI_IP = "127.0.0.2", "127.0.0.8"
 BUILD, DEVICE, DEVICE_TOO, OUTSIDER = "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"
+DROPPED = "127.0.0.7"  # in "build" until the reload, then in no group
 
 
 def config_text(port, groups):
@@ -32,11 +33,12 @@ def config_text(port, groups):
             "revoke_on_reload = true\n" + groups)
 
 
-GROUPS = ('[[group]]\nname = "build"\nclients = ["127.0.0.3/32"]\n'
+GROUPS = ('[[group]]\nname = "build"\nclients = ["127.0.0.3/32", "127.0.0.7/32"]\n'
           'registries = ["buildreg", "basereg"]\n'
           '[[group]]\nname = "device"\nclients = ["127.0.0.4/31"]\n'
           'registries = ["devicereg"]\nregions = ["westeurope"]\n')
-# The reload: 127.0.0.5 leaves "device" for a new group "lab", which reaches basereg only.
+# The reload: 127.0.0.5 leaves "device" for a new group "lab", which reaches basereg only;
+# 127.0.0.7 leaves "build" for no group at all.
 GROUPS_RELOADED = ('[[group]]\nname = "build"\nclients = ["127.0.0.3/32"]\n'
                    'registries = ["buildreg", "basereg"]\n'
                    '[[group]]\nname = "device"\nclients = ["127.0.0.4/32"]\n'
@@ -108,6 +110,12 @@ class ClientGroupsTest(unittest.TestCase):
 
     def admin(self, path):
         return harness.curl(f"http://127.0.0.1:{self.admin_port}{path}").stdout
+
+    def metric(self, name):
+        for line in self.admin("/metrics").splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return None
 
     def group_count(self, group, decision):
         prefix = f'acr_egress_group_connections_total{{group="{group}",decision="{decision}"}} '
@@ -213,6 +221,17 @@ class ClientGroupsTest(unittest.TestCase):
         moved_client = "%s:%d" % moved.getsockname()
         kept = self.relaying_tunnel(DEVICE, DEVICEREG)
         kept_client = "%s:%d" % kept.getsockname()
+        # A connection still reading its head from a client the reload drops from every group.
+        partial = socket.socket()
+        self.addCleanup(partial.close)
+        partial.bind((DROPPED, 0))
+        partial.settimeout(10)
+        partial.connect(("127.0.0.1", self.proxy_port))
+        partial_client = "%s:%d" % partial.getsockname()
+        partial.sendall(f"CONNECT {BUILDREG}:{self.port} HTTP/1.1\r\n".encode())
+        # Accepted (judged as a "build" client) before the reload, not after it.
+        harness.wait_until(lambda: self.metric("acr_egress_active_connections") >= 3, 5,
+                           message="three open connections")
 
         def reload(groups, count):
             with open(self.config, "w") as f:
@@ -230,6 +249,11 @@ class ClientGroupsTest(unittest.TestCase):
         entry = self.proxy.wait_for_log(lambda e: e.get("client") == moved_client)
         self.assertEqual(entry["reason"], "revoked")
         self.assertIn("revoked by a reload: denied: host " + DEVICEREG, entry["message"])
+        data, _ = harness.recv_until_closed(partial, 5)
+        self.assertTrue(data.startswith(b"HTTP/1.1 403 "), data)
+        entry = self.proxy.wait_for_log(lambda e: e.get("client") == partial_client)
+        self.assertEqual(entry["reason"], "revoked")
+        self.assertIn(f"client {DROPPED} is in no client range", entry["message"])
         self.assertEqual(harness.recv_until_closed(kept, 1)[1], "timeout")  # still open
         kept.close()
         entry = self.proxy.wait_for_log(lambda e: e.get("client") == kept_client)
