@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -74,6 +75,96 @@ void readBinds(const std::string& source, const toml::node& node, PolicyConfig& 
   }
 }
 
+// One key of [policy] (or of a [[group]]: `row` is then one of kGroupSettings).
+void readPolicyKey(const std::string& source, const std::string& base_directory,
+                   const std::string& key, const SettingRow* row, const toml::node& node,
+                   PolicyConfig& policy) {
+  auto flag = [&source, &key, &node] {
+    const auto* value = node.as_boolean();
+    if (value == nullptr) {
+      fail(source, node, "'" + key + "' must be true or false");
+    }
+    return value->get();
+  };
+  switch (row->setting) {
+    case Setting::kRegistries:
+    case Setting::kAllowHosts:
+      (row->setting == Setting::kRegistries ? policy.registries : policy.allow_hosts) =
+          stringList(source, key, node);
+      if (!policy.host_list_origin) {
+        policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
+      }
+      break;
+    case Setting::kRegions:
+      policy.regions = stringList(source, key, node);
+      break;
+    case Setting::kAllowCidrs:
+      policy.allow_cidrs = stringList(source, key, node);
+      break;
+    case Setting::kDenyCidrs:
+      policy.deny_cidrs = stringList(source, key, node);
+      break;
+    case Setting::kServiceTags:
+      policy.service_tags = stringList(source, key, node);
+      break;
+    case Setting::kPresets:
+      policy.presets = stringList(source, key, node);
+      break;
+    case Setting::kClientCidrs:
+      policy.client_cidrs = stringList(source, key, node);
+      break;
+    case Setting::kBindHostTags:
+      readBinds(source, node, policy);
+      break;
+    case Setting::kReportOnly:
+      policy.report_only = flag();
+      break;
+    case Setting::kRevokeOnReload:
+      policy.revoke_on_reload = flag();
+      break;
+    case Setting::kStrictIp:
+      policy.strict_ip = flag();
+      break;
+    case Setting::kDenyEch: {
+      const auto* text = node.as_string();
+      if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
+        fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
+      }
+      policy.deny_ech = text->get() == "deny";
+      break;
+    }
+    case Setting::kServiceTagsFile: {
+      const auto* text = node.as_string();
+      if (text == nullptr || text->get().empty()) {
+        fail(source, node, "'service_tags_file' must be a non-empty string");
+      }
+      std::filesystem::path path(text->get());
+      if (path.is_relative() && !base_directory.empty()) {
+        path = std::filesystem::path(base_directory) / path;
+      }
+      policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
+      break;
+    }
+    case Setting::kPorts: {
+      const toml::array* array = node.as_array();
+      if (array == nullptr) {
+        fail(source, node, "'ports' must be an array of integers");
+      }
+      policy.ports.clear();
+      for (const toml::node& item : *array) {
+        const auto* number = item.as_integer();
+        if (number == nullptr) {
+          fail(source, item, "'ports' must hold integers only");
+        }
+        policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
+      }
+      break;
+    }
+    default:  // a row of another table: its key does not start with "policy."
+      fail(source, node, "unknown key 'policy." + key + "'");
+  }
+}
+
 void readPolicy(const std::string& source, const std::string& base_directory,
                 const toml::table& table, PolicyConfig& policy) {
   for (const auto& [key_node, node] : table) {
@@ -82,91 +173,78 @@ void readPolicy(const std::string& source, const std::string& base_directory,
     if (row == nullptr) {
       fail(source, node, "unknown key 'policy." + key + "'");
     }
-    // Captures `node` by an init-capture: clang 14 cannot capture a structured binding.
-    auto flag = [&source, &key, &item = node] {
-      const auto* value = item.as_boolean();
-      if (value == nullptr) {
-        fail(source, item, "'" + key + "' must be true or false");
-      }
-      return value->get();
-    };
-    switch (row->setting) {
-      case Setting::kRegistries:
-      case Setting::kAllowHosts:
-        (row->setting == Setting::kRegistries ? policy.registries : policy.allow_hosts) =
-            stringList(source, key, node);
-        if (!policy.host_list_origin) {
-          policy.host_list_origin = where(source, node.source()) + " (policy." + key + ")";
-        }
-        break;
-      case Setting::kRegions:
-        policy.regions = stringList(source, key, node);
-        break;
-      case Setting::kAllowCidrs:
-        policy.allow_cidrs = stringList(source, key, node);
-        break;
-      case Setting::kDenyCidrs:
-        policy.deny_cidrs = stringList(source, key, node);
-        break;
-      case Setting::kServiceTags:
-        policy.service_tags = stringList(source, key, node);
-        break;
-      case Setting::kPresets:
-        policy.presets = stringList(source, key, node);
-        break;
-      case Setting::kClientCidrs:
-        policy.client_cidrs = stringList(source, key, node);
-        break;
-      case Setting::kBindHostTags:
-        readBinds(source, node, policy);
-        break;
-      case Setting::kReportOnly:
-        policy.report_only = flag();
-        break;
-      case Setting::kRevokeOnReload:
-        policy.revoke_on_reload = flag();
-        break;
-      case Setting::kStrictIp:
-        policy.strict_ip = flag();
-        break;
-      case Setting::kDenyEch: {
-        const auto* text = node.as_string();
-        if (text == nullptr || (text->get() != "allow_outer" && text->get() != "deny")) {
-          fail(source, node, "'ech' must be \"allow_outer\" or \"deny\"");
-        }
-        policy.deny_ech = text->get() == "deny";
-        break;
-      }
-      case Setting::kServiceTagsFile: {
-        const auto* text = node.as_string();
-        if (text == nullptr || text->get().empty()) {
-          fail(source, node, "'service_tags_file' must be a non-empty string");
-        }
-        std::filesystem::path path(text->get());
-        if (path.is_relative() && !base_directory.empty()) {
-          path = std::filesystem::path(base_directory) / path;
-        }
-        policy.service_tags_file = ConfigValue{path.string(), where(source, node.source())};
-        break;
-      }
-      case Setting::kPorts: {
-        const toml::array* array = node.as_array();
-        if (array == nullptr) {
-          fail(source, node, "'ports' must be an array of integers");
-        }
-        policy.ports.clear();
-        for (const toml::node& item : *array) {
-          const auto* number = item.as_integer();
-          if (number == nullptr) {
-            fail(source, item, "'ports' must hold integers only");
-          }
-          policy.ports.push_back({std::to_string(number->get()), where(source, item.source())});
-        }
-        break;
-      }
-      default:  // a row of another table: its key does not start with "policy."
-        fail(source, node, "unknown key 'policy." + key + "'");
+    readPolicyKey(source, base_directory, key, row, node, policy);
+  }
+}
+
+bool validGroupName(std::string_view name) {
+  if (name.empty() || name.size() > 64) {
+    return false;
+  }
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+  });
+}
+
+// [[group]]: an array of tables, each with `name`, `clients` and any of kGroupSettings. The keys
+// that hold for every client (deny_cidrs, strict_ip, bind, ...) are refused here by name.
+void readGroups(const std::string& source, const std::string& base_directory,
+                const toml::node& node, PolicyConfig& policy) {
+  const toml::array* array = node.as_array();
+  if (array == nullptr) {
+    fail(source, node, "'group' must be an array of tables ([[group]])");
+  }
+  for (const toml::node& item : *array) {
+    const toml::table* table = item.as_table();
+    if (table == nullptr) {
+      fail(source, item, "'group' must hold tables only ([[group]])");
     }
+    GroupConfig group;
+    group.origin = where(source, item.source());
+    bool named = false;
+    for (const auto& [key_node, value] : *table) {
+      const std::string key(key_node.str());
+      if (key == "name") {
+        const auto* text = value.as_string();
+        if (text == nullptr || !validGroupName(text->get())) {
+          fail(source, value,
+               "'group.name' must be 1 to 64 characters of letters, digits, '_', '.' and '-'");
+        }
+        group.name = {text->get(), where(source, value.source())};
+        named = true;
+        continue;
+      }
+      if (key == "clients") {
+        group.clients = stringList(source, "group.clients", value);
+        continue;
+      }
+      const SettingRow* row = findSettingByKey("policy." + key);
+      if (row == nullptr) {
+        fail(source, value, "unknown key 'group." + key + "'");
+      }
+      if (std::find(std::begin(kGroupSettings), std::end(kGroupSettings), row->setting) ==
+          std::end(kGroupSettings)) {
+        fail(source, value,
+             "'" + key +
+                 "' holds for every client: set it in [policy], not in a [[group]] "
+                 "(a group inherits it)");
+      }
+      readPolicyKey(source, base_directory, key, row, value, group.policy);
+      if (std::find(group.given.begin(), group.given.end(), row->setting) == group.given.end()) {
+        group.given.push_back(row->setting);
+      }
+    }
+    if (!named) {
+      fail(source, item, "a [[group]] table needs a 'name'");
+    }
+    if (group.clients.empty()) {
+      fail(source, item, "group '" + group.name.text + "' needs a non-empty 'clients'");
+    }
+    if (policy.groups.size() >= kMaxGroups) {
+      fail(source, item, "too many [[group]] tables (at most " + std::to_string(kMaxGroups) + ")");
+    }
+    policy.groups.push_back(std::move(group));
   }
 }
 
@@ -236,6 +314,8 @@ Config parseConfigText(std::string_view text, const std::string& source,
         fail(source, node, "'policy' must be a table ([policy])");
       }
       readPolicy(source, base_directory, *table, config.policy);
+    } else if (key == "group") {
+      readGroups(source, base_directory, node, config.policy);
     } else if (isSettingTable(key)) {
       const toml::table* table = node.as_table();
       if (table == nullptr) {
@@ -279,6 +359,7 @@ void mergeConfig(Config& base, const Config& extra) {
   append(to.presets, from.presets);
   append(to.client_cidrs, from.client_cidrs);
   to.binds.insert(to.binds.end(), from.binds.begin(), from.binds.end());
+  to.groups.insert(to.groups.end(), from.groups.begin(), from.groups.end());
   if (from.service_tags_file) {
     to.service_tags_file = from.service_tags_file;
   }

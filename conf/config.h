@@ -34,6 +34,8 @@ struct BindConfig {
   std::string origin;  // "--bind-host-tag" or the [[policy.bind]] table's file:line:column
 };
 
+struct GroupConfig;
+
 // The policy settings exactly as given; conf/policy_factory validates them into a Policy.
 struct PolicyConfig {
   std::vector<ConfigValue> registries;
@@ -56,7 +58,25 @@ struct PolicyConfig {
   bool deny_ech = false;  // --deny-ech, policy.ech = "deny" ("allow_outer": the default)
   std::vector<ConfigValue> client_cidrs;  // who may use the proxy; empty: see checkListenerExposure
   std::vector<BindConfig> binds;          // address binding, in the order given
+  std::vector<GroupConfig> groups;        // [[group]], in the order given (top-level only)
 };
+
+// One client group ([[group]], docs/policy.md "Client groups"): clients in `clients` are judged by
+// the top-level policy with the keys in `given` replaced by the group's values in `policy`.
+struct GroupConfig {
+  ConfigValue name;
+  std::vector<ConfigValue> clients;
+  PolicyConfig policy;         // only the keys in `given` are meaningful
+  std::vector<Setting> given;  // the policy keys the group sets (kGroupSettings only)
+  std::string origin;          // the [[group]] table's file:line:column
+};
+
+// The policy keys a group may set; every other one holds for all clients and stays in [policy].
+inline constexpr Setting kGroupSettings[] = {
+    Setting::kRegistries,  Setting::kRegions,    Setting::kAllowHosts, Setting::kPresets,
+    Setting::kServiceTags, Setting::kAllowCidrs, Setting::kPorts,      Setting::kReportOnly,
+};
+inline constexpr size_t kMaxGroups = 256;
 
 // Every other setting, keyed by its row of the settings table (conf/settings_table.h);
 // conf/proxy_settings validates and types them. Repeatable settings hold several values, the

@@ -1,6 +1,7 @@
 #include "conf/policy_factory.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include "conf/presets.h"
@@ -46,7 +47,18 @@ Cidr parseCidr(const ConfigValue& value) {
 
 }  // namespace
 
-PolicySnapshot buildPolicy(const PolicyConfig& config) {
+namespace {
+
+// One group, built already: its configuration and its snapshot.
+struct BuiltGroup {
+  const GroupConfig* config;
+  std::shared_ptr<const PolicySnapshot> snapshot;
+};
+
+// The policy of `config` with `tags` (loaded from config.service_tags_file, or null) and, for the
+// top-level policy, the groups built already.
+PolicySnapshot buildOne(const PolicyConfig& config, const ServiceTags* tags,
+                        const std::vector<BuiltGroup>& groups) {
   Policy::Builder builder;
   PolicySnapshot snapshot;
   auto addPattern = [&](const std::string& pattern, const std::string& origin,
@@ -135,6 +147,16 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
   for (const ConfigValue& cidr : config.client_cidrs) {
     builder.addClientCidr(parseCidr(cidr), cidr.origin);
   }
+  for (const BuiltGroup& group : groups) {
+    const uint32_t index = builder.addGroup(group.config->name.text, group.snapshot->policy);
+    PolicySnapshot::Group entry{group.config->name.text, group.config->origin, {}, group.snapshot};
+    for (const ConfigValue& cidr : group.config->clients) {
+      const Cidr parsed = parseCidr(cidr);
+      builder.addClientCidr(parsed, cidr.origin, index);
+      entry.clients.push_back(parsed.toString());
+    }
+    snapshot.groups.push_back(std::move(entry));
+  }
   builder.setStrictIp(config.strict_ip);
   builder.setReportOnly(config.report_only);
   builder.setRevokeOnReload(config.revoke_on_reload);
@@ -144,9 +166,8 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
          "service tag '" + config.service_tags.front().text +
              "' needs a service-tags file (--service-tags FILE or policy.service_tags_file)");
   }
-  std::optional<ServiceTags> tags;
   // The tag `name` names, or a ConfigError with the closest names.
-  auto findTag = [&tags](const ConfigValue& name) -> const ServiceTag& {
+  auto findTag = [tags](const ConfigValue& name) -> const ServiceTag& {
     const ServiceTag* tag = tags->find(name.text);
     if (tag == nullptr) {
       std::string hint;
@@ -158,8 +179,7 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     }
     return *tag;
   };
-  if (config.service_tags_file) {
-    tags = ServiceTags::load(config.service_tags_file->text);
+  if (tags != nullptr) {
     snapshot.service_tags_change_number = tags->changeNumber();
     snapshot.service_tags_path = config.service_tags_file->text;
     for (const ConfigValue& name : config.service_tags) {
@@ -177,7 +197,7 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
     std::vector<Cidr> ranges;
     std::string bound_to;
     for (const ConfigValue& name : bind.service_tags) {
-      if (!tags) {
+      if (tags == nullptr) {
         fail(name, "service tag '" + name.text +
                        "' of a binding needs a service-tags file (--service-tags FILE or "
                        "policy.service_tags_file)");
@@ -211,8 +231,9 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
                                   "(--registry NAME) or your own accounts' names");
     }
     if (rule.kind == Rule::Kind::kClientCidr && rule.text.ends_with("/0")) {
-      snapshot.warnings.push_back("client rule " + rule.text + " (" + rule.origin +
-                                  ") admits everyone who can reach a listener");
+      snapshot.warnings.push_back(
+          (rule.group.empty() ? std::string() : "group " + rule.group + ": ") + "client rule " +
+          rule.text + " (" + rule.origin + ") admits everyone who can reach a listener");
     }
   }
   if (snapshot.policy->reportOnly()) {
@@ -220,7 +241,115 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
         "REPORT-ONLY: enforcement is OFF: denials by host, port and address-set rules are "
         "logged (would_deny) and let through");
   }
+  // A group's own findings, unless the top-level policy has the same one (an inherited rule).
+  for (const BuiltGroup& group : groups) {
+    for (const std::string& warning : group.snapshot->warnings) {
+      if (std::find(snapshot.warnings.begin(), snapshot.warnings.end(), warning) ==
+          snapshot.warnings.end()) {
+        snapshot.warnings.push_back("group " + group.config->name.text + ": " + warning);
+      }
+    }
+  }
   return snapshot;
+}
+
+// The configuration of `group`: the top-level one with the keys the group sets replaced.
+PolicyConfig groupConfig(const PolicyConfig& top, const GroupConfig& group) {
+  PolicyConfig config = top;
+  config.groups.clear();
+  config.client_cidrs.clear();
+  const PolicyConfig& own = group.policy;
+  for (const Setting setting : group.given) {
+    switch (setting) {
+      case Setting::kRegistries:
+      case Setting::kAllowHosts:
+        (setting == Setting::kRegistries ? config.registries : config.allow_hosts) =
+            setting == Setting::kRegistries ? own.registries : own.allow_hosts;
+        // A host list given in the group, even an empty one: the default patterns never apply.
+        // config.cc wrote its origin as "FILE:L:C (policy.KEY)"; it is the group's key.
+        config.host_list_origin = own.host_list_origin;
+        if (config.host_list_origin) {
+          const size_t at = config.host_list_origin->find("(policy.");
+          if (at != std::string::npos) {
+            config.host_list_origin->replace(at, 8, "(group " + group.name.text + " ");
+          }
+        }
+        break;
+      case Setting::kRegions:
+        config.regions = own.regions;
+        break;
+      case Setting::kPresets:
+        config.presets = own.presets;
+        break;
+      case Setting::kServiceTags:
+        config.service_tags = own.service_tags;
+        break;
+      case Setting::kAllowCidrs:
+        config.allow_cidrs = own.allow_cidrs;
+        break;
+      case Setting::kPorts:
+        config.ports = own.ports;
+        break;
+      case Setting::kReportOnly:
+        config.report_only = own.report_only;
+        break;
+      default:  // config.cc accepts kGroupSettings only
+        break;
+    }
+  }
+  return config;
+}
+
+// Group names unique; no client prefix in two places (which group would a client take?).
+void checkGroups(const PolicyConfig& config) {
+  std::map<std::string, const ConfigValue*> names;
+  for (const GroupConfig& group : config.groups) {
+    const auto [it, inserted] = names.emplace(group.name.text, &group.name);
+    if (!inserted) {
+      fail(group.name,
+           "group name '" + group.name.text + "' is already used at " + it->second->origin);
+    }
+  }
+  struct Owner {
+    std::string what;
+    const ConfigValue* value;
+  };
+  std::map<std::string, Owner> prefixes;
+  auto claim = [&prefixes](const ConfigValue& cidr, const std::string& what) {
+    const std::string prefix = parseCidr(cidr).toString();
+    const auto [it, inserted] = prefixes.emplace(prefix, Owner{what, &cidr});
+    if (!inserted && it->second.what != what) {
+      fail(cidr, "client range " + prefix + " of " + what + " is also a client range of " +
+                     it->second.what + " (" + it->second.value->origin +
+                     "): a client must belong to one group");
+    }
+  };
+  for (const ConfigValue& cidr : config.client_cidrs) {
+    claim(cidr, "policy.client_cidrs");
+  }
+  for (const GroupConfig& group : config.groups) {
+    for (const ConfigValue& cidr : group.clients) {
+      claim(cidr, "group " + group.name.text);
+    }
+  }
+}
+
+}  // namespace
+
+PolicySnapshot buildPolicy(const PolicyConfig& config) {
+  checkGroups(config);
+  std::optional<ServiceTags> tags;
+  if (config.service_tags_file) {
+    tags = ServiceTags::load(config.service_tags_file->text);
+  }
+  const ServiceTags* shared_tags = tags ? &*tags : nullptr;
+  std::vector<BuiltGroup> groups;
+  for (const GroupConfig& group : config.groups) {
+    PolicySnapshot built = buildOne(groupConfig(config, group), shared_tags, {});
+    built.is_group = true;
+    groups.push_back({&group, std::make_shared<const PolicySnapshot>(std::move(built))});
+  }
+  return buildOne(config, shared_tags, groups);
 }
 
 std::string PolicySnapshot::summary() const {
@@ -246,7 +375,9 @@ std::string PolicySnapshot::summary() const {
         deny_cidrs += "  deny " + rule.text + "    (" + rule.origin + ")\n";
         break;
       case Rule::Kind::kClientCidr:
-        client_cidrs += "  client " + rule.text + "    (" + rule.origin + ")\n";
+        client_cidrs += "  client " + rule.text +
+                        (rule.group.empty() ? std::string() : " group " + rule.group) + "    (" +
+                        rule.origin + ")\n";
         break;
       case Rule::Kind::kHostBinding:
         bindings += "  bind " + rule.text + " to " + rule.bound_to + "    (" + rule.origin + ")\n";
@@ -287,10 +418,29 @@ std::string PolicySnapshot::summary() const {
   if (!bindings.empty()) {
     out += "address bindings (a matching name may be dialled only inside these):\n" + bindings;
   }
+  if (is_group) {
+    return out;  // its clients are listed by the top-level summary
+  }
   if (policy->hasClientRules()) {
     out += "clients:\n" + client_cidrs;
   } else {
     out += "clients: anyone who reaches a listener (no --client-cidr)\n";
+  }
+  for (const Group& group : groups) {
+    std::string clients;
+    for (const std::string& client : group.clients) {
+      clients += (clients.empty() ? "" : ", ") + client;
+    }
+    out += "group " + group.name + "    (" + group.origin + ")\n  clients: " + clients + "\n";
+    // The group's effective policy, indented under it.
+    const std::string own = group.snapshot->summary();
+    size_t start = 0;
+    while (start < own.size()) {
+      const size_t end = own.find('\n', start);
+      const size_t stop = end == std::string::npos ? own.size() : end;
+      out += "  " + own.substr(start, stop - start) + "\n";
+      start = stop + 1;
+    }
   }
   return out;
 }
@@ -315,7 +465,8 @@ std::set<std::string> ruleKeys(const Policy& policy) {
         keys.insert("tag " + rule.text);
         break;
       case Rule::Kind::kClientCidr:
-        keys.insert("client-cidr " + rule.text);
+        keys.insert("client-cidr " + rule.text +
+                    (rule.group.empty() ? std::string() : " (group " + rule.group + ")"));
         break;
       case Rule::Kind::kHostBinding:
         keys.insert("bind " + rule.text + " to " + rule.bound_to);
@@ -395,6 +546,27 @@ std::string describePolicyChange(const PolicySnapshot& before, const PolicySnaps
     };
     out += out.empty() ? "" : "; ";
     out += "service-tags changeNumber " + text(before) + " -> " + text(after);
+  }
+  // Groups: added, removed, and what changed inside each kept one.
+  std::set<std::string> old_groups;
+  std::set<std::string> new_groups;
+  for (const PolicySnapshot::Group& group : before.groups) {
+    old_groups.insert(group.name);
+  }
+  for (const PolicySnapshot::Group& group : after.groups) {
+    new_groups.insert(group.name);
+  }
+  appendDifference(out, "groups added", new_groups, old_groups);
+  appendDifference(out, "groups removed", old_groups, new_groups);
+  for (const PolicySnapshot::Group& group : after.groups) {
+    for (const PolicySnapshot::Group& old_group : before.groups) {
+      if (old_group.name == group.name) {
+        const std::string change = describePolicyChange(*old_group.snapshot, *group.snapshot);
+        if (change != "no change") {
+          out += (out.empty() ? "group " : "; group ") + group.name + " (" + change + ")";
+        }
+      }
+    }
   }
   return out.empty() ? "no change" : out;
 }

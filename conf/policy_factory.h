@@ -35,18 +35,34 @@ struct PolicySnapshot {
   // --check-config): a wildcard over every storage account, a client rule admitting everyone,
   // report-only.
   std::vector<std::string> warnings;
-  // Multi-line, human-readable summary of the effective policy (--check-config, logs).
+  // Client groups ([[group]]), in the order given: each one's own snapshot, whose policy is the
+  // one policy->groups() holds at the same index.
+  struct Group {
+    std::string name;
+    std::string origin;                // the [[group]] table's file:line:column
+    std::vector<std::string> clients;  // the group's client ranges, normalised, as given
+    std::shared_ptr<const PolicySnapshot> snapshot;
+  };
+  std::vector<Group> groups;
+  bool is_group = false;  // a group's own snapshot (it has no client rules of its own)
+  // Multi-line, human-readable summary of the effective policy (--check-config, logs), groups
+  // included.
   std::string summary() const;
 };
 
 // What changed from `before` to `after`, in one line for the reload log: rules, ports and tags
 // added or removed, allowed prefixes added/removed (counts and the first few), strict-ip, and the
-// service-tags changeNumber old -> new. "no change" when the two are equivalent.
+// service-tags changeNumber old -> new, groups added or removed and, for a kept group, its own
+// change in parentheses ("group build (rules added: ...)"). "no change" when the two are
+// equivalent.
 std::string describePolicyChange(const PolicySnapshot& before, const PolicySnapshot& after);
 
 // Validates every value of `config` and builds the policy, loading the service-tags file if one
-// is named. Throws ConfigError naming the origin of the first bad value: an invalid pattern, CIDR,
-// port, registry or region name, a missing file, or an unknown tag (with the closest names).
+// is named (once: the groups' policies share it). Each [[group]] gets its own policy: the
+// top-level keys with the ones the group sets replaced (docs/policy.md "Client groups"). Throws
+// ConfigError naming the origin of the first bad value: an invalid pattern, CIDR, port, registry or
+// region name, a missing file, or an unknown tag (with the closest names), a group name given
+// twice, or a client prefix given in two places (two groups, or a group and client_cidrs).
 PolicySnapshot buildPolicy(const PolicyConfig& config);
 
 }  // namespace acr

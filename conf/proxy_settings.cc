@@ -250,7 +250,8 @@ std::optional<std::chrono::milliseconds> parseDuration(std::string_view text) no
 }
 
 void checkListenerExposure(const Config& config) {
-  if (!config.policy.client_cidrs.empty()) {
+  // A group's clients are client rules too: whoever is in no group is refused.
+  if (!config.policy.client_cidrs.empty() || !config.policy.groups.empty()) {
     return;
   }
   for (const Setting setting :

@@ -26,6 +26,8 @@ struct Rule {
   // kHostBinding: the tags and ranges the pattern is bound to, as configured
   // ("AzureContainerRegistry, 192.0.2.0/24"); otherwise empty.
   std::string bound_to = {};
+  // kClientCidr of a client group ([[group]]): the group's name; empty for --client-cidr.
+  std::string group = {};
 };
 
 enum class Verdict : uint8_t { kAllow, kDeny };

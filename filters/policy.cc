@@ -231,18 +231,21 @@ Decision Policy::decideWithoutSni(const IpAddress& destination, uint16_t port) c
   return deny(Reason::kNoSni, address.rule, static_cast<uint8_t>(address.reason));
 }
 
-Decision Policy::decideClient(const IpAddress& client) const noexcept {
+Policy::ClientChoice Policy::chooseClient(const IpAddress& client) const noexcept {
   if (!has_client_rules_) {
-    return {Verdict::kAllow, Reason::kClientAllowed, nullptr, 0};
+    return {{Verdict::kAllow, Reason::kClientAllowed, nullptr, 0}, this, kNoGroup};
   }
   IpAddress judged = client;
   if (!client.isV4() && (client.v6Value() >> 32) == 0xffff) {
     judged = IpAddress::v4(static_cast<uint32_t>(client.v6Value()));
   }
   if (const uint32_t rule = clients_.lookup(judged); rule != CidrSet::kNoMatch) {
-    return {Verdict::kAllow, Reason::kClientAllowed, &rules_[rule], 0};
+    const uint32_t group = rule_group_[rule];
+    return {{Verdict::kAllow, Reason::kClientAllowed, &rules_[rule], 0},
+            group == kNoGroup ? this : groups_[group].policy.get(),
+            group};
   }
-  return {Verdict::kDeny, Reason::kClientNotAllowed, nullptr, 0};
+  return {{Verdict::kDeny, Reason::kClientNotAllowed, nullptr, 0}, this, kNoGroup};
 }
 
 std::vector<uint16_t> Policy::ports() const {
@@ -358,9 +361,14 @@ std::string Policy::describe(const Decision& decision, const DecisionSubject& su
       if (decision.rule == nullptr) {
         return "allowed: no client rule is set";
       }
+      if (!decision.rule->group.empty()) {
+        return "allowed: client " + addressText(subject) + " is in client range " + rule +
+               " of group " + decision.rule->group;
+      }
       return "allowed: client " + addressText(subject) + " is in client range " + rule;
     case Reason::kClientNotAllowed:
-      return "denied: client " + addressText(subject) + " is in no client range (--client-cidr)";
+      return "denied: client " + addressText(subject) + " is in no client range (" +
+             (groups_.empty() ? "--client-cidr" : "--client-cidr or a [[group]]") + ")";
     case Reason::kEch:
       return "denied: the ClientHello offers ECH (0xfe0d), whose inner server name no proxy can "
              "see, and the policy denies ECH (policy.ech = \"deny\")";
@@ -396,9 +404,20 @@ void Policy::Builder::addDenyCidr(const Cidr& cidr, std::string origin) {
   rules_.push_back({Rule::Kind::kDenyCidr, cidr.toString(), std::move(origin)});
 }
 
-void Policy::Builder::addClientCidr(const Cidr& cidr, std::string origin) {
+void Policy::Builder::addClientCidr(const Cidr& cidr, std::string origin, uint32_t group) {
   client_cidrs_.push_back({cidr, static_cast<uint32_t>(rules_.size())});
-  rules_.push_back({Rule::Kind::kClientCidr, cidr.toString(), std::move(origin)});
+  client_groups_.push_back(group);
+  rules_.push_back({Rule::Kind::kClientCidr,
+                    cidr.toString(),
+                    std::move(origin),
+                    {},
+                    {},
+                    group == kNoGroup ? std::string() : groups_.at(group).name});
+}
+
+uint32_t Policy::Builder::addGroup(std::string name, std::shared_ptr<const Policy> policy) {
+  groups_.push_back({std::move(name), std::move(policy)});
+  return static_cast<uint32_t>(groups_.size() - 1);
 }
 
 void Policy::Builder::addServiceTag(std::string_view name, std::span<const Cidr> prefixes,
@@ -461,6 +480,11 @@ std::shared_ptr<const Policy> Policy::Builder::build() {
   policy->strict_ip_ = strict_ip_;
   policy->clients_ = CidrSet(client_cidrs_);
   policy->has_client_rules_ = !client_cidrs_.empty();
+  policy->rule_group_.assign(policy->rules_.size(), kNoGroup);
+  for (size_t i = 0; i < client_cidrs_.size(); ++i) {
+    policy->rule_group_[client_cidrs_[i].value] = client_groups_[i];
+  }
+  policy->groups_ = std::move(groups_);
   policy->report_only_ = report_only_;
   policy->revoke_on_reload_ = revoke_on_reload_;
   policy->deny_ech_ = deny_ech_;

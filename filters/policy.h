@@ -82,8 +82,30 @@ class Policy {
   // it, kClientNotAllowed if none does. An IPv4-mapped client (::ffff:a.b.c.d) is judged as its
   // IPv4 address; no other embedded form is unwrapped, since a client may choose its 6to4 or
   // NAT64 address freely.
-  Decision decideClient(const IpAddress& client) const noexcept;
+  Decision decideClient(const IpAddress& client) const noexcept {
+    return chooseClient(client).decision;
+  }
+  // Client rules include the groups' clients.
   bool hasClientRules() const noexcept { return has_client_rules_; }
+
+  // Client groups ([[group]], docs/policy.md "Client groups"): each has its own complete policy,
+  // built by conf/ with the top-level keys it did not set. Only the top-level policy has groups
+  // and client rules; a group's policy has neither.
+  static constexpr uint32_t kNoGroup = UINT32_MAX;
+  struct Group {
+    std::string name;
+    std::shared_ptr<const Policy> policy;
+  };
+  struct ClientChoice {
+    Decision decision;     // what decideClient says
+    const Policy* policy;  // judges the client's connections: its group's policy, or this one
+    uint32_t group;        // index into groups(), or kNoGroup (top-level policy, or refused)
+  };
+  // decideClient, and whose policy judges the client: the most specific client range holding it
+  // decides, whether a group's or a --client-cidr one (conf/ refuses the same prefix in two
+  // places). A refused client gets this policy and kNoGroup.
+  ClientChoice chooseClient(const IpAddress& client) const noexcept;
+  const std::vector<Group>& groups() const noexcept { return groups_; }
 
   // One plain sentence, e.g. "allowed: host matches *.blob.core.windows.net" or
   // "denied: 10.0.0.5 is private (RFC 1918) and in no allowed range".
@@ -121,8 +143,10 @@ class Policy {
   CidrSet denied_;
   bool strict_ip_ = false;
   size_t allowed_prefix_count_ = 0;
-  CidrSet clients_;
+  CidrSet clients_;  // client range -> its kClientCidr rule
   bool has_client_rules_ = false;
+  std::vector<uint32_t> rule_group_;  // rule index -> group index (kNoGroup: not a group's)
+  std::vector<Group> groups_;
   bool report_only_ = false;
   bool revoke_on_reload_ = false;
   bool deny_ech_ = false;
@@ -149,7 +173,10 @@ class Policy::Builder {
   // so that a sentence names the most specific tag.
   void addServiceTag(std::string_view name, std::span<const Cidr> prefixes, std::string origin);
   void setStrictIp(bool strict) { strict_ip_ = strict; }
-  void addClientCidr(const Cidr& cidr, std::string origin);
+  // A client range; `group` (an index addGroup returned) makes it one of that group's clients.
+  void addClientCidr(const Cidr& cidr, std::string origin, uint32_t group = kNoGroup);
+  // A client group and its policy (built without groups or client rules); returns its index.
+  uint32_t addGroup(std::string name, std::shared_ptr<const Policy> policy);
   void setReportOnly(bool report_only) { report_only_ = report_only; }
   void setRevokeOnReload(bool revoke) { revoke_on_reload_ = revoke; }
   void setDenyEch(bool deny) { deny_ech_ = deny; }
@@ -171,6 +198,8 @@ class Policy::Builder {
   std::vector<CidrSet::Entry> deny_cidrs_;
   bool strict_ip_ = false;
   std::vector<CidrSet::Entry> client_cidrs_;
+  std::vector<uint32_t> client_groups_;  // parallel to client_cidrs_
+  std::vector<Group> groups_;
   bool report_only_ = false;
   bool revoke_on_reload_ = false;
   bool deny_ech_ = false;

@@ -71,6 +71,10 @@ void AccessLog::write(const AccessRecord& r) const {
     LogEscaper::appendText(line, r.closed_by, true);
     line += " phase=";
     LogEscaper::appendText(line, r.phase, true);
+    if (!r.group.empty()) {
+      line += " group=";
+      LogEscaper::appendText(line, r.group, true);
+    }
     if (!r.attempts.empty()) {
       line += " attempts=";
       for (size_t i = 0; i < r.attempts.size(); ++i) {
@@ -110,6 +114,9 @@ void AccessLog::write(const AccessRecord& r) const {
   field("time", timestamp());
   field("listener", r.listener);
   field("client", r.client);
+  if (!r.group.empty()) {  // only a client group's connections: the top-level policy has none
+    field("group", r.group);
+  }
   field("target", r.target);
   integer("port", r.port);
   if (!r.original_dst.empty()) {

@@ -43,6 +43,11 @@ struct AccessRecord {
   // The ClientHello offered ECH (0xfe0d): its SNI is the outer, public name; the inner one is
   // encrypted and invisible to any proxy. Also set for GREASE ECH (indistinguishable).
   bool ech = false;
+  // The client group whose policy judged the connection ([[group]]); empty for the top-level
+  // policy. Points into the policy snapshot the connection keeps.
+  std::string_view group;
+  // The group's series in Metrics (ActivePolicy::seriesOf); metrics only, never logged.
+  uint32_t group_series = UINT32_MAX;
 };
 
 // What a record's `decision` field and the connections_total `decision` label say.

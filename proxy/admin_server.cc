@@ -248,6 +248,37 @@ std::string AdminServer::policyJson(const PolicySnapshot& snapshot, uint64_t gen
     string(key);
   }
   writer.EndArray();
+  if (!snapshot.is_group) {
+    writer.Key("client_cidrs");  // --client-cidr, policy.client_cidrs (groups: below)
+    writer.StartArray();
+    for (const Rule& rule : policy.rules()) {
+      if (rule.kind == Rule::Kind::kClientCidr && rule.group.empty()) {
+        string(rule.text);
+      }
+    }
+    writer.EndArray();
+    // Client groups: each with its clients and its effective policy, in the shape of this one.
+    writer.Key("groups");
+    writer.StartArray();
+    for (const PolicySnapshot::Group& group : snapshot.groups) {
+      writer.StartObject();
+      writer.Key("name");
+      string(group.name);
+      writer.Key("origin");
+      string(group.origin);
+      writer.Key("clients");
+      writer.StartArray();
+      for (const std::string& client : group.clients) {
+        string(client);
+      }
+      writer.EndArray();
+      writer.Key("policy");
+      const std::string own = policyJson(*group.snapshot, generation, {}, {});
+      writer.RawValue(own.c_str(), own.size(), rapidjson::kObjectType);
+      writer.EndObject();
+    }
+    writer.EndArray();
+  }
   writer.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
 }

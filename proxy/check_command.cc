@@ -103,20 +103,30 @@ int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std
       targets.push_back(*target);
     }
     const PolicySnapshot snapshot = buildPolicy(command_line.config.policy);
-    const Policy& policy = *snapshot.policy;
+    const Policy& top = *snapshot.policy;
+    // With --client, the policy that client's connections get: its group's, if it has one.
+    const Policy* chosen = &top;
+    std::string group_note;
     bool all_allowed = true;
     for (size_t i = 0; i < targets.size(); ++i) {
       const CheckTarget& target = targets[i];
       if (client) {
-        const Decision admitted = policy.decideClient(*client);
-        if (!admitted.allowed()) {
+        const Policy::ClientChoice choice = top.chooseClient(*client);
+        if (!choice.decision.allowed()) {
           all_allowed = false;
           out << "deny " << command_line.positional[i] << " "
-              << policy.describe(admitted, {"", client, 0}) << " [" << reasonName(admitted.reason)
-              << "]\n";
+              << top.describe(choice.decision, {"", client, 0}) << " ["
+              << reasonName(choice.decision.reason) << "]\n";
           continue;
         }
+        chosen = choice.policy;
+        if (choice.group != Policy::kNoGroup) {
+          group_note = "; client " + client->toString() + " is in group " +
+                       top.groups()[choice.group].name + " (client range " +
+                       choice.decision.rule->text + ")";
+        }
       }
+      const Policy& policy = *chosen;
       Decision decision = policy.decide(target.host, target.port);
       DecisionSubject subject{target.host, IpAddress::parse(target.host), target.port};
       if (decision.allowed() && target.address) {
@@ -126,7 +136,8 @@ int runCheckCommand(const std::vector<std::string>& args, std::ostream& out, std
       }
       all_allowed = all_allowed && decision.allowed();
       out << (decision.allowed() ? "allow " : "deny ") << command_line.positional[i] << " "
-          << policy.describe(decision, subject) << " [" << reasonName(decision.reason) << "]\n";
+          << policy.describe(decision, subject) << group_note << " [" << reasonName(decision.reason)
+          << "]\n";
     }
     return all_allowed ? 0 : 1;
   } catch (const ConfigError& error) {

@@ -1125,13 +1125,25 @@ void Connection::finish(std::string_view closed_by, bool reset) {
 // Revoke on reload (THREATS F14). Kept apart from the state handlers: it only reads the state and
 // ends through end()/finish() like any other refusal.
 
-void Connection::rejudge(std::shared_ptr<const Policy> policy) {
+void Connection::setGroup(const ActivePolicy& active, uint32_t group) {
+  record_.group = group == Policy::kNoGroup ? std::string_view()
+                                            : std::string_view(active.policy->groups()[group].name);
+  record_.group_series = active.seriesOf(group);
+}
+
+void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
+  const IpAddress client = toIpAddress(peer_);
+  const Policy::ClientChoice choice = active->policy->chooseClient(client);
+  // The new snapshot's policy for this client: its group's, or the top-level one.
+  std::shared_ptr<const Policy> policy = active->judging(choice);
   if (state_ == State::kRefuse || state_ == State::kClosed || policy == policy_) {
     return;
   }
-  if (state_ != State::kReadHead && state_ != State::kReadHello) {
-    // Already let through: judged again by what it was let through for.
-    const IpAddress client = toIpAddress(peer_);
+  // A client the new policy no longer admits is refused in any state (whichever policy it had, a
+  // group's may be gone); one already let through is judged again by what it was let through for.
+  Decision decision = choice.decision;
+  DecisionSubject subject{"", client, 0};
+  if (decision.allowed() && state_ != State::kReadHead && state_ != State::kReadHello) {
     std::optional<IpAddress> dialled;
     if (viaUpstreamProxy()) {
       // upstream_remote_ is the upstream proxy: only a transparent destination was judged.
@@ -1141,16 +1153,12 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
     } else if (state_ == State::kRelay || state_ == State::kTunnelHello) {
       dialled = toIpAddress(upstream_remote_);
     }
-    Decision decision = policy->decideClient(client);
-    DecisionSubject subject{"", client, 0};
-    if (decision.allowed()) {
-      if (!host_.empty()) {
-        decision = policy->decide(host_, port_);
-        subject = {host_, IpAddress::parse(host_), port_};
-      } else if (original_dst_) {  // transparent, no SNI (--allow-no-sni)
-        subject = {"", toIpAddress(*original_dst_), port_};
-        decision = policy->decideWithoutSni(*subject.address, port_);
-      }
+    if (!host_.empty()) {
+      decision = policy->decide(host_, port_);
+      subject = {host_, IpAddress::parse(host_), port_};
+    } else if (original_dst_) {  // transparent, no SNI (--allow-no-sni)
+      subject = {"", toIpAddress(*original_dst_), port_};
+      decision = policy->decideWithoutSni(*subject.address, port_);
     }
     if (state_ == State::kConnect) {  // the addresses being dialled
       for (auto it = candidates_.begin(); decision.allowed() && it != candidates_.end(); ++it) {
@@ -1162,26 +1170,28 @@ void Connection::rejudge(std::shared_ptr<const Policy> policy) {
       decision = policy->decideDialled(host_, *dialled);
       subject = {host_, dialled, port_};
     }
-    if (!decision.allowed()) {
-      const std::string sentence = "revoked by a reload: " + policy->describe(decision, subject);
-      std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
-      if (state_ == State::kRelay) {
-        // It did relay: the record keeps decision allow, and says why the proxy ended it.
-        setReason(CloseReason::kRevoked);
-        record_.rule = std::move(rule);
-        record_.sentence += "; " + sentence;
-        finish("proxy", true);
-      } else if (end(CloseReason::kRevoked, sentence, std::move(rule)) == Step::kNext) {
-        // Outside the loop (a worker's reload hook): enter kRefuse as doLoop would.
-        evtimer_del(timer_);
-        hello_parser_.reset();
-        state_ = next_state_;
-        post(Event::kEnter);
-      }
-      return;
+  }
+  if (!decision.allowed()) {
+    const std::string sentence = "revoked by a reload: " + policy->describe(decision, subject);
+    std::string rule = decision.rule != nullptr ? decision.rule->text : std::string();
+    if (state_ == State::kRelay) {
+      // It did relay: the record keeps decision allow, and says why the proxy ended it.
+      setReason(CloseReason::kRevoked);
+      record_.rule = std::move(rule);
+      record_.sentence += "; " + sentence;
+      finish("proxy", true);
+    } else if (end(CloseReason::kRevoked, sentence, std::move(rule)) == Step::kNext) {
+      // Outside the loop (a worker's reload hook): enter kRefuse as doLoop would.
+      evtimer_del(timer_);
+      connect_parser_.reset();  // a refused client may still be reading its head
+      hello_parser_.reset();
+      state_ = next_state_;
+      post(Event::kEnter);
     }
+    return;
   }
   replaced_policy_ = std::exchange(policy_, std::move(policy));
+  setGroup(*active, choice.group);
 }
 
 }  // namespace acr

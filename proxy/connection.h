@@ -18,6 +18,7 @@
 #include "filters/connect_request_parser.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/active_policy.h"
 #include "proxy/close_reason.h"
 #include "proxy/connection_limits.h"
 #include "proxy/happy_eyeballs_dialer.h"
@@ -78,12 +79,17 @@ class Connection final : private Relay::Observer {
   // Ends the connection now (shutdown): RST to both sides, log line written.
   void abort(CloseReason reason);
   // Revoke on reload (docs/operations.md "Reload", THREATS F14), called by Worker::revokeDenied
-  // after a reload installed `policy` (one with revokeOnReload()). A connection not judged yet
-  // (reading its head or hello) is judged by `policy` from now on; one already let through (dns,
-  // connect, tunnel_hello, relay) is judged again by it (client, target, dialled address) and
-  // closed with reason `revoked` if it now denies it (connect listener before the 200: 403), else
-  // continues under `policy`.
-  void rejudge(std::shared_ptr<const Policy> policy);
+  // after a reload installed `active` (a policy with revokeOnReload()). The client's policy in it
+  // is chosen again (Policy::chooseClient: a reload may move the client to another group); call
+  // it `policy`. A client `active` no longer admits is closed with reason `revoked` in any state.
+  // Otherwise a connection not judged yet (reading its head or hello) is judged by `policy` from
+  // now on; one already let through (dns, connect, tunnel_hello, relay) is judged again by it
+  // (target, dialled address) and closed with reason `revoked` if it now denies it (connect
+  // listener before the 200: 403), else continues under `policy`, named by its new group.
+  void rejudge(const std::shared_ptr<const ActivePolicy>& active);
+  // Before start(): the client group `group` of `active` (Policy::kNoGroup: the top-level policy)
+  // judges this connection; its log line and the group metrics name it.
+  void setGroup(const ActivePolicy& active, uint32_t group);
   State state() const noexcept { return state_; }
 
  private:

@@ -145,6 +145,10 @@ uint64_t ConnectionCounters::count(ListenerKind listener, Outcome decision,
 void Metrics::recordConnection(ListenerKind listener, CloseReason reason,
                                const AccessRecord& record) noexcept {
   connections_.add(listener, outcomeOf(record), reason);
+  if (record.group_series < kMaxGroupSeries) {
+    group_connections_[record.group_series][static_cast<size_t>(outcomeOf(record))].fetch_add(
+        1, kRelaxed);
+  }
   double decision_ms = record.decision_ms;
   if (decision_ms < 0 && !record.allowed) {
     decision_ms = record.total_ms;
@@ -152,6 +156,26 @@ void Metrics::recordConnection(ListenerKind listener, CloseReason reason,
   if (decision_ms >= 0) {
     decision_latency_.observe(std::chrono::nanoseconds(static_cast<int64_t>(decision_ms * 1e6)));
   }
+}
+
+uint32_t Metrics::groupSeries(std::string_view name) {
+  const std::lock_guard lock(group_mutex_);
+  for (size_t i = 0; i < group_names_.size(); ++i) {
+    if (group_names_[i] == name) {
+      return static_cast<uint32_t>(i);
+    }
+  }
+  if (group_names_.size() >= kMaxGroupSeries) {
+    return kNoGroupSeries;
+  }
+  group_names_.emplace_back(name);
+  return static_cast<uint32_t>(group_names_.size() - 1);
+}
+
+uint64_t Metrics::groupCount(uint32_t series, Outcome decision) const noexcept {
+  return series < kMaxGroupSeries
+             ? group_connections_[series][static_cast<size_t>(decision)].load(kRelaxed)
+             : 0;
 }
 
 void Metrics::recordConnectAttempt(bool ipv6, AttemptOutcome outcome) noexcept {
@@ -221,6 +245,27 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
         appendNumber(out, count);
         out += '\n';
       });
+  {
+    const std::lock_guard lock(group_mutex_);
+    if (!group_names_.empty()) {
+      appendFamily(out, "acr_egress_group_connections_total", "counter",
+                   "Connections ended, by the client group ([[group]]) whose policy judged them "
+                   "and decision (as in acr_egress_connections_total). Connections judged by the "
+                   "top-level policy are not in this family.");
+      for (size_t i = 0; i < group_names_.size(); ++i) {
+        for (const Outcome decision :
+             {Outcome::kAllow, Outcome::kDeny, Outcome::kIncomplete, Outcome::kWouldDeny}) {
+          out += "acr_egress_group_connections_total{group=\"";
+          appendLabelValue(out, group_names_[i]);
+          out += "\",decision=\"";
+          out += outcomeName(decision);
+          out += "\"} ";
+          appendNumber(out, groupCount(static_cast<uint32_t>(i), decision));
+          out += '\n';
+        }
+      }
+    }
+  }
   appendScalar(out, "acr_egress_active_connections", "gauge",
                "Connections open now (being judged, dialling or relaying).",
                stats.active.load(kRelaxed));

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "conf/proxy_settings.h"
 #include "dns/dns_observer.h"
@@ -85,6 +86,14 @@ class Metrics final : public DnsObserver {
   // The policy now in force (at start and after every successful reload): bumps the generation
   // and remembers the service-tags changeNumber and file.
   void recordPolicy(const PolicySnapshot& snapshot);
+  // The series of client group `name` in acr_egress_group_connections_total: made the first time
+  // a policy names the group and kept for the life of the process, so that a group a reload keeps
+  // goes on counting and one it adds gets a new series. Main thread (it may allocate).
+  // kNoGroupSeries once kMaxGroupSeries names exist: that group's connections go uncounted there.
+  uint32_t groupSeries(std::string_view name);
+  static constexpr uint32_t kNoGroupSeries = UINT32_MAX;
+  static constexpr size_t kMaxGroupSeries = 1024;
+  uint64_t groupCount(uint32_t series, Outcome decision) const noexcept;
 
   void onCacheHit() noexcept override;
   void onCacheMiss() noexcept override;
@@ -121,7 +130,12 @@ class Metrics final : public DnsObserver {
   std::atomic<uint64_t> policy_generation_{0};
   std::atomic<bool> has_change_number_{false};
   std::atomic<int64_t> change_number_{0};
-  mutable std::mutex path_mutex_;  // the path changes on reload only; never on the data path
+  // Connections by (group series, Outcome): fixed, so that a worker's add never meets a
+  // reallocation; only the names grow, under group_mutex_.
+  std::array<std::array<std::atomic<uint64_t>, 4>, kMaxGroupSeries> group_connections_{};
+  mutable std::mutex group_mutex_;
+  std::vector<std::string> group_names_;  // by series
+  mutable std::mutex path_mutex_;         // the path changes on reload only; never on the data path
   std::string service_tags_path_;
 };
 

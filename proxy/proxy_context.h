@@ -9,6 +9,7 @@
 #include "conf/proxy_settings.h"
 #include "filters/policy.h"
 #include "proxy/access_log.h"
+#include "proxy/active_policy.h"
 #include "proxy/connection_limits.h"
 #include "proxy/deny_log_limiter.h"
 #include "proxy/local_addresses.h"
@@ -54,14 +55,15 @@ class ProxyContext {
                                      [](const ListenerSettings& listener) {
                                        return listener.kind == ListenerKind::kTransparent;
                                      })),
-        policy_(std::move(policy)),
         local_addresses_(std::make_shared<const LocalAddresses>(
             listeningAddresses(), LocalAddresses::interfaceAddresses())),
         json_log_(log.withFormat(true)),
         text_log_(log.withFormat(false)),
         json_(settings->json_log),
         deny_log_limiter_(settings->deny_log_rate),
-        limits_(settings->listeners.size(), settings->max_connections, stats_.active) {}
+        limits_(settings->listeners.size(), settings->max_connections, stats_.active) {
+    setPolicy(std::move(policy));
+  }
 
   // The current settings; a connection takes its reference when accepted and reads only that.
   std::shared_ptr<const ProxySettings> settings() const noexcept {
@@ -75,10 +77,21 @@ class ProxyContext {
     settings_.store(std::move(settings), std::memory_order_release);
   }
   std::shared_ptr<const Policy> policy() const noexcept {
-    return policy_.load(std::memory_order_acquire);
+    return active_.load(std::memory_order_acquire)->policy;
   }
-  void setPolicy(std::shared_ptr<const Policy> policy) noexcept {
-    policy_.store(std::move(policy), std::memory_order_release);
+  // The policy with its groups' metric series; a connection picks its group's policy from it at
+  // accept (Policy::chooseClient).
+  std::shared_ptr<const ActivePolicy> activePolicy() const noexcept {
+    return active_.load(std::memory_order_acquire);
+  }
+  // Main thread: gives every group of `policy` its metric series, then swaps.
+  void setPolicy(std::shared_ptr<const Policy> policy) {
+    ActivePolicy active{std::move(policy), {}};
+    for (const Policy::Group& group : active.policy->groups()) {
+      active.group_series.push_back(metrics_.groupSeries(group.name));
+    }
+    active_.store(std::make_shared<const ActivePolicy>(std::move(active)),
+                  std::memory_order_release);
   }
   // The snapshot the current policy came from (/policy), null before the first. setSnapshot
   // swaps the policy too and tells the metrics (generation, service tags); main thread.
@@ -162,7 +175,7 @@ class ProxyContext {
  private:
   std::atomic<std::shared_ptr<const ProxySettings>> settings_;
   const bool has_transparent_;
-  std::atomic<std::shared_ptr<const Policy>> policy_;
+  std::atomic<std::shared_ptr<const ActivePolicy>> active_;
   std::atomic<std::shared_ptr<const LocalAddresses>> local_addresses_;
   std::atomic<std::shared_ptr<const PolicySnapshot>> snapshot_;
   const AccessLog json_log_;

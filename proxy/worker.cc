@@ -219,17 +219,21 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
                    limitSentence(admission.refusal, admission.limit));
     return;
   }
-  std::shared_ptr<const Policy> policy = context_.policy();
-  const Decision admitted = policy->decideClient(client);
-  auto connection = std::make_unique<Connection>(*this, listener.kind, listener.address, fd,
-                                                 peer_address, policy, std::move(admission.slot));
+  // The client's group is chosen once, here: every later decision of the connection uses its
+  // policy (docs/policy.md "Client groups").
+  const std::shared_ptr<const ActivePolicy> active = context_.activePolicy();
+  const Policy::ClientChoice choice = active->policy->chooseClient(client);
+  auto connection =
+      std::make_unique<Connection>(*this, listener.kind, listener.address, fd, peer_address,
+                                   active->judging(choice), std::move(admission.slot));
   Connection* raw = connection.get();
   connections_.emplace(raw, std::move(connection));
-  if (!admitted.allowed()) {
+  if (!choice.decision.allowed()) {
     // Refused before a byte is read; logged and counted like every refusal.
-    raw->refuseClient(policy->describe(admitted, {"", client, 0}));
+    raw->refuseClient(active->policy->describe(choice.decision, {"", client, 0}));
     return;
   }
+  raw->setGroup(*active, choice.group);
   raw->start();
 }
 
@@ -339,8 +343,8 @@ void Worker::onRevoke(evutil_socket_t, short, void* arg) {
   auto* worker = static_cast<Worker*>(arg);
   // The policy now current, not the one of the reload that asked: a later reload may have
   // replaced it (and turned revoking off) before this loop got here.
-  const std::shared_ptr<const Policy> policy = worker->context_.policy();
-  if (!policy->revokeOnReload()) {
+  const std::shared_ptr<const ActivePolicy> active = worker->context_.activePolicy();
+  if (!active->policy->revokeOnReload()) {
     return;
   }
   // rejudge() may finish a connection; release() only queues it for deletion, so the map is
@@ -351,7 +355,7 @@ void Worker::onRevoke(evutil_socket_t, short, void* arg) {
     open.push_back(connection);
   }
   for (Connection* connection : open) {
-    connection->rejudge(policy);
+    connection->rejudge(active);
   }
 }
 

@@ -102,6 +102,73 @@ TEST(ConfigTest, ReadsBindTables) {
   EXPECT_EQ(merged.policy.binds.size(), 4u);
 }
 
+// [[group]] tables: name, clients and the group keys, each with its origin; `given` lists exactly
+// the keys the group set (an empty list is set too).
+TEST(ConfigTest, ReadsGroupTables) {
+  const Config config = parseConfigText(R"([policy]
+registries = ["basereg"]
+
+[[group]]
+name = "build"
+clients = ["10.20.0.0/16"]
+registries = ["buildreg", "basereg"]
+ports = [443, 8443]
+
+[[group]]
+name = "device.eu-1"
+clients = ["10.30.0.0/16", "2001:db8:30::/48"]
+allow_hosts = []
+report_only = true
+)",
+                                        "acr.toml");
+  const auto& groups = config.policy.groups;
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].name.text, "build");
+  EXPECT_EQ(groups[0].name.origin, "acr.toml:5:8");
+  EXPECT_EQ(groups[0].origin, "acr.toml:4:1");
+  ASSERT_EQ(groups[0].clients.size(), 1u);
+  EXPECT_EQ(groups[0].clients[0].origin, "acr.toml:6:12");
+  EXPECT_EQ(groups[0].policy.registries.size(), 2u);
+  // `given` follows the table's key order (toml++ keeps keys sorted).
+  EXPECT_EQ(groups[0].given, (std::vector<Setting>{Setting::kPorts, Setting::kRegistries}));
+  EXPECT_EQ(groups[1].name.text, "device.eu-1");
+  EXPECT_EQ(groups[1].clients.size(), 2u);
+  EXPECT_TRUE(groups[1].policy.allow_hosts.empty());
+  EXPECT_TRUE(groups[1].policy.report_only);
+  EXPECT_EQ(groups[1].given, (std::vector<Setting>{Setting::kAllowHosts, Setting::kReportOnly}));
+  // The top-level policy is untouched by the groups' keys.
+  EXPECT_EQ(config.policy.registries.size(), 1u);
+  EXPECT_TRUE(config.policy.client_cidrs.empty());
+}
+
+// A group's errors name file:line:column: a key that holds for every client, an unknown key, a
+// bad or missing name, no clients.
+TEST(ConfigTest, GroupErrorsNameFileLineAndColumn) {
+  const std::string head = "[[group]]\nname = \"build\"\nclients = [\"10.20.0.0/16\"]\n";
+  for (const char* key :
+       {"deny_cidrs = [\"10.0.0.0/8\"]", "strict_ip = true", "client_cidrs = [\"10.0.0.0/8\"]",
+        "service_tags_file = \"t.json\"",
+        "bind = [{hosts = [\"a.azurecr.io\"], allow_cidrs = [\"192.0.2.0/24\"]}]"}) {
+    const std::string error = errorOf(head + key + "\n");
+    EXPECT_TRUE(error.starts_with("acr.toml:4:")) << error;
+    EXPECT_NE(error.find("set it in [policy], not in a [[group]]"), std::string::npos) << error;
+  }
+  EXPECT_EQ(errorOf(head + "colour = \"red\"\n"), "acr.toml:4:10: unknown key 'group.colour'");
+  EXPECT_EQ(errorOf("[[group]]\nname = \"a b\"\nclients = [\"10.0.0.0/8\"]\n"),
+            "acr.toml:2:8: 'group.name' must be 1 to 64 characters of letters, digits, '_', '.' "
+            "and '-'");
+  EXPECT_EQ(
+      errorOf("[[group]]\nname = \"" + std::string(65, 'a') + "\"\nclients = [\"10.0.0.0/8\"]\n")
+          .substr(0, 13),
+      "acr.toml:2:8:");
+  EXPECT_EQ(errorOf("[[group]]\nclients = [\"10.0.0.0/8\"]\n"),
+            "acr.toml:1:1: a [[group]] table needs a 'name'");
+  EXPECT_EQ(errorOf("[[group]]\nname = \"x\"\n"),
+            "acr.toml:1:1: group 'x' needs a non-empty 'clients'");
+  EXPECT_EQ(errorOf("[group]\nname = \"x\"\n"),
+            "acr.toml:1:1: 'group' must be an array of tables ([[group]])");
+}
+
 // An empty file is a valid, empty configuration (all defaults).
 TEST(ConfigTest, EmptyFileMeansDefaults) {
   const Config config = parseConfigText("", "acr.toml");

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "conf/command_line.h"
 #include "conf/config.h"
 #include "test_data.h"
@@ -314,6 +316,164 @@ TEST(PolicyFactoryTest, BindsHostsToTagsAndRanges) {
   } catch (const ConfigError& error) {
     EXPECT_NE(std::string(error.what()).find("expected PATTERN=TAG"), std::string::npos);
   }
+}
+
+// Group inheritance: a key the group sets replaces the top-level value, one it does not set is
+// inherited (even the embedded default host list), an explicitly empty list means empty, and the
+// keys that hold for everyone (deny_cidrs, strict_ip) always come from [policy].
+TEST(PolicyFactoryTest, GroupsInheritWhatTheyDoNotSet) {
+  const Config config = parseConfigText(R"([policy]
+registries = ["basereg"]
+allow_cidrs = ["192.0.2.0/24"]
+deny_cidrs = ["192.0.2.128/25"]
+ports = [443, 8443]
+
+[[group]]
+name = "build"
+clients = ["10.20.0.0/16"]
+registries = ["buildreg"]
+
+[[group]]
+name = "device"
+clients = ["10.30.0.0/16"]
+allow_cidrs = []
+ports = [5671]
+)",
+                                        "acr.toml");
+  const PolicySnapshot snapshot = buildPolicy(config.policy);
+  ASSERT_EQ(snapshot.groups.size(), 2u);
+  const Policy& top = *snapshot.policy;
+  const Policy& build = *snapshot.groups[0].snapshot->policy;
+  const Policy& device = *snapshot.groups[1].snapshot->policy;
+  ASSERT_EQ(top.groups().size(), 2u);
+  EXPECT_EQ(top.groups()[0].policy.get(), &build);
+  // registries: replaced in build, inherited in device.
+  EXPECT_TRUE(top.decide("basereg.azurecr.io", 443).allowed());
+  EXPECT_FALSE(build.decide("basereg.azurecr.io", 443).allowed());
+  EXPECT_TRUE(build.decide("buildreg.azurecr.io", 443).allowed());
+  EXPECT_TRUE(device.decide("basereg.azurecr.io", 5671).allowed());
+  EXPECT_FALSE(device.decide("buildreg.azurecr.io", 5671).allowed());
+  // ports: inherited in build, replaced in device.
+  EXPECT_TRUE(build.decide("buildreg.azurecr.io", 8443).allowed());
+  EXPECT_FALSE(device.decide("basereg.azurecr.io", 443).allowed());
+  // allow_cidrs: inherited in build, explicitly empty in device; deny_cidrs everywhere.
+  const IpAddress allowed = *IpAddress::parse("192.0.2.7");
+  const IpAddress denied = *IpAddress::parse("192.0.2.200");
+  EXPECT_EQ(build.decideLiteral(allowed, 443).reason, Reason::kAddressAllowed);
+  EXPECT_EQ(device.decideLiteral(allowed, 5671).reason, Reason::kAddressNotAllowed);
+  EXPECT_EQ(build.decideAddress(denied).reason, Reason::kAddressDenied);
+  EXPECT_EQ(device.decideAddress(denied).reason, Reason::kAddressDenied);
+  // Group policies have no client rules of their own; the top-level one has the groups' clients.
+  EXPECT_FALSE(build.hasClientRules());
+  EXPECT_TRUE(top.hasClientRules());
+  EXPECT_EQ(top.chooseClient(*IpAddress::parse("10.30.1.1")).group, 1u);
+  // Without any host list anywhere, a group that sets none inherits the embedded default.
+  const Config defaults = parseConfigText(
+      "[[group]]\nname = \"g\"\nclients = [\"10.0.0.0/8\"]\nports = [443]\n", "d.toml");
+  const PolicySnapshot inherited = buildPolicy(defaults.policy);
+  EXPECT_TRUE(inherited.groups[0].snapshot->policy->decide("x.azurecr.io", 443).allowed());
+  // An explicitly empty host list in a group is named as the group's.
+  const Config empty = parseConfigText(
+      "[[group]]\nname = \"g\"\nclients = [\"10.0.0.0/8\"]\nallow_hosts = []\n", "e.toml");
+  EXPECT_EQ(buildPolicy(empty.policy).groups[0].snapshot->empty_host_list_origin,
+            std::optional<std::string>("e.toml:4:15 (group g allow_hosts)"));
+  // --check-config's summary lists the groups, their clients and their own rules.
+  const std::string summary = snapshot.summary();
+  EXPECT_NE(summary.find("group build    (acr.toml:7:1)\n  clients: 10.20.0.0/16\n"),
+            std::string::npos)
+      << summary;
+  EXPECT_NE(summary.find("  client 10.30.0.0/16 group device"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("    host buildreg.azurecr.io"), std::string::npos) << summary;
+}
+
+// Group names are unique and a client prefix belongs to one place: the same prefix in two groups,
+// or in a group and client_cidrs, is an error naming both origins. The same group listing it
+// twice is harmless.
+TEST(PolicyFactoryTest, GroupNamesAndPrefixesAreUnique) {
+  auto errorOf = [](const std::string& text) {
+    try {
+      buildPolicy(parseConfigText(text, "acr.toml").policy);
+    } catch (const ConfigError& error) {
+      return std::string(error.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(errorOf("[[group]]\nname = \"a\"\nclients = [\"10.0.0.0/8\"]\n"
+                    "[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\"]\n"),
+            "acr.toml:5:8: group name 'a' is already used at acr.toml:2:8");
+  EXPECT_EQ(errorOf("[[group]]\nname = \"a\"\nclients = [\"10.0.0.0/8\"]\n"
+                    "[[group]]\nname = \"b\"\nclients = [\"10.1.0.0/16\", \"10.0.0.0/8\"]\n"),
+            "acr.toml:6:27: client range 10.0.0.0/8 of group b is also a client range of group a "
+            "(acr.toml:3:12): a client must belong to one group");
+  EXPECT_EQ(errorOf("[policy]\nclient_cidrs = [\"10.1.0.0/16\"]\n"
+                    "[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\"]\n"),
+            "acr.toml:5:12: client range 10.1.0.0/16 of group a is also a client range of "
+            "policy.client_cidrs (acr.toml:2:17): a client must belong to one group");
+  EXPECT_EQ(errorOf("[[group]]\nname = \"a\"\nclients = [\"10.0.0.0/33\"]\n").substr(0, 14),
+            "acr.toml:3:12:");
+  EXPECT_EQ(errorOf("[[group]]\nname = \"a\"\nclients = [\"10.0.0.0/8\", \"10.0.0.0/8\"]\n"), "");
+  // A group's values are validated like top-level ones, naming their origin.
+  EXPECT_EQ(errorOf("[[group]]\nname = \"a\"\nclients = [\"10.0.0.0/8\"]\nregistries = [\"a.b\"]\n")
+                .substr(0, 14),
+            "acr.toml:4:15:");
+}
+
+// A group admitting everyone is warned about like a client rule that does; a group's own broad
+// rules are named with the group, inherited ones only once.
+TEST(PolicyFactoryTest, WarnsAboutBroadGroups) {
+  const Config config = parseConfigText(R"([policy]
+allow_hosts = ["*.blob.core.windows.net"]
+[[group]]
+name = "all"
+clients = ["0.0.0.0/0", "::/0"]
+report_only = true
+)",
+                                        "acr.toml");
+  const PolicySnapshot snapshot = buildPolicy(config.policy);
+  auto has = [&](const std::string& text) {
+    return std::count(snapshot.warnings.begin(), snapshot.warnings.end(), text);
+  };
+  EXPECT_EQ(has("group all: client rule 0.0.0.0/0 (acr.toml:5:12) admits everyone who can reach "
+                "a listener"),
+            1);
+  EXPECT_EQ(has("group all: client rule ::/0 (acr.toml:5:25) admits everyone who can reach a "
+                "listener"),
+            1);
+  EXPECT_EQ(has("group all: REPORT-ONLY: enforcement is OFF: denials by host, port and "
+                "address-set rules are logged (would_deny) and let through"),
+            1);
+  size_t storage = 0;
+  for (const std::string& warning : snapshot.warnings) {
+    storage += warning.find("every storage account") != std::string::npos ? 1 : 0;
+  }
+  EXPECT_EQ(storage, 1u);
+}
+
+// A reload names the groups it adds and removes and what changed inside a kept one, and a client
+// moved from one group to another.
+TEST(PolicyFactoryTest, DescribesGroupChanges) {
+  const PolicySnapshot before =
+      buildPolicy(parseConfigText("[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\"]\n"
+                                  "registries = [\"areg\"]\n"
+                                  "[[group]]\nname = \"b\"\nclients = [\"10.2.0.0/16\"]\n",
+                                  "acr.toml")
+                      .policy);
+  const PolicySnapshot after = buildPolicy(
+      parseConfigText("[[group]]\nname = \"a\"\nclients = [\"10.1.0.0/16\", \"10.2.0.0/16\"]\n"
+                      "registries = [\"breg\"]\n"
+                      "[[group]]\nname = \"c\"\nclients = [\"10.3.0.0/16\"]\n",
+                      "acr.toml")
+          .policy);
+  const std::string change = describePolicyChange(before, after);
+  EXPECT_NE(change.find("client-cidr 10.2.0.0/16 (group a)"), std::string::npos) << change;
+  EXPECT_NE(change.find("groups added: c"), std::string::npos) << change;
+  EXPECT_NE(change.find("groups removed: b"), std::string::npos) << change;
+  EXPECT_NE(change.find("; group a (rules added: host breg.*.data.azurecr.io, "
+                        "host breg.*.geo.azurecr.io, host breg.azurecr.io; rules removed: "
+                        "host areg."),
+            std::string::npos)
+      << change;
+  EXPECT_EQ(describePolicyChange(after, after), "no change");
 }
 
 }  // namespace

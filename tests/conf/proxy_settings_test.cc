@@ -271,6 +271,10 @@ TEST(ProxySettingsTest, NonLoopbackListenerNeedsAClientRule) {
       << exposure({"--config", path});
   EXPECT_EQ(exposure({"--config", path, "--client-cidr", "10.20.0.0/16"}), "");
   std::remove(path);
+  // A [[group]]'s clients are client rules too: whoever is in no group is refused.
+  Config grouped =
+      parseConfigText(text + "[[group]]\nname = \"lan\"\nclients = [\"10.20.0.0/16\"]\n", "g.toml");
+  EXPECT_NO_THROW(checkListenerExposure(grouped));
 }
 
 // --sni-upstream-port / listeners.sni_upstream_port: a port from 1 to 65535; unset by default.

@@ -533,6 +533,75 @@ TEST(PolicyTest, ClientRules) {
   EXPECT_FALSE(policy->decide("10.20.1.2", 443).allowed());
 }
 
+// Client groups: the most specific client range decides, across groups and --client-cidr alike
+// (a group's /24 inside another group's /16; a --client-cidr /24 inside a group's /16), and the
+// client gets that range's policy; a client in no range is refused with the top-level policy.
+TEST(PolicyTest, ClientGroupsTakeTheMostSpecificRange) {
+  auto only = [](const char* pattern) {
+    Policy::Builder builder;
+    EXPECT_EQ(builder.addHostPattern(pattern, "test"), "");
+    builder.addPort(443);
+    return builder.build();
+  };
+  const auto build = only("buildreg.azurecr.io");
+  const auto device = only("devicereg.westeurope.data.azurecr.io");
+  const auto lab = only("labreg.azurecr.io");
+  Policy::Builder top;
+  ASSERT_EQ(top.addHostPattern("basereg.azurecr.io", "test"), "");
+  top.addPort(443);
+  const uint32_t build_index = top.addGroup("build", build);
+  const uint32_t device_index = top.addGroup("device", device);
+  const uint32_t lab_index = top.addGroup("lab", lab);
+  auto cidr = [](const char* text) { return *Cidr::parse(text); };
+  top.addClientCidr(cidr("10.20.0.0/16"), "test", build_index);
+  top.addClientCidr(cidr("10.20.5.0/24"), "test");  // --client-cidr inside the build group
+  top.addClientCidr(cidr("10.30.0.0/16"), "test", device_index);
+  top.addClientCidr(cidr("10.30.7.0/24"), "test", lab_index);  // a group inside another
+  top.addClientCidr(cidr("2001:db8:30::/48"), "test", device_index);
+  const auto policy = top.build();
+  ASSERT_EQ(policy->groups().size(), 3u);
+  EXPECT_TRUE(policy->hasClientRules());
+  struct Case {
+    const char* label;
+    const char* client;
+    uint32_t group;
+    const char* allowed_host;  // the one host the chosen policy lets through
+  };
+  const Case cases[] = {
+      {"group_16", "10.20.1.2", build_index, "buildreg.azurecr.io"},
+      {"client_cidr_24_inside_group", "10.20.5.9", Policy::kNoGroup, "basereg.azurecr.io"},
+      {"other_group", "10.30.1.1", device_index, "devicereg.westeurope.data.azurecr.io"},
+      {"group_24_inside_group_16", "10.30.7.7", lab_index, "labreg.azurecr.io"},
+      {"v4_mapped", "::ffff:10.30.7.7", lab_index, "labreg.azurecr.io"},
+      {"v6", "2001:db8:30::5", device_index, "devicereg.westeurope.data.azurecr.io"},
+  };
+  const char* hosts[] = {"buildreg.azurecr.io", "basereg.azurecr.io",
+                         "devicereg.westeurope.data.azurecr.io", "labreg.azurecr.io"};
+  for (const Case& c : cases) {
+    const Policy::ClientChoice choice = policy->chooseClient(*IpAddress::parse(c.client));
+    ASSERT_TRUE(choice.decision.allowed()) << c.label;
+    EXPECT_EQ(choice.group, c.group) << c.label;
+    EXPECT_EQ(choice.policy,
+              c.group == Policy::kNoGroup ? policy.get() : policy->groups()[c.group].policy.get())
+        << c.label;
+    for (const char* host : hosts) {
+      EXPECT_EQ(choice.policy->decide(host, 443).allowed(),
+                std::string_view(host) == c.allowed_host)
+          << c.label << " " << host;
+    }
+  }
+  const IpAddress member = *IpAddress::parse("10.30.7.7");
+  EXPECT_EQ(policy->describe(policy->decideClient(member), {"", member, 0}),
+            "allowed: client 10.30.7.7 is in client range 10.30.7.0/24 of group lab");
+  const IpAddress outsider = *IpAddress::parse("192.0.2.9");
+  const Policy::ClientChoice refused = policy->chooseClient(outsider);
+  EXPECT_EQ(refused.decision.reason, Reason::kClientNotAllowed);
+  EXPECT_EQ(refused.group, Policy::kNoGroup);
+  EXPECT_EQ(refused.policy, policy.get());
+  EXPECT_EQ(policy->describe(refused.decision, {"", outsider, 0}),
+            "denied: client 192.0.2.9 is in no client range (--client-cidr or a [[group]])");
+}
+
 // Report-only waives host, port and address-set denials (kAllow, would_deny, the reason kept) and
 // nothing else: invalid names, --deny-cidr, special ranges and client rules stay enforced, and an
 // IP literal outside the allowed set passes only if it is not special.

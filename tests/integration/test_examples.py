@@ -54,6 +54,25 @@ class ExamplesTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertIn("10.20.30.40", result.stdout)
 
+        # groups.toml: the build subnet reaches buildreg and basereg, the device subnet only
+        # devicereg in westeurope, anyone else nothing.
+        groups = os.path.join(EXAMPLES, "groups.toml")
+        build = ("buildreg.azurecr.io", "basereg.westeurope.data.azurecr.io")
+        device = ("devicereg.westeurope.data.azurecr.io",)
+        for client, allowed, denied, group in (
+                ("10.20.1.2", build, device + ("devicereg.eastus.data.azurecr.io",), "build"),
+                ("10.30.4.5", device, build + ("devicereg.eastus.data.azurecr.io",), "device")):
+            result = check("--config", groups, "--client", client, *allowed)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn(f"is in group {group}", result.stdout)
+            for name in denied:
+                result = check("--config", groups, "--client", client, name)
+                self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+                self.assertIn("[host_not_allowed]", result.stdout)
+        result = check("--config", groups, "--client", "192.0.2.1", *build)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn("[client_not_allowed]", result.stdout)
+
     def test_broken_copy_names_file_line_and_column(self):
         with harness.TempDir() as tmp:
             for path in self.examples:

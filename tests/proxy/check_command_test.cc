@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -207,6 +208,52 @@ TEST(CheckCommandTest, JudgesAsAClient) {
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("--client: invalid address 'not-an-ip'"), std::string::npos) << bad.err;
   EXPECT_EQ(check({"myreg.azurecr.io", "--client"}).code, 2);
+}
+
+// check --client with client groups: the client is judged by its group's policy (the most
+// specific range), and the sentence names the group; a client in no range is refused.
+TEST(CheckCommandTest, JudgesAsAClientOfItsGroup) {
+  char path[] = "/tmp/acr-check-groups-XXXXXX.toml";
+  const int fd = mkstemps(path, 5);
+  ASSERT_GE(fd, 0);
+  const std::string text =
+      "[policy]\nregistries = []\n"
+      "[[group]]\nname = \"build\"\nclients = [\"10.20.0.0/16\"]\n"
+      "registries = [\"buildreg\", \"basereg\"]\n"
+      "[[group]]\nname = \"device\"\nclients = [\"10.30.0.0/16\"]\n"
+      "registries = [\"devicereg\"]\nregions = [\"westeurope\"]\n"
+      "[[group]]\nname = \"lab\"\nclients = [\"10.30.7.0/24\"]\n"
+      "registries = [\"basereg\"]\n";
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(fd);
+  const Result build = check({"--config", path, "--client", "10.20.1.2", "basereg.azurecr.io",
+                              "devicereg.westeurope.data.azurecr.io"});
+  EXPECT_EQ(build.code, 1) << build.err;
+  EXPECT_EQ(build.out,
+            "allow basereg.azurecr.io allowed: host matches basereg.azurecr.io; client 10.20.1.2 "
+            "is in group build (client range 10.20.0.0/16) [host_allowed]\n"
+            "deny devicereg.westeurope.data.azurecr.io denied: host "
+            "devicereg.westeurope.data.azurecr.io matches no allowed host pattern; client "
+            "10.20.1.2 is in group build (client range 10.20.0.0/16) [host_not_allowed]\n");
+  const Result device =
+      check({"--config", path, "--client", "10.30.1.1", "devicereg.westeurope.data.azurecr.io"});
+  EXPECT_EQ(device.code, 0) << device.out;
+  EXPECT_NE(device.out.find("is in group device"), std::string::npos) << device.out;
+  const Result lab = check({"--config", path, "--client", "10.30.7.9", "basereg.azurecr.io",
+                            "devicereg.westeurope.data.azurecr.io"});
+  EXPECT_EQ(lab.code, 1);
+  EXPECT_NE(lab.out.find("allow basereg.azurecr.io allowed: host matches basereg.azurecr.io; "
+                         "client 10.30.7.9 is in group lab (client range 10.30.7.0/24)"),
+            std::string::npos)
+      << lab.out;
+  const Result outside = check({"--config", path, "--client", "192.0.2.7", "basereg.azurecr.io"});
+  EXPECT_EQ(outside.code, 1);
+  EXPECT_EQ(outside.out,
+            "deny basereg.azurecr.io denied: client 192.0.2.7 is in no client range (--client-cidr "
+            "or a [[group]]) [client_not_allowed]\n");
+  // Without --client the top-level policy judges (here: no host at all).
+  EXPECT_EQ(check({"--config", path, "basereg.azurecr.io"}).code, 1);
+  std::remove(path);
 }
 
 // check in report-only: what the proxy would let through says allow, with the sentence saying it

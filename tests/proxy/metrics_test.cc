@@ -232,6 +232,40 @@ TEST(MetricsTest, RendersStrictExpositionFormat) {
   EXPECT_EQ(values.at("acr_egress_decision_duration_seconds_count{}"), 2);
 }
 
+// Client groups: a series per group name, made once and kept (a second registration of the same
+// name, as by a reload keeping the group, returns the same series and its counts continue);
+// records count under their group_series; a record without one counts in no group.
+TEST(MetricsTest, GroupSeriesAreStableAcrossRegistrations) {
+  Metrics metrics;
+  EXPECT_EQ(parseStrict(render(metrics)).types.count("acr_egress_group_connections_total"), 0u);
+  const uint32_t build = metrics.groupSeries("build");
+  const uint32_t device = metrics.groupSeries("de\"vice");
+  EXPECT_NE(build, device);
+  AccessRecord allowed = record(ListenerKind::kConnect, true, CloseReason::kHostAllowed);
+  allowed.group_series = build;
+  metrics.recordConnection(ListenerKind::kConnect, CloseReason::kHostAllowed, allowed);
+  EXPECT_EQ(metrics.groupSeries("build"), build);  // a reload keeping the group
+  metrics.recordConnection(ListenerKind::kConnect, CloseReason::kHostAllowed, allowed);
+  AccessRecord denied = record(ListenerKind::kConnect, false, CloseReason::kHostNotAllowed);
+  denied.group_series = device;
+  metrics.recordConnection(ListenerKind::kConnect, CloseReason::kHostNotAllowed, denied);
+  recordConnection(metrics, ListenerKind::kConnect, true, CloseReason::kHostAllowed);  // no group
+  const uint32_t lab = metrics.groupSeries("lab");  // a reload adding a group
+  const Exposition exposition = parseStrict(render(metrics));
+  EXPECT_EQ(exposition.types.at("acr_egress_group_connections_total"), "counter");
+  std::map<std::string, double> values;
+  for (const Sample& sample : exposition.samples) {
+    values[sample.name + "{" + sample.labels + "}"] = sample.value;
+  }
+  EXPECT_EQ(values.at(R"(acr_egress_group_connections_total{group="build",decision="allow"})"), 2);
+  EXPECT_EQ(values.at(R"(acr_egress_group_connections_total{group="build",decision="deny"})"), 0);
+  EXPECT_EQ(values.at(R"(acr_egress_group_connections_total{group="de\"vice",decision="deny"})"),
+            1);
+  EXPECT_EQ(values.at(R"(acr_egress_group_connections_total{group="lab",decision="allow"})"), 0);
+  EXPECT_EQ(metrics.groupCount(lab, Outcome::kWouldDeny), 0u);
+  EXPECT_EQ(metrics.groupCount(Metrics::kNoGroupSeries, Outcome::kAllow), 0u);
+}
+
 // Histogram buckets are cumulative and never decrease, the +Inf bucket equals _count, and an
 // observation lands in the first bucket whose bound is not below it.
 TEST(MetricsTest, HistogramBucketsAreCumulative) {
