@@ -76,6 +76,8 @@ class ConnectionLimits {
   }
   size_t clientCount(const IpAddress& client) const;
   size_t clients() const;
+  // How many listeners the counts are kept for (indices 0..listeners()-1).
+  size_t listeners() const noexcept { return listener_count_; }
 
  private:
   friend class ConnectionSlot;
