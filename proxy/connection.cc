@@ -22,6 +22,8 @@ using Clock = std::chrono::steady_clock;
 
 // How long a refused CONNECT client may keep sending before we close anyway.
 constexpr std::chrono::milliseconds kRefuseLinger{2000};
+// What kRefuse reads of a refused client's further bytes at a time, before dropping them.
+constexpr size_t kRefuseRead = 16 * 1024;
 // RFC 8305 §3 "Resolution Delay": when the A answer comes first, wait this long for the AAAA
 // answer before dialling IPv4 (an AAAA answer that comes first is dialled at once).
 constexpr std::chrono::milliseconds kResolutionDelay{50};
@@ -58,44 +60,45 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
       slot_(std::move(slot)),
       state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
       next_state_(state_),
+      client_(worker.base(), fd),
       peer_(peer),
-      destination_(originalDestination(fd)),
-      looped_(worker.context().guardsLoops() && destination_ &&
-              worker.context().ownUpstreams().contains(peer, *destination_)),
       started_(Clock::now()) {
   record_.listener = listenerKindName(kind);
   record_.client = peer.toString();
-  client_ = bufferevent_socket_new(worker.base(), fd, BEV_OPT_CLOSE_ON_FREE);
+  if (kind_ == ListenerKind::kTransparent) {
+    original_dst_ = originalDestination(fd);
+  }
+  looped_ = isOwnUpstream(fd);
+  client_open_ = client_.open(this);
+  worker_.handshakeStarted();
   timer_ = evtimer_new(worker.base(), &Connection::onTimer, this);
 }
 
 Connection::~Connection() {
+  endHandshake();
   relay_.reset();
-  if (client_ != nullptr) {
-    bufferevent_free(client_);
-  }
+  client_.close(false);
   closeUpstream(false);
   if (timer_ != nullptr) {
     event_free(timer_);
   }
 }
 
-void Connection::start() {
+void Connection::start(std::optional<std::chrono::seconds> listener_keepalive) {
   const ProxySettings& settings = *settings_;
-  if (client_ == nullptr || timer_ == nullptr) {
+  if (!client_open_ || timer_ == nullptr) {
     finish("proxy", true);
     return;
   }
-  const int fd = bufferevent_getfd(client_);
-  setKeepalive(fd, settings.keepalive_idle);
-  if (kind_ == ListenerKind::kTransparent) {
-    original_dst_ = originalDestination(fd);
-    if (original_dst_) {
-      // Known before the first byte: every log line, early denials included, names it.
-      record_.original_dst = original_dst_->toString();
-      port_ = original_dst_->port();
-      record_.port = port_;
-    }
+  const int fd = client_.fd();
+  if (listener_keepalive != settings.keepalive_idle) {
+    setKeepalive(fd, settings.keepalive_idle);  // a reload changed it since the listener's bind
+  }
+  if (original_dst_) {
+    // Known before the first byte: every log line, early denials included, names it.
+    record_.original_dst = original_dst_->toString();
+    port_ = original_dst_->port();
+    record_.port = port_;
   }
   if (looped_) {
     // On every listener kind: closed with a reset at once, before reading a byte.
@@ -103,18 +106,14 @@ void Connection::start() {
     refusedAsLoop();
     return;
   }
-  bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
-                    &Connection::onClientEvent, this);
   post(Event::kEnter);
 }
 
 void Connection::refuseClient(const std::string& sentence) {
-  if (client_ == nullptr || timer_ == nullptr) {
+  if (!client_open_ || timer_ == nullptr) {
     finish("proxy", true);
     return;
   }
-  bufferevent_setcb(client_, &Connection::onClientRead, &Connection::onClientWrite,
-                    &Connection::onClientEvent, this);
   // connect: 403 from kRefuse; others: reset.
   if (end(CloseReason::kClientNotAllowed, sentence) == Step::kNext) {
     state_ = next_state_;
@@ -124,22 +123,61 @@ void Connection::refuseClient(const std::string& sentence) {
 
 // ---- the loop ----
 
-void Connection::onClientRead(bufferevent*, void* self) {
-  static_cast<Connection*>(self)->post(Event::kClientData);
+void Connection::onStreamEvent(Stream& stream, short what) {
+  if (&stream != &client_) {
+    return;  // the upstream before the relay: the stream records its edges for the relay
+  }
+  if ((what & EV_WRITE) != 0 && client_.outputLength() > 0) {
+    if (!client_.flush()) {
+      client_failed_ = true;
+      post(Event::kClientClosed);
+      return;
+    }
+    if (client_.outputLength() == 0) {
+      post(Event::kClientDrained);
+    }
+  }
+  if (reading_ && state_ != State::kClosed) {
+    readClient();
+  }
 }
 
-void Connection::onClientWrite(bufferevent*, void* self) {
-  static_cast<Connection*>(self)->post(Event::kClientDrained);
+void Connection::startReading(size_t limit) {
+  reading_ = true;
+  read_limit_ = limit;
+  if (client_.readable() || client_.eof() || client_.error() != 0) {
+    // An edge came while nothing read (or the FIN was read already): no new one will come.
+    // On the loop's next pass, not from inside the state machine.
+    client_.activate(EV_READ);
+  }
 }
 
-void Connection::onClientEvent(bufferevent*, short events, void* self) {
-  auto* c = static_cast<Connection*>(self);
-  c->client_failed_ = (events & BEV_EVENT_ERROR) != 0;
-  c->post(Event::kClientClosed);
-}
-
-void Connection::onUpstreamEvent(bufferevent*, short, void* self) {
-  static_cast<Connection*>(self)->post(Event::kUpstreamClosed);
+void Connection::readClient() {
+  // A few reads per wake-up at most (a state that consumes its input, kRefuse, makes room for
+  // more); the rest on the loop's next pass.
+  for (int i = 0; i < 4; ++i) {
+    if (!reading_ || state_ == State::kClosed) {
+      return;
+    }
+    const size_t before = client_.inputLength();
+    const Stream::ReadEnd end = client_.readToInput(read_limit_);
+    if (client_.inputLength() > before) {
+      post(Event::kClientData);
+    }
+    if (end == Stream::ReadEnd::kEof || end == Stream::ReadEnd::kError) {
+      // While the state still reads, the handshake ends here. A state that stopped reading (the
+      // head or hello is complete) leaves the FIN to the relay, which passes it on.
+      if (reading_ && state_ != State::kClosed) {
+        client_failed_ = end == Stream::ReadEnd::kError;
+        post(Event::kClientClosed);
+      }
+      return;
+    }
+    if (end != Stream::ReadEnd::kLimit || client_.inputLength() >= read_limit_) {
+      return;  // drained, or full until the state decides
+    }
+  }
+  client_.activate(EV_READ);
 }
 
 void Connection::onTimer(evutil_socket_t, short, void* self) {
@@ -237,7 +275,11 @@ void Connection::checkInvariants() const {
           "the ClientHello parser lives only while the hello is read");
   require(relay_.has_value() == (s == State::kRelay) || s == State::kClosed,
           "the relay exists exactly in kRelay");
-  require((client_ == nullptr) == (s == State::kClosed), "the client is open until kClosed");
+  require(client_.isOpen() == (s != State::kClosed) || !client_open_,
+          "the client is open until kClosed");
+  require(!reading_ || s == State::kReadHead || s == State::kReadHello ||
+              s == State::kTunnelHello || s == State::kRefuse,
+          "the client is read only while a head, a hello or a refused client's bytes are");
   require(queued_count_ == 0, "no event left queued");
 #endif
 }
@@ -249,8 +291,7 @@ Connection::Step Connection::doReadHead(Event event) {
   switch (event) {
     case Event::kEnter:
       connect_parser_ = std::make_unique<ConnectRequestParser>(settings.max_head_size);
-      bufferevent_setwatermark(client_, EV_READ, 0, settings.max_head_size + 1);
-      bufferevent_enable(client_, EV_READ);
+      startReading(settings.max_head_size + 1);
       armTimer(settings.head_timeout);
       return Step::kWait;
     case Event::kClientData:
@@ -264,11 +305,20 @@ Connection::Step Connection::doReadHead(Event event) {
   }
 }
 
+bool Connection::isOwnUpstream(int fd) const {
+  ProxyContext& context = worker_.context();
+  if (!context.guardsLoops() || !context.ownUpstreams().hasLocal(peer_)) {
+    return false;
+  }
+  const std::optional<SocketAddress> destination =
+      original_dst_ ? original_dst_ : originalDestination(fd);
+  return destination && context.ownUpstreams().contains(peer_, *destination);
+}
+
 bool Connection::refusedAsLoop() {
   if (!loop_rechecked_) {
     loop_rechecked_ = true;
-    if (!worker_.context().guardsLoops() || !destination_ ||
-        !worker_.context().ownUpstreams().contains(peer_, *destination_)) {
+    if (!isOwnUpstream(client_.fd())) {
       return false;
     }
   }
@@ -282,7 +332,7 @@ Connection::Step Connection::readHead() {
   if (!loop_rechecked_ && refusedAsLoop()) {
     return Step::kWait;
   }
-  evbuffer* input = bufferevent_get_input(client_);
+  evbuffer* input = client_.input();
   const size_t length = evbuffer_get_length(input);
   if (!holdHandshake(length)) {
     return end(CloseReason::kHandshakeMemory,
@@ -318,7 +368,7 @@ Connection::Step Connection::readHead() {
   record_.port = port_;
   evbuffer_drain(input, request.head_length);  // what is left is early tunnel data
   holdHandshake(evbuffer_get_length(input));
-  bufferevent_disable(client_, EV_READ);
+  reading_ = false;
 
   const Decision decision = policy_->decide(host_, port_);
   const auto literal = IpAddress::parse(host_);
@@ -346,9 +396,7 @@ Connection::Step Connection::doReadHello(Event event) {
   const ProxySettings& settings = *settings_;
   switch (event) {
     case Event::kEnter:
-      hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
-      bufferevent_setwatermark(client_, EV_READ, 0, 2 * settings.max_client_hello_size + 1024);
-      bufferevent_enable(client_, EV_READ);
+      startReading(2 * settings.max_client_hello_size + 1024);
       armTimer(settings.head_timeout);
       return Step::kWait;
     case Event::kClientData:
@@ -366,7 +414,7 @@ Connection::Step Connection::readHello() {
   if (!loop_rechecked_ && refusedAsLoop()) {
     return Step::kWait;
   }
-  evbuffer* input = bufferevent_get_input(client_);
+  evbuffer* input = client_.input();
   const size_t length = evbuffer_get_length(input);
   if (!holdHandshake(length)) {
     return end(CloseReason::kHandshakeMemory,
@@ -374,7 +422,8 @@ Connection::Step Connection::readHello() {
                "up");
   }
   const auto* data = evbuffer_pullup(input, -1);
-  const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
+  ClientHelloStatus status = ClientHelloStatus::kNeedMore;
+  const ClientHelloParser& parser = parseHello(std::span<const uint8_t>(data, length), status);
   if (status == ClientHelloStatus::kNeedMore) {
     if (length > 2 * settings_->max_client_hello_size + 1024) {
       return end(CloseReason::kClientHelloTooLarge,
@@ -383,12 +432,27 @@ Connection::Step Connection::readHello() {
     return Step::kWait;
   }
   if (status != ClientHelloStatus::kDone) {
-    const CloseReason reason = closeReasonOf(hello_parser_->error());
+    const CloseReason reason = closeReasonOf(parser.error());
     return end(reason, "denied: not an acceptable TLS ClientHello (" +
                            std::string(closeReasonName(reason)) + ")");
   }
-  bufferevent_disable(client_, EV_READ);
-  return decideHello(hello_parser_->hello());
+  reading_ = false;
+  return decideHello(parser.hello());
+}
+
+const ClientHelloParser& Connection::parseHello(std::span<const uint8_t> data,
+                                                ClientHelloStatus& status) {
+  if (hello_parser_ == nullptr) {
+    thread_local std::optional<ClientHelloParser> shared;
+    shared.emplace(settings_->max_client_hello_size);
+    status = shared->parse(data);
+    if (status != ClientHelloStatus::kNeedMore) {
+      return *shared;
+    }
+    hello_parser_ = std::make_unique<ClientHelloParser>(settings_->max_client_hello_size);
+  }
+  status = hello_parser_->parse(data);
+  return *hello_parser_;
 }
 
 Connection::Step Connection::decideHello(const ClientHello& hello) {
@@ -626,11 +690,11 @@ Connection::Step Connection::doConnect(Event event) {
       dialer_ =
           std::make_unique<HappyEyeballsDialer>(worker_.base(), options, [this](DialResult result) {
             // Adopted at once, so that finish() frees it whatever happens before kDialed runs.
-            upstream_ = result.upstream;
-            upstream_local_ = result.local;
             if (result.upstream != nullptr && result.endpoint) {
               upstream_remote_ = *result.endpoint;
             }
+            upstream_ = std::move(result.upstream);
+            upstream_local_ = result.local;
             dial_result_ = std::move(result);
             post(Event::kDialed);
           });
@@ -671,7 +735,7 @@ void Connection::dialUpstreamProxy() {
       [this](UpstreamProxyResult result) {
         // Adopted at once, so that finish() frees it whatever happens before kDialed runs.
         if (result.dial.upstream != nullptr && result.dial.endpoint) {
-          upstream_ = result.dial.upstream;
+          upstream_ = std::move(result.dial.upstream);
           upstream_local_ = result.dial.local;
           upstream_remote_ = *result.dial.endpoint;
         }
@@ -700,7 +764,6 @@ Connection::Step Connection::onUpstreamProxyDialed() {
   using ProxyOutcome = UpstreamProxyResult::Outcome;
   switch (result.outcome) {
     case ProxyOutcome::kTunnel:
-      bufferevent_setcb(upstream_, nullptr, nullptr, &Connection::onUpstreamEvent, this);
       record_.sentence += "; through upstream proxy " + proxy;
       return next(kind_ == ListenerKind::kConnect ? State::kTunnelHello : State::kRelay);
     case ProxyOutcome::kRefused:
@@ -739,10 +802,29 @@ Connection::Step Connection::onUpstreamProxyDialed() {
                          " failed: " + std::string(closeReasonName(reason)) + " (" + why + ")");
 }
 
+void Connection::recordAttempts() {
+  if (dialer_ == nullptr && proxy_dialer_ == nullptr) {
+    return;
+  }
+  for (const DialAttempt& attempt :
+       dialer_ != nullptr ? dialer_->attempts() : proxy_dialer_->attempts()) {
+    record_.attempts.push_back(attempt.toString());
+    worker_.context().metrics().recordConnectAttempt(attempt.endpoint.family() == AF_INET6,
+                                                     attempt.outcome);
+  }
+  if (dialer_ != nullptr) {
+    worker_.retire(std::move(dialer_));
+  } else {
+    worker_.retire(std::move(proxy_dialer_));
+  }
+}
+
 Connection::Step Connection::onDialed() {
   if (proxy_dialer_ != nullptr) {
+    recordAttempts();
     return onUpstreamProxyDialed();
   }
+  recordAttempts();
   record_.connect_ms = msSince(connect_started_);
   if (dns_ticket_ != 0) {
     // Dialling started before the whole answer: what is still to come no longer matters.
@@ -754,8 +836,7 @@ Connection::Step Connection::onDialed() {
   if (result.endpoint) {
     record_.dialled = result.endpoint->toString();
   }
-  if (result.upstream != nullptr) {
-    bufferevent_setcb(upstream_, nullptr, nullptr, &Connection::onUpstreamEvent, this);
+  if (upstream_ != nullptr) {
     return next(kind_ == ListenerKind::kConnect ? State::kTunnelHello : State::kRelay);
   }
   const int error = result.error;
@@ -783,11 +864,8 @@ void Connection::closeUpstream(bool reset) {
     upstream_local_.reset();
   }
   if (upstream_ != nullptr) {
-    if (reset) {
-      setResetOnClose(bufferevent_getfd(upstream_));
-    }
-    bufferevent_free(upstream_);
-    upstream_ = nullptr;
+    upstream_->close(reset);
+    upstream_.reset();
   }
 }
 
@@ -798,12 +876,13 @@ Connection::Step Connection::doTunnelHello(Event event) {
     case Event::kEnter: {
       const ProxySettings& settings = *settings_;
       static constexpr char kEstablished[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-      bufferevent_write(client_, kEstablished, sizeof(kEstablished) - 1);
-      hello_parser_ = std::make_unique<ClientHelloParser>(settings.max_client_hello_size);
-      bufferevent_setwatermark(client_, EV_READ, 0, 2 * settings.max_client_hello_size + 1024);
-      bufferevent_enable(client_, EV_READ);
+      if (!client_.write(kEstablished, sizeof(kEstablished) - 1)) {
+        client_failed_ = true;
+        return clientGone();
+      }
+      startReading(2 * settings.max_client_hello_size + 1024);
       armTimer(settings.head_timeout);
-      if (evbuffer_get_length(bufferevent_get_input(client_)) > 0) {
+      if (client_.inputLength() > 0) {
         return readTunnelHello();  // early bytes sent with the head
       }
       return Step::kWait;
@@ -814,16 +893,13 @@ Connection::Step Connection::doTunnelHello(Event event) {
       return end(CloseReason::kHelloTimeout, "denied: the ClientHello did not arrive in time");
     case Event::kClientClosed:
       return clientGone();
-    case Event::kUpstreamClosed:
-      finish("upstream", true);  // an upstream reset reaches the client as a reset
-      return Step::kWait;
     default:
       return Step::kWait;
   }
 }
 
 Connection::Step Connection::readTunnelHello() {
-  evbuffer* input = bufferevent_get_input(client_);
+  evbuffer* input = client_.input();
   const size_t length = evbuffer_get_length(input);
   if (length == 0) {
     return Step::kWait;
@@ -834,7 +910,8 @@ Connection::Step Connection::readTunnelHello() {
                "up");
   }
   const auto* data = evbuffer_pullup(input, -1);
-  const ClientHelloStatus status = hello_parser_->parse(std::span<const uint8_t>(data, length));
+  ClientHelloStatus status = ClientHelloStatus::kNeedMore;
+  const ClientHelloParser& parser = parseHello(std::span<const uint8_t>(data, length), status);
   if (status == ClientHelloStatus::kNeedMore) {
     if (length > 2 * settings_->max_client_hello_size + 1024) {
       return end(CloseReason::kClientHelloTooLarge,
@@ -849,11 +926,11 @@ Connection::Step Connection::readTunnelHello() {
     return end(CloseReason::kNotTls, "denied: the tunnel does not start with a TLS ClientHello");
   }
   if (status != ClientHelloStatus::kDone) {
-    const CloseReason reason = closeReasonOf(hello_parser_->error());
+    const CloseReason reason = closeReasonOf(parser.error());
     return end(reason, "denied: the tunnel's ClientHello is not acceptable (" +
                            std::string(closeReasonName(reason)) + ")");
   }
-  const ClientHello& hello = hello_parser_->hello();
+  const ClientHello& hello = parser.hello();
   record_.ech = hello.ech_offered;
   if (hello.esni_offered) {
     const Decision esni = policy_->decideSni(hello, port_);
@@ -881,7 +958,9 @@ Connection::Step Connection::doRelay(Event event) {
       record_.decision_ms = msSince(started_);
       // From here the buffered head bytes are relay data, counted by the output buffers.
       releaseHandshake();
-      relay_.emplace(client_, upstream_, worker_.context().stats(), settings_->max_buffer_memory,
+      reading_ = false;
+      endHandshake();
+      relay_.emplace(client_, *upstream_, worker_.context().stats(), settings_->max_buffer_memory,
                      static_cast<Relay::Observer&>(*this));
       relay_->start();
       armTimer(std::min<std::chrono::milliseconds>(idle, kIdleCheck));
@@ -914,21 +993,24 @@ Connection::Step Connection::doRefuse(Event event) {
       }
       closeUpstream(false);
       const std::string response = httpRefusal(reason_, record_.sentence);
-      evbuffer_drain(bufferevent_get_input(client_),
-                     evbuffer_get_length(bufferevent_get_input(client_)));
-      bufferevent_setwatermark(client_, EV_READ, 0, 0);
-      bufferevent_write(client_, response.data(), response.size());
-      bufferevent_enable(client_, EV_READ | EV_WRITE);
+      evbuffer_drain(client_.input(), client_.inputLength());
+      if (!client_.write(response.data(), response.size())) {
+        finish("client", false);
+        return Step::kWait;
+      }
+      if (client_.outputLength() == 0) {
+        shutdown(client_.fd(), SHUT_WR);  // the refusal is out
+      }
+      // Whatever else the client sends is read and dropped until it closes (or the linger ends).
+      startReading(kRefuseRead);
       armTimer(kRefuseLinger);
       return Step::kWait;
     }
-    case Event::kClientData: {
-      evbuffer* input = bufferevent_get_input(client_);
-      evbuffer_drain(input, evbuffer_get_length(input));  // never parsed: RFC 9931
+    case Event::kClientData:
+      evbuffer_drain(client_.input(), client_.inputLength());  // never parsed: RFC 9931
       return Step::kWait;
-    }
     case Event::kClientDrained:
-      shutdown(bufferevent_getfd(client_), SHUT_WR);  // the refusal is out
+      shutdown(client_.fd(), SHUT_WR);  // the refusal is out
       return Step::kWait;
     case Event::kClientClosed:
       finish("client", false);
@@ -950,6 +1032,13 @@ bool Connection::holdHandshake(size_t length) {
       worker_.context().stats().handshake_buffered.fetch_add(delta, std::memory_order_relaxed) +
       delta;
   return delta <= 0 || used <= static_cast<int64_t>(settings_->max_handshake_memory);
+}
+
+void Connection::endHandshake() {
+  if (handshaking_) {
+    handshaking_ = false;
+    worker_.handshakeEnded();
+  }
 }
 
 void Connection::releaseHandshake() {
@@ -1084,31 +1173,20 @@ void Connection::finish(std::string_view closed_by, bool reset) {
     if (record_.closed_by.empty()) {
       record_.closed_by = relay_->closedBy();
     }
-    relay_->stop();  // before the bufferevents go; the Relay itself may be on the stack
+    relay_->stop();  // before the streams close; the Relay itself may be on the stack
   }
   record_.closed_by = record_.closed_by.empty() ? closed_by : record_.closed_by;
   record_.total_ms = msSince(started_);
   releaseHandshake();
-  if (client_ != nullptr) {
-    if (reset) {
-      setResetOnClose(bufferevent_getfd(client_));
-    }
-    bufferevent_free(client_);
-    client_ = nullptr;
-  }
+  endHandshake();
+  reading_ = false;
+  client_.close(reset);
   closeUpstream(reset);
   evtimer_del(timer_);
   connect_parser_.reset();
   hello_parser_.reset();
   state_ = State::kClosed;
-  if (dialer_ != nullptr || proxy_dialer_ != nullptr) {
-    for (const DialAttempt& attempt :
-         dialer_ != nullptr ? dialer_->attempts() : proxy_dialer_->attempts()) {
-      record_.attempts.push_back(attempt.toString());
-      worker_.context().metrics().recordConnectAttempt(attempt.endpoint.family() == AF_INET6,
-                                                       attempt.outcome);
-    }
-  }
+  recordAttempts();
   if (record_.reason.empty()) {
     setReason(CloseReason::kInternalError);  // never set up (start() failed)
   }

@@ -1,7 +1,6 @@
 #pragma once
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include <array>
@@ -23,6 +22,7 @@
 #include "proxy/connection_limits.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/relay.h"
+#include "proxy/stream.h"
 #include "proxy/upstream_proxy_dialer.h"
 
 namespace acr {
@@ -44,13 +44,16 @@ class Worker;
 // others: close with RST, never dialling) or straight to close. Every connection ends in
 // finish(), which writes its one access-log line.
 //
+// Each socket is a Stream: one edge-triggered event from accept (or connect) to close, handed from
+// the dialer to this connection to the Relay without another epoll_ctl.
+//
 // The shape is Chromium's DoLoop (as ClientHelloParser::parse): libevent, DNS, dialer and relay
 // callbacks only record what happened (an Event, and its data in a member) and call post();
 // doLoop() hands the event to the current state's doX(), which either waits for the next event
 // or names next_state_, entered at once with Event::kEnter. An event raised while the loop runs
 // (a DNS answer or dial result known synchronously) waits in a small queue. Invariants are
 // checked after every event in debug and sanitizer builds (checkInvariants()).
-class Connection final : private Relay::Observer {
+class Connection final : private Relay::Observer, private Stream::Handler {
  public:
   enum class State : uint8_t {
     kReadHead,     // connect: reading the CONNECT head (head timeout runs)
@@ -72,7 +75,10 @@ class Connection final : private Relay::Observer {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  void start();
+  // `listener_keepalive`: the TCP keepalive idle the listening socket was given (Worker), which
+  // the accepted socket inherits from it; when it is the settings' value, start() sets nothing
+  // (4 setsockopt calls fewer per connection).
+  void start(std::optional<std::chrono::seconds> listener_keepalive);
   // Instead of start(), for a client the client rules refuse (Policy::decideClient): connect
   // listener 403 with reason client_not_allowed, other listeners a reset; never reads a request.
   void refuseClient(const std::string& sentence);
@@ -95,24 +101,26 @@ class Connection final : private Relay::Observer {
  private:
   // What woke the state machine.
   enum class Event : uint8_t {
-    kEnter,           // the state was just entered: its setup runs
-    kClientData,      // the client's input grew
-    kClientDrained,   // the client's output drained (kRefuse: the refusal is out)
-    kClientClosed,    // the client sent FIN or failed (client_failed_ says which)
-    kUpstreamClosed,  // the upstream closed or failed before the relay
-    kTimer,           // the current state's timer ran out
-    kFirstFamily,     // first_family_ holds the addresses of the family that answered first
-    kResolved,        // answer_ holds the whole DNS answer
-    kDialed,          // dial_result_ holds the dialer's result
-    kRelayEnded,      // relay_closed_by_ / relay_reset_ say how the tunnel ended
+    kEnter,          // the state was just entered: its setup runs
+    kClientData,     // the client's input grew
+    kClientDrained,  // the client's output drained (kRefuse: the refusal is out)
+    kClientClosed,   // the client sent FIN or failed (client_failed_ says which)
+    kTimer,          // the current state's timer ran out
+    kFirstFamily,    // first_family_ holds the addresses of the family that answered first
+    kResolved,       // answer_ holds the whole DNS answer
+    kDialed,         // dial_result_ holds the dialer's result
+    kRelayEnded,     // relay_closed_by_ / relay_reset_ say how the tunnel ended
   };
   // What a doX() asks of the loop: wait for the next event, or enter next_state_ now.
   enum class Step : uint8_t { kWait, kNext };
 
-  static void onClientRead(bufferevent* bev, void* self);
-  static void onClientWrite(bufferevent* bev, void* self);
-  static void onClientEvent(bufferevent* bev, short events, void* self);
-  static void onUpstreamEvent(bufferevent* bev, short events, void* self);
+  // The client's edges (the upstream's before the relay are only recorded by its stream): flush
+  // what the client has not taken yet (kClientDrained once it has), read while the state reads.
+  void onStreamEvent(Stream& stream, short what) override;
+  // The current state reads the client into client_.input(), up to `limit` bytes (the rest
+  // waits in the socket); kClientData tells it of new bytes, kClientClosed of a FIN or error.
+  void startReading(size_t limit);
+  void readClient();
   static void onTimer(evutil_socket_t, short, void* self);
   void onRelayEnded(std::string_view closed_by, bool reset) override;
 
@@ -139,9 +147,21 @@ class Connection final : private Relay::Observer {
   // inside the dialler's connect(), so another loop may accept the copy before the dialler has
   // registered its endpoint, but never receive bytes before it.
   bool refusedAsLoop();
+  // True when the peer is one of the proxy's own upstream sockets and the connection was headed
+  // where that socket dialled: SO_ORIGINAL_DST after a REDIRECT, else the local address
+  // (OwnUpstreams). The destination costs a getsockname and a getsockopt, so it is looked up only
+  // for a peer that is an own upstream's local endpoint (the transparent listener knows it).
+  bool isOwnUpstream(int fd) const;
   Step readHead();
   Step readHello();
   Step readTunnelHello();
+  // Parses `data`, the ClientHello bytes so far (the whole stream from its first byte). A hello
+  // that arrives in one piece (almost all) is parsed by a per-thread parser: its 24 KiB, mostly
+  // untouched but each one's first page written, never sit on the heap of a connection waiting
+  // for its hello (500 connections accepted at once held 4 MB that way). Only a hello that needs
+  // more bytes gets a parser of the connection's own, which resumes (the first call's work done
+  // once more). The parser returned holds the result (hello(), error()) until the next call.
+  const ClientHelloParser& parseHello(std::span<const uint8_t> data, ClientHelloStatus& status);
   Step decideHello(const ClientHello& hello);
   Step onResolved();
   // Dials the first family's allowed addresses while the other family is still resolving.
@@ -151,6 +171,9 @@ class Connection final : private Relay::Observer {
   // allowed and nothing else can come (`more_coming` false and nothing dialled yet).
   Step chooseCandidates(const std::vector<IpAddress>& addresses, bool more_coming = false);
   Step onDialed();
+  // The dial has ended (or the connection does, first): its attempts go into the log line and
+  // the metrics, and the dialer to Worker::retire. Once; no-op without a dialer.
+  void recordAttempts();
   // True when tunnels go through --upstream-proxy (names are resolved by it, not here).
   bool viaUpstreamProxy() const noexcept;
   // kConnect with an upstream proxy: asks it for the tunnel; its result ends the dial.
@@ -169,6 +192,8 @@ class Connection final : private Relay::Observer {
   // takes the process past --max-handshake-memory (the caller refuses: handshake_memory).
   bool holdHandshake(size_t length);
   void releaseHandshake();
+  // The handshake is over (relay or close): Worker::handshakeEnded, once.
+  void endHandshake();
   // Ends a connection that is refused or failed, with `reason`: the connect listener before its
   // 200 answers the reason's HTTP status (closeReasonInfo) from kRefuse, which closes after the
   // client has read it; everything else is closed with a reset at once.
@@ -206,12 +231,16 @@ class Connection final : private Relay::Observer {
   bool looping_ = false;
   uint8_t queued_count_ = 0;
   std::array<Event, 4> queued_{};  // events raised while the loop ran, in order
-  bufferevent* client_ = nullptr;
-  bufferevent* upstream_ = nullptr;
-  event* timer_ = nullptr;  // the current state's timeout; cleared on every state change
+  Stream client_;
+  bool client_open_ = false;  // its event is registered (a failure ends the connection at start)
+  bool reading_ = false;      // the state reads the client (startReading), up to read_limit_
+  size_t read_limit_ = 0;
+  std::unique_ptr<Stream> upstream_;  // from the dial's end
+  event* timer_ = nullptr;            // the current state's timeout; cleared on every state change
   uint64_t dns_ticket_ = 0;
 
-  // Parsers live only while their state does: an idle tunnel keeps neither.
+  // Parsers live only while their state does: an idle tunnel keeps neither. hello_parser_ only
+  // for a hello that came in pieces (parseHello).
   std::unique_ptr<ConnectRequestParser> connect_parser_;
   std::unique_ptr<ClientHelloParser> hello_parser_;
   std::string host_;  // CONNECT host or SNI (normalised when it is a name)
@@ -239,14 +268,13 @@ class Connection final : private Relay::Observer {
   bool relay_reset_ = false;
 
   std::optional<Relay> relay_;  // from kRelay on (stopped in finish())
-  int64_t handshake_held_ = 0;  // this connection's share of ProxyStats::handshake_buffered
+  int64_t handshake_held_ = 0;
+  bool handshaking_ = true;  // counted in Worker::handshakeStarted until endHandshake()  // this
+                             // connection's share of ProxyStats::handshake_buffered
 
   // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
   const SocketAddress peer_;
-  // Where the client's connection was headed: SO_ORIGINAL_DST after a REDIRECT, else the local
-  // address (OwnUpstreams matches it with the dialled endpoint).
-  const std::optional<SocketAddress> destination_;
-  const bool looped_;
+  bool looped_ = false;  // the peer is an own upstream socket (isOwnUpstream) at accept
   bool loop_rechecked_ = false;
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point dns_started_;

@@ -69,12 +69,17 @@ std::string DialAttempt::toString() const {
 }
 
 // One attempt in flight: its socket and where its record is.
-struct HappyEyeballsDialer::Live {
+// One attempt in flight: its stream's edges come here until it connects or fails.
+struct HappyEyeballsDialer::Live final : Stream::Handler {
   HappyEyeballsDialer* dialer = nullptr;
   size_t index = 0;  // into attempts_
-  bufferevent* bev = nullptr;
+  std::unique_ptr<Stream> stream;
   std::optional<SocketAddress> local;  // registered in own_upstreams, with `remote`
   SocketAddress remote;                // the address this attempt dials
+
+  void onStreamEvent(Stream& edge, short what) override {
+    dialer->onAttemptEvent(*this, edge, what);
+  }
 };
 
 HappyEyeballsDialer::HappyEyeballsDialer(event_base* base, DialOptions options, Callback done)
@@ -178,24 +183,22 @@ bool HappyEyeballsDialer::startNext() {
       return false;
     }
     setKeepalive(fd, options_.keepalive_idle);
-    bufferevent* bev = bufferevent_socket_new(base_, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == nullptr) {
-      close(fd);
-      attempts_[index].outcome = AttemptOutcome::kError;
-      attempts_[index].error = last_error_ = ENOMEM;
-      continue;
-    }
     auto live = std::make_unique<Live>();
     live->dialer = this;
     live->index = index;
-    live->bev = bev;
-    bufferevent_setcb(bev, nullptr, nullptr, &HappyEyeballsDialer::onEvent, live.get());
-    if (bufferevent_socket_connect(bev, endpoint.get(), static_cast<int>(endpoint.length)) != 0) {
-      const int error = EVUTIL_SOCKET_ERROR();
-      bufferevent_free(bev);
-      attempts_[index].outcome = outcomeOf(error);
+    live->stream = std::make_unique<Stream>(base_, fd);  // closes fd from here on
+    int error = 0;
+    if (::connect(fd, endpoint.get(), endpoint.length) != 0 && errno != EINPROGRESS) {
+      error = errno;
+    } else if (!live->stream->open(live.get())) {
+      // Registered only after connect(): epoll reports a socket that is not connecting yet as
+      // hung up. A connect() that completed at once reports writable when registered.
+      error = ENOMEM;
+    }
+    if (error != 0) {
+      attempts_[index].outcome = error == ENOMEM ? AttemptOutcome::kError : outcomeOf(error);
       attempts_[index].error = last_error_ = error;
-      continue;
+      continue;  // `live` closes the socket
     }
     if (options_.own_upstreams != nullptr) {
       // connect() has bound the local port already: register it before the kernel can deliver a
@@ -238,32 +241,39 @@ void HappyEyeballsDialer::closeLive(Live& live, AttemptOutcome outcome, int erro
   if (live.local && options_.own_upstreams != nullptr) {
     options_.own_upstreams->remove(*live.local, live.remote);
   }
-  if (live.bev != nullptr) {
-    bufferevent_free(live.bev);
-  }
+  live.stream.reset();  // closes the socket, if it was not handed over
   const auto it = std::find_if(live_.begin(), live_.end(),
                                [&](const std::unique_ptr<Live>& p) { return p.get() == &live; });
   live_.erase(it);  // frees `live`
 }
 
-void HappyEyeballsDialer::onEvent(bufferevent*, short events, void* arg) {
-  Live& live = *static_cast<Live*>(arg);
-  HappyEyeballsDialer& self = *live.dialer;
-  if ((events & BEV_EVENT_CONNECTED) != 0) {
-    self.win(live);
+void HappyEyeballsDialer::onAttemptEvent(Live& live, Stream& stream, short what) {
+  // The connect() ended: connected (writable), or with an error, which epoll always reports
+  // (EPOLLERR, EPOLLHUP) and libevent as readable and writable. So an edge that is only writable
+  // is a connection, without the getsockopt(SO_ERROR) a mixed one needs to tell the two apart.
+  int error = 0;
+  socklen_t length = sizeof(error);
+  if ((what & (EV_READ | EV_WRITE | EV_CLOSED)) != EV_WRITE &&
+      getsockopt(stream.fd(), SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
+    error = errno;
+  }
+  if (error == 0 && (what & EV_WRITE) != 0) {
+    win(live);
     return;
   }
-  int error = EVUTIL_SOCKET_ERROR();
   if (error == 0) {
-    error = ECONNRESET;
+    error = (what & EV_CLOSED) != 0 ? ECONNRESET : 0;
+    if (error == 0) {
+      return;  // not an end of the connect(); wait for it
+    }
   }
-  self.last_error_ = error;
-  self.closeLive(live, outcomeOf(error), error);
+  last_error_ = error;
+  closeLive(live, outcomeOf(error), error);
   // A failed attempt moves on at once; the delay starts again from the new attempt.
-  if (!self.queue_.empty()) {
-    evtimer_del(self.next_timer_);
+  if (!queue_.empty()) {
+    evtimer_del(next_timer_);
   }
-  self.startNext();
+  startNext();
 }
 
 void HappyEyeballsDialer::onNextTimer(evutil_socket_t, short, void* arg) {
@@ -285,12 +295,11 @@ void HappyEyeballsDialer::onDeadline(evutil_socket_t, short, void* arg) {
 
 void HappyEyeballsDialer::win(Live& live) {
   DialResult result;
-  result.upstream = live.bev;
+  live.stream->setHandler(nullptr);
+  result.upstream = std::move(live.stream);  // handed over, with its registration
   result.local = live.local;
   result.endpoint = attempts_[live.index].endpoint;
   attempts_[live.index].outcome = AttemptOutcome::kConnected;
-  bufferevent_setcb(live.bev, nullptr, nullptr, nullptr, nullptr);
-  live.bev = nullptr;  // handed over, with its registration
   live.local.reset();
   closeLive(live, AttemptOutcome::kConnected, 0);
   while (!live_.empty()) {

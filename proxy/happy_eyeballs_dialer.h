@@ -1,6 +1,5 @@
 #pragma once
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include <chrono>
@@ -14,6 +13,7 @@
 
 #include "conf/proxy_settings.h"
 #include "filters/ip_address.h"
+#include "proxy/stream.h"
 
 namespace acr {
 
@@ -63,9 +63,9 @@ struct DialOptions {
 
 // The end of a dial, handed to the callback once.
 struct DialResult {
-  // The winner, or null when every attempt failed. Owned by the receiver from now on
-  // (BEV_OPT_CLOSE_ON_FREE); its callbacks are unset and reading is not enabled.
-  bufferevent* upstream = nullptr;
+  // The winner, connected, or null when every attempt failed. Owned by the receiver from now on;
+  // its event is registered, with no handler (its edges are recorded until one is set).
+  std::unique_ptr<Stream> upstream;
   // The winner's local endpoint, still registered in own_upstreams with `endpoint`: the receiver
   // removes that pair when it frees `upstream`.
   std::optional<SocketAddress> local;
@@ -109,7 +109,7 @@ class HappyEyeballsDialer {
   using Clock = std::chrono::steady_clock;
   struct Live;
 
-  static void onEvent(bufferevent* bev, short events, void* arg);
+  void onAttemptEvent(Live& live, Stream& stream, short what);
   static void onNextTimer(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
 

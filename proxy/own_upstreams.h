@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "conf/proxy_settings.h"
@@ -24,11 +25,25 @@ class OwnUpstreams {
  public:
   void add(const SocketAddress& local, const SocketAddress& remote) {
     std::lock_guard lock(mutex_);
-    endpoints_.insert(keyOf(local, remote));
+    if (endpoints_.insert(keyOf(local, remote)).second) {
+      ++locals_[endpointOf(local)];
+    }
   }
   void remove(const SocketAddress& local, const SocketAddress& remote) {
     std::lock_guard lock(mutex_);
-    endpoints_.erase(keyOf(local, remote));
+    if (endpoints_.erase(keyOf(local, remote)) > 0) {
+      const auto it = locals_.find(endpointOf(local));
+      if (it != locals_.end() && --it->second == 0) {
+        locals_.erase(it);
+      }
+    }
+  }
+  // True when an open upstream socket has `peer` as its local endpoint. Only then may a
+  // connection from `peer` be a loop, and only then is its destination worth the getsockname and
+  // getsockopt calls it costs: Connection asks this first, for every accepted connection.
+  bool hasLocal(const SocketAddress& peer) const {
+    std::lock_guard lock(mutex_);
+    return locals_.contains(endpointOf(peer));
   }
   bool contains(const SocketAddress& peer, const SocketAddress& destination) const {
     std::lock_guard lock(mutex_);
@@ -39,14 +54,22 @@ class OwnUpstreams {
   struct Endpoint {
     uint8_t address[16];
     uint16_t port;
+    bool operator==(const Endpoint& other) const noexcept {
+      return port == other.port && std::memcmp(address, other.address, 16) == 0;
+    }
+  };
+  struct EndpointHash {
+    size_t operator()(const Endpoint& endpoint) const noexcept {
+      uint64_t words[2];
+      std::memcpy(words, endpoint.address, 16);
+      return std::hash<uint64_t>()(((words[0] ^ endpoint.port) * 0x9E3779B97F4A7C15ULL) ^ words[1]);
+    }
   };
   struct Key {
     Endpoint local;
     Endpoint remote;
     bool operator==(const Key& other) const noexcept {
-      return local.port == other.local.port && remote.port == other.remote.port &&
-             std::memcmp(local.address, other.local.address, 16) == 0 &&
-             std::memcmp(remote.address, other.remote.address, 16) == 0;
+      return local == other.local && remote == other.remote;
     }
   };
   struct KeyHash {
@@ -86,6 +109,7 @@ class OwnUpstreams {
 
   mutable std::mutex mutex_;
   std::unordered_set<Key, KeyHash> endpoints_;
+  std::unordered_map<Endpoint, uint32_t, EndpointHash> locals_;  // endpoints_ per local endpoint
 };
 
 }  // namespace acr

@@ -1,7 +1,6 @@
 #pragma once
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include <chrono>
@@ -9,25 +8,27 @@
 #include <cstdint>
 #include <string_view>
 
+#include "proxy/stream.h"
+
 namespace acr {
 
 struct ProxyStats;
 
 // The relay of one tunnel: bytes both ways between the client's and the upstream's connected
 // sockets, with byte counters, half-close and the process-wide buffer budget (docs/operations.md
-// "Relay", THREATS R8). From start() to stop() it owns both sockets' I/O: the bufferevents that
-// carried the handshake are disabled (their output buffers serve as the queues below); they stay
-// owned by the caller, who frees them only after stop().
+// "Relay", THREATS R8). From start() to stop() it is the handler of both Streams: their one
+// edge-triggered event each, added when the socket was opened, now reports to the relay, so that
+// taking the tunnel over costs no epoll_ctl. The streams stay owned by the caller, who closes
+// them only after stop().
 //
-// Why not through the bufferevents: libevent 2.1 reads at most 4 KiB per call (EVBUFFER_MAX_READ)
+// Why not libevent's bufferevents: libevent 2.1 reads at most 4 KiB per call (EVBUFFER_MAX_READ)
 // after a FIONREAD ioctl, and arms and disarms a write event around every queued chunk, so a
-// 1 GiB layer cost 262,144 wake-ups, reads and ioctls and two epoll_ctl per chunk. Here each
-// socket has one edge-triggered event for reading and writing, registered once: no epoll_ctl while
-// relaying, reads of up to kMaxRead into a per-thread scratch buffer, written straight on to the
-// other socket. Only what that socket does not take is queued (the sink bufferevent's output),
-// and while a direction has bytes queued its source is not read: the queue is at most one read
-// (64 KiB; 16 KiB past --max-buffer-memory), and an idle tunnel holds no buffer at all.
-class Relay {
+// 1 GiB layer cost 262,144 wake-ups, reads and ioctls and two epoll_ctl per chunk. Here reads of
+// up to kMaxRead go into a per-thread scratch buffer and straight on to the other socket. Only
+// what that socket does not take is queued (the sink stream's output), and while a direction has
+// bytes queued its source is not read: the queue is at most one read (64 KiB; 16 KiB past
+// --max-buffer-memory), and an idle tunnel holds no buffer at all.
+class Relay final : private Stream::Handler {
  public:
   // The most one read(2) of a side takes; also the per-thread scratch buffer's size.
   static constexpr size_t kMaxRead = 64 * 1024;
@@ -47,18 +48,18 @@ class Relay {
     virtual void onRelayEnded(std::string_view closed_by, bool reset) = 0;
   };
 
-  Relay(bufferevent* client, bufferevent* upstream, ProxyStats& stats, size_t max_buffer_memory,
+  Relay(Stream& client, Stream& upstream, ProxyStats& stats, size_t max_buffer_memory,
         Observer& observer) noexcept;
-  ~Relay();
+  ~Relay() override;
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
 
   // Counts the tunnel as active, passes on the bytes both inputs hold already (the head's early
-  // bytes, the ClientHello) and both outputs still queue, byte-exact, and starts relaying.
+  // bytes, the ClientHello) and both outputs still queue, byte-exact, then a FIN or an error a
+  // stream has met already, and starts relaying.
   void start();
-  // Unregisters from the bufferevents (disabling nothing), frees its read events and returns
-  // this tunnel's share of the buffer budget and of the active tunnels. Idempotent; the
-  // destructor calls it.
+  // Stops handling the streams' edges and returns this tunnel's share of the buffer budget and
+  // of the active tunnels. Idempotent; the destructor calls it.
   void stop() noexcept;
 
   uint64_t bytesUp() const noexcept { return bytes_up_; }      // client -> upstream
@@ -72,18 +73,13 @@ class Relay {
   // still wait in the sink's output; or the FIN has been passed on (shutdown(SHUT_WR) of the sink).
   enum class HalfClose : uint8_t { kOpen, kFinPending, kFinSent };
   struct Direction {
-    bufferevent* source;
-    bufferevent* sink;  // its output buffer queues what the sink's socket did not take
+    Stream* source;
+    Stream* sink;  // its output queues what the sink's socket did not take
     HalfClose half_close = HalfClose::kOpen;
-    bool down;                   // upstream -> client
-    bool source_ready = true;    // the source may have bytes (edge seen, no EAGAIN since)
-    bool sink_ready = true;      // the sink's socket may take bytes (edge seen, no EAGAIN since)
-    bool source_closed = false;  // its FIN has arrived (EV_CLOSED), maybe not read yet
+    bool down;  // upstream -> client
   };
 
-  static void onClientSocket(evutil_socket_t, short what, void* self);
-  static void onUpstreamSocket(evutil_socket_t, short what, void* self);
-  static void onOutputChanged(evbuffer* buffer, const evbuffer_cb_info* info, void* self);
+  void onStreamEvent(Stream& stream, short what) override;
 
   // Moves `direction`'s bytes as far as the sockets allow: the queue first, then reads.
   void pump(Direction& direction);
@@ -94,18 +90,16 @@ class Relay {
   void onFin(Direction& direction);
   void end(std::string_view failed_side, bool reset);
   void count(const Direction& direction, size_t length) noexcept;
+  // Brings this tunnel's share of ProxyStats::relay_buffered to what both outputs queue now.
+  void recount() noexcept;
 
-  bufferevent* const client_;
-  bufferevent* const upstream_;
+  Stream& client_;
+  Stream& upstream_;
   ProxyStats& stats_;
   const int64_t max_buffer_memory_;
   Observer& observer_;
   Direction up_;
   Direction down_;
-  event* client_event_ = nullptr;  // edge-triggered, read and write, from start() to stop()
-  event* upstream_event_ = nullptr;
-  evbuffer_cb_entry* client_output_cb_ = nullptr;
-  evbuffer_cb_entry* upstream_output_cb_ = nullptr;
   int64_t buffered_ = 0;  // this tunnel's share of ProxyStats::relay_buffered
   bool started_ = false;
   bool ended_ = false;

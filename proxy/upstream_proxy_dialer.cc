@@ -125,25 +125,37 @@ void UpstreamProxyDialer::onDialed(DialResult result) {
     return;
   }
   state_ = State::kAnswer;
-  bufferevent* upstream = result_.dial.upstream;
-  bufferevent_setcb(upstream, &UpstreamProxyDialer::onRead, nullptr, &UpstreamProxyDialer::onEvent,
-                    this);
-  bufferevent_setwatermark(upstream, EV_READ, 0, kMaxHead + 1);
-  bufferevent_write(upstream, request_.data(), request_.size());
-  bufferevent_enable(upstream, EV_READ);
-  armDeadline();
-}
-
-void UpstreamProxyDialer::onRead(bufferevent*, void* self) {
-  static_cast<UpstreamProxyDialer*>(self)->readAnswer();
-}
-
-void UpstreamProxyDialer::onEvent(bufferevent*, short events, void* self) {
-  auto* dialer = static_cast<UpstreamProxyDialer*>(self);
-  if ((events & BEV_EVENT_ERROR) != 0) {
-    dialer->result_.dial.error = EVUTIL_SOCKET_ERROR();
+  Stream& upstream = *result_.dial.upstream;
+  upstream.setHandler(this);
+  if (!upstream.write(request_.data(), request_.size())) {
+    result_.dial.error = upstream.error();
+    finish(Outcome::kClosed);
+    return;
   }
-  dialer->finish(Outcome::kClosed);
+  armDeadline();
+  if (upstream.readable()) {
+    upstream.activate(EV_READ);  // the answer came with the connect's edge
+  }
+}
+
+void UpstreamProxyDialer::onStreamEvent(Stream& upstream, short /*what*/) {
+  if (state_ != State::kAnswer) {
+    return;
+  }
+  if (!upstream.flush()) {
+    result_.dial.error = upstream.error();
+    finish(Outcome::kClosed);
+    return;
+  }
+  const Stream::ReadEnd end = upstream.readToInput(kMaxHead + 1);
+  if (upstream.inputLength() > 0) {
+    readAnswer();
+  }
+  if (state_ == State::kAnswer &&
+      (end == Stream::ReadEnd::kEof || end == Stream::ReadEnd::kError)) {
+    result_.dial.error = upstream.error();
+    finish(Outcome::kClosed);
+  }
 }
 
 void UpstreamProxyDialer::onTimer(evutil_socket_t, short, void* self) {
@@ -161,7 +173,7 @@ void UpstreamProxyDialer::onTimer(evutil_socket_t, short, void* self) {
 }
 
 void UpstreamProxyDialer::readAnswer() {
-  evbuffer* input = bufferevent_get_input(result_.dial.upstream);
+  evbuffer* input = result_.dial.upstream->input();
   const evbuffer_ptr end = evbuffer_search(input, "\r\n\r\n", 4, nullptr);
   const size_t length = evbuffer_get_length(input);
   if (end.pos < 0) {
@@ -198,10 +210,7 @@ void UpstreamProxyDialer::finish(Outcome outcome) {
   evtimer_del(timer_);
   result_.outcome = outcome;
   if (outcome == Outcome::kTunnel) {
-    bufferevent* upstream = result_.dial.upstream;
-    bufferevent_disable(upstream, EV_READ);
-    bufferevent_setcb(upstream, nullptr, nullptr, nullptr, nullptr);
-    bufferevent_setwatermark(upstream, EV_READ, 0, 0);
+    result_.dial.upstream->setHandler(nullptr);
   } else {
     closeConnection();
   }
@@ -219,8 +228,7 @@ void UpstreamProxyDialer::closeConnection() noexcept {
     options_.own_upstreams->remove(*dial.local, *dial.endpoint);
   }
   dial.local.reset();
-  bufferevent_free(dial.upstream);
-  dial.upstream = nullptr;
+  dial.upstream.reset();  // closes the socket
 }
 
 void UpstreamProxyDialer::cancel() noexcept {

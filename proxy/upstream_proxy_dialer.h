@@ -44,7 +44,7 @@ struct UpstreamProxyResult {
 // (RFC 9110 9.3.6: any 2xx means the tunnel is open). Bytes the proxy sent after the head stay
 // in the upstream's input: they belong to the tunnel, and the Relay passes them on first.
 // Every step shares DialOptions::deadline. Not thread-safe; callbacks run on `base`'s loop.
-class UpstreamProxyDialer {
+class UpstreamProxyDialer final : private Stream::Handler {
  public:
   using Callback = std::function<void(UpstreamProxyResult)>;
   static constexpr size_t kMaxHead = 16 * 1024;
@@ -54,7 +54,7 @@ class UpstreamProxyDialer {
   // action: it may call cancel(), but must not destroy the dialer.
   UpstreamProxyDialer(event_base* base, Resolver& resolver, const UpstreamProxySettings& proxy,
                       DialOptions options, Callback done);
-  ~UpstreamProxyDialer();
+  ~UpstreamProxyDialer() override;
   UpstreamProxyDialer(const UpstreamProxyDialer&) = delete;
   UpstreamProxyDialer& operator=(const UpstreamProxyDialer&) = delete;
 
@@ -70,8 +70,8 @@ class UpstreamProxyDialer {
   // Where the setup is; the timer runs in kResolve and kAnswer (the dialer has its own).
   enum class State : uint8_t { kIdle, kResolve, kDial, kAnswer, kDone };
 
-  static void onRead(bufferevent* bev, void* self);
-  static void onEvent(bufferevent* bev, short events, void* self);
+  // The proxy's connection while its answer is awaited: writes the request, reads the answer.
+  void onStreamEvent(Stream& upstream, short what) override;
   static void onTimer(evutil_socket_t, short, void* self);
   void onResolved(const std::vector<IpAddress>& addresses, std::string_view failure);
   void onDialed(DialResult result);

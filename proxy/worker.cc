@@ -2,6 +2,7 @@
 
 #include <event2/thread.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
@@ -9,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -129,6 +131,8 @@ Worker::~Worker() {
   closeListeners();
   connections_.clear();
   finished_.clear();
+  retired_dialers_.clear();  // their timers belong to base_
+  retired_proxy_dialers_.clear();
   resolver_.reset();
   event_free(reaper_);
   event_free(drain_tick_);
@@ -149,6 +153,11 @@ void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>&
     const int backlog = fd >= 0 ? 0 : 1024;
     if (fd < 0) {
       fd = boundSocket(settings);
+    }
+    // Once here rather than on every accepted socket, which inherits it (Connection::start).
+    if (const std::chrono::seconds idle = context_.settings()->keepalive_idle;
+        setKeepalive(fd, idle)) {
+      listener->keepalive = idle;
     }
     listener->listener =
         evconnlistener_new(base_, &Worker::onAccept, listener.get(),
@@ -201,8 +210,10 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
   ProxyStats& stats = context_.stats();
   stats.accepted.fetch_add(1, std::memory_order_relaxed);
   SocketAddress peer_address;
-  std::memcpy(&peer_address.storage, peer, static_cast<size_t>(length));
-  peer_address.length = static_cast<socklen_t>(length);
+  // A TCP peer is an IPv4 or IPv6 address: it fits (anything longer is cut, never overrun).
+  const size_t peer_length = std::min(static_cast<size_t>(length), sizeof(peer_address.storage));
+  std::memcpy(&peer_address.storage, peer, peer_length);
+  peer_address.length = static_cast<socklen_t>(peer_length);
   if (draining_) {
     refuseAtAccept(listener, fd, peer_address, CloseReason::kDraining,
                    "denied: the proxy is shutting down");
@@ -234,7 +245,7 @@ void Worker::accept(Listener& listener, int fd, const sockaddr* peer, int length
     return;
   }
   raw->setGroup(*active, choice.group);
-  raw->start();
+  raw->start(listener.keepalive);
 }
 
 void Worker::refuseAtAccept(const Listener& listener, int fd, const SocketAddress& peer,
@@ -284,8 +295,36 @@ void Worker::release(Connection* connection) {
   event_active(reaper_, 0, 0);
 }
 
+void Worker::handshakeStarted() noexcept {
+  handshakes_peak_ = std::max(handshakes_peak_, ++handshakes_);
+}
+
+void Worker::handshakeEnded() noexcept {
+  if (--handshakes_ != 0 || handshakes_peak_ < kTrimBurst) {
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_trim_ >= std::chrono::seconds(1)) {
+    last_trim_ = now;
+    handshakes_peak_ = 0;
+    malloc_trim(0);
+  }
+}
+
+void Worker::retire(std::unique_ptr<HappyEyeballsDialer> dialer) {
+  retired_dialers_.push_back(std::move(dialer));
+  event_active(reaper_, 0, 0);
+}
+
+void Worker::retire(std::unique_ptr<UpstreamProxyDialer> dialer) {
+  retired_proxy_dialers_.push_back(std::move(dialer));
+  event_active(reaper_, 0, 0);
+}
+
 void Worker::onReap(evutil_socket_t, short, void* arg) {
   auto* worker = static_cast<Worker*>(arg);
+  worker->retired_dialers_.clear();
+  worker->retired_proxy_dialers_.clear();
   std::vector<Connection*> finished;
   finished.swap(worker->finished_);
   for (Connection* connection : finished) {

@@ -4,14 +4,18 @@
 #include <event2/listener.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "dns/resolver.h"
 #include "proxy/close_reason.h"
+#include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/proxy_context.h"
+#include "proxy/upstream_proxy_dialer.h"
 
 namespace acr {
 
@@ -55,6 +59,18 @@ class Worker {
   // Called by a connection that has finished; deletes it from the loop, after the callback
   // that finished it has returned.
   void release(Connection* connection);
+  // Called by a connection whose dial has ended, from inside the dialer's callback (which must
+  // not destroy it): frees the dialer on the loop's next pass, so that an open tunnel keeps
+  // neither the dialer nor its timers and attempts.
+  void retire(std::unique_ptr<HappyEyeballsDialer> dialer);
+  // A connection's handshake (accept to relay or close) began or ended. When a burst of them
+  // (kTrimBurst or more at once) is over, the heap's free pages go back to the kernel
+  // (malloc_trim, at most once a second): what 500 handshakes at once held (their input
+  // buffers, dialers and DNS state) would otherwise stay resident while their tunnels idle.
+  void handshakeStarted() noexcept;
+  void handshakeEnded() noexcept;
+  static constexpr size_t kTrimBurst = 64;
+  void retire(std::unique_ptr<UpstreamProxyDialer> dialer);
 
  private:
   struct Listener {
@@ -65,6 +81,9 @@ class Worker {
     evconnlistener* listener = nullptr;
     event* resume = nullptr;  // re-enables accepting after EMFILE backoff
     bool inherited = false;   // passed by systemd (socket activation): the socket outlives us
+    // The TCP keepalive idle set on the listening socket (unset if that failed): accepted
+    // sockets inherit SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT from it.
+    std::optional<std::chrono::seconds> keepalive;
   };
 
   static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int length, void* arg);
@@ -90,6 +109,11 @@ class Worker {
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
   std::vector<Connection*> finished_;
+  size_t handshakes_ = 0;       // connections between accept and relay (or close)
+  size_t handshakes_peak_ = 0;  // the most since the last trim
+  std::chrono::steady_clock::time_point last_trim_{};
+  std::vector<std::unique_ptr<HappyEyeballsDialer>> retired_dialers_;
+  std::vector<std::unique_ptr<UpstreamProxyDialer>> retired_proxy_dialers_;
   event* reaper_ = nullptr;
   event* heartbeat_ = nullptr;
   std::atomic<int64_t> heartbeat_ms_{0};

@@ -148,8 +148,10 @@ TEST_F(HappyEyeballsDialerTest, RefusedMovesOnAtOnceAndWinnerIsHandedOver) {
   EXPECT_EQ(dialer.attempts()[0].toString(), "[::1]:" + std::to_string(port) + " refused");
   EXPECT_EQ(dialer.attempts()[1].toString(), "127.0.0.1:" + std::to_string(port) + " connected");
   EXPECT_TRUE(dialer.finished());
+  EXPECT_TRUE(own.hasLocal(*done->local));  // the loop guard's first, cheap question
   own.remove(*done->local, *done->endpoint);
-  bufferevent_free(done->upstream);
+  EXPECT_FALSE(own.hasLocal(*done->local));
+  done->upstream.reset();  // closes it
 }
 
 // Every address refused: the dial fails with ECONNREFUSED, nothing stays registered.
@@ -192,7 +194,7 @@ TEST_F(HappyEyeballsDialerTest, WaitsForMoreAndSkipsRepeats) {
   ASSERT_NE(done->upstream, nullptr);
   dialer.add(addresses({"127.0.0.1"}), false);  // finished: ignored
   EXPECT_EQ(dialer.attempts().size(), 1u);
-  bufferevent_free(done->upstream);
+  done->upstream.reset();  // closes it
 }
 
 }  // namespace

@@ -127,10 +127,10 @@ TEST_F(UpstreamProxyDialerTest, TwoHundredOpensTunnelAndKeepsEarlyBytes) {
   ASSERT_NE(result.dial.upstream, nullptr);
   EXPECT_EQ(result.status, 200);
   std::string early;
-  evbuffer* input = bufferevent_get_input(result.dial.upstream);
+  evbuffer* input = result.dial.upstream->input();
   early.resize(evbuffer_get_length(input));
   evbuffer_remove(input, early.data(), early.size());
-  const int fd = bufferevent_getfd(result.dial.upstream);
+  const int fd = result.dial.upstream->fd();
   for (int i = 0; i < 50 && early.size() < 5; ++i) {  // the rest may still be in the socket
     pollfd read_poll{fd, POLLIN, 0};
     char buffer[16];
@@ -146,7 +146,7 @@ TEST_F(UpstreamProxyDialerTest, TwoHundredOpensTunnelAndKeepsEarlyBytes) {
   ASSERT_TRUE(result.dial.local);
   EXPECT_TRUE(own_.contains(*result.dial.local, *result.dial.endpoint));
   own_.remove(*result.dial.local, *result.dial.endpoint);
-  bufferevent_free(result.dial.upstream);
+  result.dial.upstream.reset();  // closes it
   EXPECT_EQ(proxy.request(),
             "CONNECT myreg.azurecr.io:443 HTTP/1.1\r\nHost: myreg.azurecr.io:443\r\n"
             "Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\n\r\n");
