@@ -24,17 +24,24 @@ namespace acr::bench {
 
 size_t allocationCount() noexcept { return g_allocations.load(std::memory_order_relaxed); }
 
-const std::vector<CidrSet::Entry>& allServiceTagEntries() {
-  static const std::vector<CidrSet::Entry> entries = [] {
-    const ServiceTags tags = ServiceTags::load(sharedPath("data/ServiceTags_Public.json"));
-    std::vector<CidrSet::Entry> out;
-    for (uint32_t t = 0; t < tags.tags().size(); ++t) {
-      for (const Cidr& prefix : tags.tags()[t].prefixes) {
-        out.push_back({prefix, t});
-      }
+std::vector<CidrSet::Entry> entriesOf(const ServiceTags& tags) {
+  size_t count = 0;
+  for (const ServiceTag& tag : tags.tags()) {
+    count += tag.prefixes.size();
+  }
+  std::vector<CidrSet::Entry> out;
+  out.reserve(count);
+  for (uint32_t t = 0; t < tags.tags().size(); ++t) {
+    for (const Cidr& prefix : tags.tags()[t].prefixes) {
+      out.push_back({prefix, t});
     }
-    return out;
-  }();
+  }
+  return out;
+}
+
+const std::vector<CidrSet::Entry>& allServiceTagEntries() {
+  static const std::vector<CidrSet::Entry> entries =
+      entriesOf(ServiceTags::load(sharedPath("data/ServiceTags_Public.json")));
   return entries;
 }
 

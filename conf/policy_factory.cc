@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <stdexcept>
 
 #include "conf/presets.h"
 #include "conf/service_tags.h"
@@ -139,7 +140,7 @@ PolicySnapshot buildOne(const PolicyConfig& config, const ServiceTags* tags,
   for (const ConfigValue& cidr : config.allow_cidrs) {
     const Cidr parsed = parseCidr(cidr);
     builder.addAllowCidr(parsed, cidr.origin);
-    snapshot.allowed_prefixes.push_back(parsed.toString());
+    snapshot.allowed_prefixes.push_back(parsed);
   }
   for (const ConfigValue& cidr : config.deny_cidrs) {
     builder.addDenyCidr(parseCidr(cidr), cidr.origin);
@@ -169,6 +170,11 @@ PolicySnapshot buildOne(const PolicyConfig& config, const ServiceTags* tags,
   // The tag `name` names, or a ConfigError with the closest names.
   auto findTag = [tags](const ConfigValue& name) -> const ServiceTag& {
     const ServiceTag* tag = tags->find(name.text);
+    if (tag == nullptr && tags->known(name.text)) {
+      // buildPolicy() did not name this tag when it loaded the file: a bug, never to be
+      // reported as an unknown tag.
+      throw std::logic_error("service tag '" + name.text + "' was loaded without its prefixes");
+    }
     if (tag == nullptr) {
       std::string hint;
       for (const std::string& suggestion : tags->suggest(name.text)) {
@@ -185,9 +191,8 @@ PolicySnapshot buildOne(const PolicyConfig& config, const ServiceTags* tags,
     for (const ConfigValue& name : config.service_tags) {
       const ServiceTag* tag = &findTag(name);
       builder.addServiceTag(tag->name, tag->prefixes, name.origin);
-      for (const Cidr& prefix : tag->prefixes) {
-        snapshot.allowed_prefixes.push_back(prefix.toString());
-      }
+      snapshot.allowed_prefixes.insert(snapshot.allowed_prefixes.end(), tag->prefixes.begin(),
+                                       tag->prefixes.end());
       snapshot.service_tag_names.push_back(tag->name);
     }
   }
@@ -217,7 +222,7 @@ PolicySnapshot buildOne(const PolicyConfig& config, const ServiceTags* tags,
       }
     }
   }
-  std::sort(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end());
+  std::sort(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end(), CidrOrder{});
   snapshot.allowed_prefixes.erase(
       std::unique(snapshot.allowed_prefixes.begin(), snapshot.allowed_prefixes.end()),
       snapshot.allowed_prefixes.end());
@@ -340,7 +345,24 @@ PolicySnapshot buildPolicy(const PolicyConfig& config) {
   checkGroups(config);
   std::optional<ServiceTags> tags;
   if (config.service_tags_file) {
-    tags = ServiceTags::load(config.service_tags_file->text);
+    // Only the tags the policy names have their prefixes parsed and kept (ServiceTags::load).
+    std::vector<std::string> used;
+    auto use = [&used](const std::vector<ConfigValue>& names) {
+      for (const ConfigValue& name : names) {
+        used.push_back(name.text);
+      }
+    };
+    use(config.service_tags);
+    for (const BindConfig& bind : config.binds) {
+      use(bind.service_tags);
+    }
+    for (const GroupConfig& group : config.groups) {
+      use(group.policy.service_tags);
+      for (const BindConfig& bind : group.policy.binds) {
+        use(bind.service_tags);
+      }
+    }
+    tags = ServiceTags::load(config.service_tags_file->text, &used);
   }
   const ServiceTags* shared_tags = tags ? &*tags : nullptr;
   std::vector<BuiltGroup> groups;
@@ -481,15 +503,18 @@ std::set<std::string> ruleKeys(const Policy& policy) {
   return keys;
 }
 
+const std::string& text(const std::string& item) { return item; }
+std::string text(const Cidr& item) { return item.toString(); }
+
 // Appends "label: a, b, c (+N more)" for the elements of `items` not in `other`; returns the
-// count. Both are sorted.
-template <class Items>
-size_t appendDifference(std::string& out, const char* label, const Items& items,
-                        const Items& other) {
+// count. Both are sorted by `Order`.
+template <class Items, class Order = std::less<>>
+size_t appendDifference(std::string& out, const char* label, const Items& items, const Items& other,
+                        Order order = {}) {
   constexpr size_t kShown = 5;
-  std::vector<std::string> only;
+  std::vector<typename Items::value_type> only;
   std::set_difference(items.begin(), items.end(), other.begin(), other.end(),
-                      std::back_inserter(only));
+                      std::back_inserter(only), order);
   if (only.empty()) {
     return 0;
   }
@@ -497,7 +522,7 @@ size_t appendDifference(std::string& out, const char* label, const Items& items,
   out += label;
   out += ": ";
   for (size_t i = 0; i < only.size() && i < kShown; ++i) {
-    out += (i == 0 ? "" : ", ") + only[i];
+    out += (i == 0 ? "" : ", ") + text(only[i]);
   }
   if (only.size() > kShown) {
     out += " (+" + std::to_string(only.size() - kShown) + " more)";
@@ -513,10 +538,10 @@ std::string describePolicyChange(const PolicySnapshot& before, const PolicySnaps
   const std::set<std::string> new_rules = ruleKeys(*after.policy);
   appendDifference(out, "rules added", new_rules, old_rules);
   appendDifference(out, "rules removed", old_rules, new_rules);
-  const size_t added =
-      appendDifference(out, "prefixes added", after.allowed_prefixes, before.allowed_prefixes);
-  const size_t removed =
-      appendDifference(out, "prefixes removed", before.allowed_prefixes, after.allowed_prefixes);
+  const size_t added = appendDifference(out, "prefixes added", after.allowed_prefixes,
+                                        before.allowed_prefixes, CidrOrder{});
+  const size_t removed = appendDifference(out, "prefixes removed", before.allowed_prefixes,
+                                          after.allowed_prefixes, CidrOrder{});
   if (added + removed > 0) {
     out += "; allowed prefixes " + std::to_string(before.allowed_prefixes.size()) + " -> " +
            std::to_string(after.allowed_prefixes.size());

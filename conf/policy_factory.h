@@ -26,9 +26,10 @@ struct PolicySnapshot {
   std::optional<int64_t> service_tags_change_number;
   std::string service_tags_path;
   std::vector<std::string> service_tag_names;
-  // Every allowed prefix (--allow-cidr and tag prefixes) as text, sorted and unique: what a
-  // reload compares to say which addresses it added or removed.
-  std::vector<std::string> allowed_prefixes;
+  // Every allowed prefix (--allow-cidr and tag prefixes), sorted by CidrOrder and unique: what a
+  // reload compares to say which addresses it added or removed. Kept as values and written as
+  // text only for that message: formatting ~1,700 tag prefixes at every start was 4 % of it.
+  std::vector<Cidr> allowed_prefixes;
   // Set when the host lists were given but empty (PolicyConfig::host_list_origin): no name passes.
   std::optional<std::string> empty_host_list_origin;
   // Broad rules an operator should know about, one sentence each (startup log, reload log,

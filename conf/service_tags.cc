@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "conf/config.h"
 
@@ -54,51 +55,6 @@ size_t editDistance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-}  // namespace
-
-// Reads the file whole into a buffer of its size, not zero-filled first: a stringstream copied
-// the 4 MB file three times, and zero-filling a std::string first costs as much as the read
-// (both are the first touch of fresh pages).
-ServiceTags ServiceTags::load(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    throw ConfigError(path + ": cannot open the service-tags file: " + std::strerror(errno));
-  }
-  std::unique_ptr<char[]> text;
-  size_t size = 0;
-  std::string error;
-  struct stat info {};
-  if (::fstat(fd, &info) != 0) {
-    error = std::strerror(errno);
-  } else if (!S_ISREG(info.st_mode)) {
-    error = "not a regular file";
-  } else if (info.st_size > kMaxFileSize) {
-    error = "larger than " + std::to_string(kMaxFileSize >> 20) + " MiB";
-  } else {
-    size = static_cast<size_t>(info.st_size);
-    text = std::make_unique_for_overwrite<char[]>(size);
-    size_t done = 0;
-    while (done < size) {
-      const ssize_t n = ::read(fd, text.get() + done, size - done);
-      if (n < 0 && errno == EINTR) {
-        continue;
-      }
-      if (n <= 0) {
-        error = n < 0 ? std::strerror(errno) : "the file shrank while it was read";
-        break;
-      }
-      done += static_cast<size_t>(n);
-    }
-  }
-  ::close(fd);
-  if (!error.empty()) {
-    throw ConfigError(path + ": cannot read the service-tags file: " + error);
-  }
-  return parse(std::string_view(text.get(), size), path);
-}
-
-namespace {
-
 // The schema as a SAX handler: RapidJSON's Reader calls it once per token, so the file is checked
 // and turned into ServiceTag values in one pass, without a DOM (the DOM of the 4 MB file was
 // ~15 MB of allocations and most of the loader's time and page faults). Each open object or
@@ -108,8 +64,9 @@ namespace {
 class ServiceTagsReader
     : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ServiceTagsReader> {
  public:
-  ServiceTagsReader(const std::string& source, ServiceTags::Contents& out)
-      : source_(source), out_(out) {}
+  ServiceTagsReader(const std::string& source, ServiceTags::Contents& out,
+                    const std::vector<std::string>* keep)
+      : source_(source), out_(out), keep_(keep) {}
 
   bool StartObject() {
     switch (valueSlot()) {
@@ -119,6 +76,7 @@ class ServiceTagsReader
       case Slot::kTag:
         tag_ = ServiceTag{};
         seen_ = 0;
+        keeping_ = Keeping::kUnknown;
         push(Frame::kTag);
         return true;
       case Slot::kProperties:
@@ -160,18 +118,27 @@ class ServiceTagsReader
         require(top_seen_, Slot::kValues, "$", "values");
         break;
       case Frame::kTag: {
-        const std::string path = tagPath();
-        require(seen_, Slot::kName, path, "name");
-        require(seen_, Slot::kProperties, path, "properties");
-        if (!out_.by_name.emplace(tag_.name, out_.tags.size()).second) {
-          fail(source_, path + ".name", "duplicate tag name '" + tag_.name + "'");
+        require(seen_, Slot::kName, "", "name");
+        require(seen_, Slot::kProperties, "", "properties");
+        if (keeping_ == Keeping::kUnknown) {
+          keeping_ = kept(tag_.name) ? Keeping::kYes : Keeping::kNo;  // "name" came last
         }
-        out_.tags.push_back(std::move(tag_));
+        out_.names += tag_.name;
+        if (out_.names.size() > UINT32_MAX - 1) {
+          fail(source_, tagPath() + ".name", "too many tag names");
+        }
+        out_.name_ends.push_back(static_cast<uint32_t>(out_.names.size()));
+        if (keeping_ == Keeping::kYes) {
+          out_.kept.push_back(static_cast<uint32_t>(out_.tags.size()));
+          out_.tags.push_back(std::move(tag_));
+        } else {
+          out_.kept.push_back(ServiceTags::Contents::kNotKept);
+        }
         ++tag_index_;
         break;
       }
       case Frame::kProperties:
-        require(seen_, Slot::kAddressPrefixes, tagPath() + ".properties", "addressPrefixes");
+        require(seen_, Slot::kAddressPrefixes, ".properties", "addressPrefixes");
         break;
       default:
         break;
@@ -210,11 +177,16 @@ class ServiceTagsReader
           wrongType();
         }
         tag_.name.assign(value);
+        keeping_ = kept(tag_.name) ? Keeping::kYes : Keeping::kNo;
         return true;
       case Slot::kRegion:
         tag_.region.assign(value);
         return true;
       case Slot::kPrefix: {
+        if (keeping_ == Keeping::kNo) {
+          ++prefix_index_;
+          return true;
+        }
         std::string error;
         const auto cidr = Cidr::parse(value, &error);
         if (!cidr) {
@@ -254,6 +226,12 @@ class ServiceTagsReader
   }
 
  private:
+  // Whether the current tag's prefixes are kept: known once its "name" has been read.
+  enum class Keeping : uint8_t { kUnknown, kYes, kNo };
+  bool kept(const std::string& name) const {
+    return keep_ == nullptr || std::find(keep_->begin(), keep_->end(), name) != keep_->end();
+  }
+
   // What a value is for: a member of the schema, an element of an array of the schema, or
   // something the loader does not use.
   enum class Slot : uint8_t {
@@ -324,8 +302,11 @@ class ServiceTagsReader
     const Slot slot = valueSlot();
     fail(source_, slotPath(slot), expectation(slot));
   }
-  void require(uint32_t seen, Slot slot, const std::string& path, const char* name) const {
+  // `where`: "$" for the top level, else the path under the current tag (built only on failure:
+  // building it for every tag was 5 % of the load).
+  void require(uint32_t seen, Slot slot, const char* where, const char* name) const {
     if ((seen & (1u << static_cast<unsigned>(slot))) == 0) {
+      const std::string path = std::string_view(where) == "$" ? "$" : tagPath() + where;
       fail(source_, path, std::string("missing \"") + name + "\"");
     }
   }
@@ -382,6 +363,8 @@ class ServiceTagsReader
 
   const std::string& source_;
   ServiceTags::Contents& out_;
+  const std::vector<std::string>* keep_;
+  Keeping keeping_ = Keeping::kUnknown;
   std::vector<Frame> frames_;
   Slot member_ = Slot::kUnused;  // the member the last Key named, in the innermost object
   uint32_t top_seen_ = 0;        // bits by Slot: members of $ given so far
@@ -391,45 +374,280 @@ class ServiceTagsReader
   size_t prefix_index_ = 0;
 };
 
+// The file read in 64 KiB blocks into one buffer reused for the whole file: reading Azure's 4 MB
+// file into a buffer of its size first cost a page fault per 4 KiB of fresh memory, which on the
+// 2-core VMs it runs on was 12 ms of the start-up (bench/e2e/PROFILE.md section 8). Each block is
+// followed by a '\0', RapidJSON's end of input; a NUL byte in the file would look like that end,
+// so reading stops there and says so.
+class FileBlocks {
+ public:
+  static constexpr size_t kBlockSize = 64 * 1024;
+
+  FileBlocks(int fd, const std::string& path) : fd_(fd), path_(path) {}
+
+  struct Block {
+    char* begin;
+    char* end;
+  };
+  // The next block, empty at the end of the input. Returned by value: a stream passing its own
+  // pointers by reference would let them escape and lose copyOptimization (see FileStream).
+  Block next() {
+    consumed_ += length_;
+    length_ = 0;
+    *buffer_.get() = '\0';
+    if (at_end_) {
+      return {buffer_.get(), buffer_.get()};
+    }
+    ssize_t n;
+    do {
+      n = ::read(fd_, buffer_.get(), kBlockSize);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      throw ConfigError(path_ + ": cannot read the service-tags file: " + std::strerror(errno));
+    }
+    if (consumed_ + static_cast<size_t>(n) > static_cast<size_t>(ServiceTags::kMaxFileSize)) {
+      throw ConfigError(path_ + ": cannot read the service-tags file: larger than " +
+                        std::to_string(ServiceTags::kMaxFileSize >> 20) + " MiB");
+    }
+    length_ = static_cast<size_t>(n);
+    if (const void* nul = std::memchr(buffer_.get(), '\0', length_); nul != nullptr) {
+      length_ = static_cast<size_t>(static_cast<const char*>(nul) - buffer_.get());
+      nul_offset_ = consumed_ + length_;
+    }
+    at_end_ = n == 0 || nul_offset_.has_value();
+    buffer_[length_] = '\0';
+    return {buffer_.get(), buffer_.get() + length_};
+  }
+  bool atEnd() const { return at_end_; }
+  // Offset in the file of `at`, a position in the current block.
+  size_t offsetOf(const char* at) const {
+    return consumed_ + static_cast<size_t>(at - buffer_.get());
+  }
+  // Where a NUL byte ended the input, if one did.
+  std::optional<size_t> nulOffset() const { return nul_offset_; }
+
+ private:
+  int fd_;
+  const std::string& path_;
+  std::unique_ptr<char[]> buffer_ = std::make_unique_for_overwrite<char[]>(kBlockSize + 1);
+  size_t consumed_ = 0;  // bytes before the current block
+  size_t length_ = 0;    // bytes in the current block
+  bool at_end_ = false;
+  std::optional<size_t> nul_offset_;
+};
+
+// RapidJSON's input stream over FileBlocks: two pointers into the current block, cheap to copy, so
+// that RapidJSON parses through a local copy held in registers (StreamTraits::copyOptimization,
+// below, as for its own StringStream). Through a reference, every character a string copies is a
+// char store that may alias the stream, so each step reloaded the stream's pointers: strings cost
+// ~26 instructions a character.
+class FileStream {
+ public:
+  using Ch = char;
+
+  explicit FileStream(FileBlocks& blocks) : blocks_(&blocks) { nextBlock(); }
+
+  Ch Peek() const { return *current_; }
+  Ch Take() {
+    const Ch c = *current_;
+    if (++current_ == end_) {
+      nextBlock();
+    }
+    return c;
+  }
+  size_t Tell() const { return blocks_->offsetOf(current_); }
+  // RapidJSON's SkipWhitespace over the block rather than through Peek() and Take(): a third of
+  // Azure's file is indentation.
+  void skipWhitespace() {
+    while (true) {
+      char* p = current_;
+      while (p != end_ && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) {
+        ++p;
+      }
+      current_ = p;
+      if (p != end_ || blocks_->atEnd()) {
+        return;
+      }
+      nextBlock();
+    }
+  }
+  // Only for in-situ parsing, which this stream does not support.
+  Ch* PutBegin() { return nullptr; }
+  void Put(Ch) {}
+  void Flush() {}
+  size_t PutEnd(Ch*) { return 0; }
+
+ private:
+  void nextBlock() {
+    const FileBlocks::Block block = blocks_->next();
+    current_ = block.begin;
+    end_ = block.end;
+  }
+
+  FileBlocks* blocks_;
+  char* current_ = nullptr;
+  char* end_ = nullptr;
+};
+
+}  // namespace
+}  // namespace acr
+
+// The extension points RapidJSON offers a stream (it specializes both for its own streams).
+template <>
+struct rapidjson::StreamTraits<acr::FileStream> {
+  enum { copyOptimization = 1 };
+};
+template <>
+inline void rapidjson::SkipWhitespace(acr::FileStream& stream) {
+  stream.skipWhitespace();
+}
+
+namespace acr {
+namespace {
+
+// Line and column of byte `offset` of the file (an error path: the text is read again).
+std::string lineAndColumnInFile(int fd, size_t offset) {
+  size_t line = 1;
+  size_t column = 1;
+  char block[4096];
+  for (size_t at = 0; at < offset;) {
+    const ssize_t n =
+        ::pread(fd, block, std::min(sizeof(block), offset - at), static_cast<off_t>(at));
+    if (n <= 0) {
+      break;
+    }
+    for (ssize_t i = 0; i < n; ++i) {
+      column = block[i] == '\n' ? 1 : column + 1;
+      line += block[i] == '\n' ? 1 : 0;
+    }
+    at += static_cast<size_t>(n);
+  }
+  return std::to_string(line) + ":" + std::to_string(column);
+}
+
+template <class Stream>
+rapidjson::ParseResult parseStream(Stream& stream, const std::string& source,
+                                   ServiceTags::Contents& out,
+                                   const std::vector<std::string>* keep) {
+  ServiceTagsReader handler(source, out, keep);
+  rapidjson::Reader reader;
+  return reader.Parse<rapidjson::kParseIterativeFlag>(stream, handler);
+}
+
 }  // namespace
 
-ServiceTags ServiceTags::parse(std::string_view json, const std::string& source) {
+ServiceTags ServiceTags::load(const std::string& path, const std::vector<std::string>* keep) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    throw ConfigError(path + ": cannot open the service-tags file: " + std::strerror(errno));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat info {};
+  std::string error;
+  if (::fstat(fd, &info) != 0) {
+    error = std::strerror(errno);
+  } else if (!S_ISREG(info.st_mode)) {
+    error = "not a regular file";
+  } else if (info.st_size > kMaxFileSize) {
+    error = "larger than " + std::to_string(kMaxFileSize >> 20) + " MiB";
+  }
+  if (!error.empty()) {
+    throw ConfigError(path + ": cannot read the service-tags file: " + error);
+  }
+  FileBlocks blocks(fd, path);
+  FileStream stream(blocks);
+  if (stream.Peek() == '\0' && !blocks.nulOffset()) {
+    throw ConfigError(path + ": the service-tags file is empty");
+  }
+  ServiceTags tags;
+  tags.source_ = path;
+  const rapidjson::ParseResult result = parseStream(stream, path, tags.contents_, keep);
+  if (const auto nul = blocks.nulOffset()) {
+    throw ConfigError(path + ":" + lineAndColumnInFile(fd, *nul) + ": invalid JSON: a NUL byte");
+  }
+  if (result.IsError()) {
+    throw ConfigError(path + ":" + lineAndColumnInFile(fd, result.Offset()) +
+                      ": invalid JSON: " + rapidjson::GetParseError_En(result.Code()));
+  }
+  tags.indexNames();
+  return tags;
+}
+
+ServiceTags ServiceTags::parse(std::string_view json, const std::string& source,
+                               const std::vector<std::string>* keep) {
   if (json.empty()) {
     throw ConfigError(source + ": the service-tags file is empty");
   }
   ServiceTags tags;
   tags.source_ = source;
-  ServiceTagsReader handler(source, tags.contents_);
-  rapidjson::Reader reader;
   rapidjson::MemoryStream stream(json.data(), json.size());
-  const rapidjson::ParseResult result =
-      reader.Parse<rapidjson::kParseIterativeFlag>(stream, handler);
+  const rapidjson::ParseResult result = parseStream(stream, source, tags.contents_, keep);
   if (result.IsError()) {
     throw ConfigError(source + ":" + lineAndColumn(json, result.Offset()) +
                       ": invalid JSON: " + rapidjson::GetParseError_En(result.Code()));
   }
+  tags.indexNames();
   return tags;
 }
 
+void ServiceTags::indexNames() {
+  Contents& c = contents_;
+  c.by_name.resize(c.name_ends.size());
+  for (uint32_t i = 0; i < c.by_name.size(); ++i) {
+    c.by_name[i] = i;
+  }
+  std::sort(c.by_name.begin(), c.by_name.end(), [&c](uint32_t a, uint32_t b) {
+    const int order = c.name(a).compare(c.name(b));
+    return order != 0 ? order < 0 : a < b;
+  });
+  // The first tag, in the file's order, whose name an earlier tag already has.
+  uint32_t duplicate = Contents::kNotKept;
+  for (size_t i = 1; i < c.by_name.size(); ++i) {
+    if (c.name(c.by_name[i]) == c.name(c.by_name[i - 1])) {
+      duplicate = std::min(duplicate, c.by_name[i]);
+    }
+  }
+  if (duplicate != Contents::kNotKept) {
+    throw ConfigError(source_ + ": $.values[" + std::to_string(duplicate) +
+                      "].name: duplicate tag name '" + std::string(c.name(duplicate)) + "'");
+  }
+}
+
+uint32_t ServiceTags::Contents::indexOf(std::string_view wanted) const noexcept {
+  const auto it = std::lower_bound(by_name.begin(), by_name.end(), wanted,
+                                   [this](uint32_t i, std::string_view n) { return name(i) < n; });
+  return it != by_name.end() && name(*it) == wanted ? *it : kNotKept;
+}
+
 const ServiceTag* ServiceTags::find(std::string_view name) const noexcept {
-  const auto it = contents_.by_name.find(std::string(name));
-  return it == contents_.by_name.end() ? nullptr : &contents_.tags[it->second];
+  const uint32_t index = contents_.indexOf(name);
+  if (index == Contents::kNotKept || contents_.kept[index] == Contents::kNotKept) {
+    return nullptr;
+  }
+  return &contents_.tags[contents_.kept[index]];
+}
+
+bool ServiceTags::known(std::string_view name) const noexcept {
+  return contents_.indexOf(name) != Contents::kNotKept;
 }
 
 std::vector<std::string> ServiceTags::suggest(std::string_view name, size_t limit) const {
-  std::vector<std::pair<size_t, const std::string*>> scored;
-  scored.reserve(contents_.tags.size());
-  for (const ServiceTag& tag : contents_.tags) {
-    scored.emplace_back(editDistance(name, tag.name), &tag.name);
+  std::vector<std::pair<size_t, std::string_view>> scored;
+  scored.reserve(tagCount());
+  for (uint32_t i = 0; i < tagCount(); ++i) {
+    scored.emplace_back(editDistance(name, contents_.name(i)), contents_.name(i));
   }
   const size_t count = std::min(limit, scored.size());
   std::partial_sort(scored.begin(), scored.begin() + static_cast<std::ptrdiff_t>(count),
                     scored.end(), [](const auto& a, const auto& b) {
-                      return a.first != b.first ? a.first < b.first : *a.second < *b.second;
+                      return a.first != b.first ? a.first < b.first : a.second < b.second;
                     });
   std::vector<std::string> names;
   for (size_t i = 0; i < count; ++i) {
-    names.push_back(*scored[i].second);
+    names.emplace_back(scored[i].second);
   }
   return names;
 }

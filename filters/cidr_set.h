@@ -104,6 +104,13 @@ class CidrSet {
     static constexpr int kRootBits = 16;
     static constexpr int kSmallRootBits = 8;
     static constexpr size_t kSmallIntervals = 256;
+    // ... and a 2^16-entry root only when the interval starts also spread over more than this many
+    // top-16-bit blocks: every IPv6 prefix of AzureContainerRegistry + Storage lies in 2603::/16,
+    // so that root was 256 KiB repeating one entry, 64 page faults at start-up, while an 8-bit
+    // root leads to the same node (the smallest block holding the boundaries under it) with no
+    // step more (bench/: BM_CidrLookup_V6*).
+    static constexpr size_t kWideRootBlocks = 16;
+    bool wantsWideRoot() const;
     // The root index from the key's top bits. An IPv6 key is shifted as its high 64-bit half (a
     // variable 128-bit shift is several dependent instructions; this is one).
     size_t rootIndex(Key key) const noexcept {
@@ -173,6 +180,12 @@ class CidrSet {
     uint32_t intervalOf(Key key) const noexcept;
     // The entry for keys [first, last]: a leaf, or a node over the block holding its boundaries.
     uint32_t makeEntry(Key first, Key last);
+    // The same for the keys from the start of interval lo to the end of interval hi's part of it.
+    uint32_t entryForIntervals(uint32_t lo, uint32_t hi);
+    // table[offset + j] = the entry for the j-th of `count` aligned blocks of 2^shift keys from
+    // `first`.
+    void fillTable(std::vector<uint32_t>& table, size_t offset, size_t count, Key first,
+                   uint32_t shift);
 
     // starts_[i] is the first key of interval i; interval i ends where interval i+1 starts.
     std::vector<Key> starts_{Key{0}};

@@ -70,4 +70,17 @@ struct Cidr {
   friend bool operator==(const Cidr&, const Cidr&) = default;
 };
 
+// A total order on prefixes for sorted lists: IPv4 before IPv6, then by address, shorter first.
+struct CidrOrder {
+  bool operator()(const Cidr& a, const Cidr& b) const noexcept {
+    if (a.address.family() != b.address.family()) {
+      return a.address.isV4();
+    }
+    if (a.address.v6Value() != b.address.v6Value()) {
+      return a.address.v6Value() < b.address.v6Value();
+    }
+    return a.length < b.length;
+  }
+};
+
 }  // namespace acr

@@ -6,6 +6,7 @@
 
 #include "conf/command_line.h"
 #include "conf/config.h"
+#include "conf/service_tags.h"
 #include "test_data.h"
 
 namespace acr {
@@ -384,6 +385,33 @@ ports = [5671]
       << summary;
   EXPECT_NE(summary.find("  client 10.30.0.0/16 group device"), std::string::npos) << summary;
   EXPECT_NE(summary.find("    host buildreg.azurecr.io"), std::string::npos) << summary;
+}
+
+// The service-tags file is loaded with only the tags the policy names (top level, groups and
+// bindings) kept: each of them has its ranges in the policy that names it.
+TEST(PolicyFactoryTest, LoadsEveryTagThePolicyNames) {
+  const Config config =
+      parseConfigText("[policy]\nservice_tags_file = \"" + test::serviceTagsPath() +
+                          "\"\nservice_tags = [\"AzureContainerRegistry\"]\n"
+                          "[[policy.bind]]\nhosts = [\"*.blob.core.windows.net\"]\n"
+                          "service_tags = [\"Storage.WestEurope\"]\n"
+                          "[[group]]\nname = \"g\"\nclients = [\"10.0.0.0/8\"]\n"
+                          "service_tags = [\"Storage.EastUS\"]\n",
+                      "t.toml");
+  const PolicySnapshot snapshot = buildPolicy(config.policy);
+  ASSERT_EQ(snapshot.groups.size(), 1u);
+  const ServiceTags tags = ServiceTags::load(test::serviceTagsPath());
+  auto firstOf = [&tags](const char* name) { return tags.find(name)->prefixes.front().address; };
+  auto reason = [&firstOf](const Policy& policy, const char* tag) {
+    return policy.decideLiteral(firstOf(tag), 443).reason;
+  };
+  const Policy& top = *snapshot.policy;
+  const Policy& group = *snapshot.groups[0].snapshot->policy;
+  EXPECT_EQ(reason(top, "AzureContainerRegistry"), Reason::kAddressAllowed);
+  EXPECT_EQ(reason(top, "Storage.EastUS"), Reason::kAddressNotAllowed);
+  EXPECT_EQ(reason(group, "Storage.EastUS"), Reason::kAddressAllowed);
+  EXPECT_EQ(reason(group, "AzureContainerRegistry"), Reason::kAddressNotAllowed);
+  EXPECT_NE(snapshot.summary().find("Storage.WestEurope"), std::string::npos) << snapshot.summary();
 }
 
 // Group names are unique and a client prefix belongs to one place: the same prefix in two groups,

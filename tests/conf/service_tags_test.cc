@@ -1,9 +1,14 @@
 #include "conf/service_tags.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "conf/config.h"
 #include "test_data.h"
@@ -47,6 +52,94 @@ TEST(ServiceTagsTest, LoadsTheRealFile) {
   EXPECT_EQ(acr->prefixes.size(), 590u + 556u);
   ASSERT_NE(tags.find("Storage.WestEurope"), nullptr);
   EXPECT_EQ(tags.find("Storage.WestEurope")->region, "westeurope");
+}
+
+// load() streams the file in 64 KiB blocks: the result is the same as parsing the whole text at
+// once (the real file has tokens across every block boundary).
+TEST(ServiceTagsTest, StreamedLoadEqualsWholeTextParse) {
+  const ServiceTags streamed = ServiceTags::load(test::serviceTagsPath());
+  const ServiceTags whole = ServiceTags::parse(readFile(test::serviceTagsPath()), "whole");
+  ASSERT_EQ(streamed.tags().size(), whole.tags().size());
+  for (size_t i = 0; i < whole.tags().size(); ++i) {
+    const ServiceTag& a = streamed.tags()[i];
+    const ServiceTag& b = whole.tags()[i];
+    ASSERT_EQ(a.name, b.name);
+    ASSERT_EQ(a.region, b.region) << a.name;
+    ASSERT_EQ(a.prefixes, b.prefixes) << a.name;
+  }
+  EXPECT_EQ(streamed.changeNumber(), whole.changeNumber());
+}
+
+// With a selection, only the selected tags are kept, with every prefix; every other tag is still
+// known by name (suggestions, and an error that is not "unknown tag" for a policy bug).
+TEST(ServiceTagsTest, KeepsOnlySelectedTags) {
+  const ServiceTags all = ServiceTags::load(test::serviceTagsPath());
+  const std::vector<std::string> keep = {"Storage", "AzureContainerRegistry"};
+  const ServiceTags some = ServiceTags::load(test::serviceTagsPath(), &keep);
+  EXPECT_EQ(some.tagCount(), 3041u);
+  EXPECT_EQ(all.tagCount(), 3041u);
+  ASSERT_EQ(some.tags().size(), 2u);
+  EXPECT_EQ(some.tags()[0].name, "AzureContainerRegistry");  // the file's order
+  for (const std::string& name : keep) {
+    ASSERT_NE(some.find(name), nullptr) << name;
+    EXPECT_EQ(some.find(name)->prefixes, all.find(name)->prefixes) << name;
+    EXPECT_EQ(some.find(name)->region, all.find(name)->region) << name;
+  }
+  EXPECT_EQ(some.find("Storage.WestEurope"), nullptr);
+  EXPECT_TRUE(some.known("Storage.WestEurope"));
+  EXPECT_FALSE(some.known("storage"));
+  EXPECT_EQ(some.suggest("storage").front(), "Storage");
+  EXPECT_EQ(some.suggest("Storage.eastus").front(), "Storage.EastUS");
+  // A bad prefix: refused in a kept tag and whenever everything is kept; in a tag not kept whose
+  // name comes first (as in Azure's files) it is only checked to be a string; when the name
+  // comes after the prefixes, they were parsed strictly before that was known.
+  const std::string bad_unkept =
+      R"({"changeNumber":1,"values":[{"name":"Other","properties":{"addressPrefixes":["1.2.3/8"]}},)"
+      R"({"name":"Storage","properties":{"addressPrefixes":["192.0.2.0/24"]}}]})";
+  EXPECT_NE(errorOf(bad_unkept).find("$.values[0].properties.addressPrefixes[0]: invalid CIDR"),
+            std::string::npos);
+  const ServiceTags selected = ServiceTags::parse(bad_unkept, "tags.json", &keep);
+  EXPECT_EQ(selected.find("Storage")->prefixes.size(), 1u);
+  EXPECT_EQ(selected.find("Other"), nullptr);
+  EXPECT_TRUE(selected.known("Other"));
+  const std::vector<std::string> keep_other = {"Other"};
+  EXPECT_THROW(ServiceTags::parse(bad_unkept, "tags.json", &keep_other), ConfigError);
+  EXPECT_THROW(ServiceTags::parse(R"({"changeNumber":1,"values":[{"properties":)"
+                                  R"({"addressPrefixes":["1.2.3/8"]},"name":"Other"}]})",
+                                  "tags.json", &keep),
+               ConfigError);
+  // A prefix that is not a string is a schema error in any tag.
+  EXPECT_THROW(ServiceTags::parse(R"({"changeNumber":1,"values":[{"name":"Other","properties":)"
+                                  R"({"addressPrefixes":[5]}}]})",
+                                  "tags.json", &keep),
+               ConfigError);
+}
+
+// Errors from a file name its line and column (found by reading the file again), and a NUL byte,
+// which would look like the end of the input to the parser, is refused where it is.
+TEST(ServiceTagsTest, FileErrorsNameLineAndColumn) {
+  const std::string dir = ::testing::TempDir() + "acr-service-tags-test";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST, true);
+  const std::string path = dir + "/tags.json";
+  auto errorOfFile = [&path](const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+    try {
+      ServiceTags::load(path);
+    } catch (const ConfigError& error) {
+      return std::string(error.what());
+    }
+    return std::string();
+  };
+  // A syntax error past the first 64 KiB block, on line 4.
+  const std::string padding(100000, ' ');
+  EXPECT_EQ(errorOfFile("{\n\"changeNumber\": 1,\n" + padding + "\n\"values\": [}"),
+            path + ":4:12: invalid JSON: Invalid value.");
+  EXPECT_EQ(errorOfFile(std::string("{\"changeNumber\":1,\n\"values\":[]}\0 trailing", 38)),
+            path + ":2:13: invalid JSON: a NUL byte");
+  EXPECT_EQ(errorOfFile(""), path + ": the service-tags file is empty");
+  EXPECT_EQ(errorOfFile("{\"changeNumber\":1,\"values\":[]}"), "");
+  ::unlink(path.c_str());
+  ::rmdir(dir.c_str());
 }
 
 // Names match exactly: "storage" and "Storage*" are not "Storage"; suggestions help.

@@ -1,7 +1,10 @@
 // Fuzzes the service-tags JSON loader: any input either loads (and then builds a CidrSet and a
-// policy from every tag) or raises ConfigError; never a crash, hang or other exception.
+// policy from every tag) or raises ConfigError; never a crash, hang or other exception. An input
+// that loads whole also loads with a selection of tags (the last one's name), which keeps exactly
+// that tag, whole, and knows the others by name.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -31,6 +34,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)policy->decideAddress(entry.cidr.address);
     }
     (void)tags.suggest("Storage");
+    if (!tags.tags().empty()) {
+      const std::vector<std::string> keep = {tags.tags().back().name};
+      const acr::ServiceTags some = acr::ServiceTags::parse(json, "fuzz.json", &keep);
+      const acr::ServiceTag* kept = some.find(keep.front());
+      if (some.tagCount() != tags.tagCount() || some.tags().size() != 1 || kept == nullptr ||
+          kept->prefixes != tags.tags().back().prefixes ||
+          (tags.tags().size() > 1 && some.find(tags.tags().front().name) != nullptr) ||
+          !some.known(tags.tags().front().name)) {
+        __builtin_trap();
+      }
+    }
   } catch (const acr::ConfigError&) {
   }
   return 0;
