@@ -132,7 +132,7 @@ class ServiceTagsReader
           out_.kept.push_back(static_cast<uint32_t>(out_.tags.size()));
           out_.tags.push_back(std::move(tag_));
         } else {
-          out_.kept.push_back(ServiceTags::Contents::kNotKept);
+          out_.kept.push_back(ServiceTags::Contents::kNone);
         }
         ++tag_index_;
         break;
@@ -505,24 +505,19 @@ inline void rapidjson::SkipWhitespace(acr::FileStream& stream) {
 namespace acr {
 namespace {
 
-// Line and column of byte `offset` of the file (an error path: the text is read again).
+// Line and column of byte `offset` of the file, by lineAndColumn over the text up to it (an error
+// path: the text is read again).
 std::string lineAndColumnInFile(int fd, size_t offset) {
-  size_t line = 1;
-  size_t column = 1;
-  char block[4096];
-  for (size_t at = 0; at < offset;) {
-    const ssize_t n =
-        ::pread(fd, block, std::min(sizeof(block), offset - at), static_cast<off_t>(at));
+  std::string text(offset, '\0');
+  size_t done = 0;
+  while (done < offset) {
+    const ssize_t n = ::pread(fd, text.data() + done, offset - done, static_cast<off_t>(done));
     if (n <= 0) {
       break;
     }
-    for (ssize_t i = 0; i < n; ++i) {
-      column = block[i] == '\n' ? 1 : column + 1;
-      line += block[i] == '\n' ? 1 : 0;
-    }
-    at += static_cast<size_t>(n);
+    done += static_cast<size_t>(n);
   }
-  return std::to_string(line) + ":" + std::to_string(column);
+  return lineAndColumn(std::string_view(text).substr(0, done), offset);
 }
 
 template <class Stream>
@@ -604,13 +599,13 @@ void ServiceTags::indexNames() {
     return order != 0 ? order < 0 : a < b;
   });
   // The first tag, in the file's order, whose name an earlier tag already has.
-  uint32_t duplicate = Contents::kNotKept;
+  uint32_t duplicate = Contents::kNone;
   for (size_t i = 1; i < c.by_name.size(); ++i) {
     if (c.name(c.by_name[i]) == c.name(c.by_name[i - 1])) {
       duplicate = std::min(duplicate, c.by_name[i]);
     }
   }
-  if (duplicate != Contents::kNotKept) {
+  if (duplicate != Contents::kNone) {
     throw ConfigError(source_ + ": $.values[" + std::to_string(duplicate) +
                       "].name: duplicate tag name '" + std::string(c.name(duplicate)) + "'");
   }
@@ -619,19 +614,19 @@ void ServiceTags::indexNames() {
 uint32_t ServiceTags::Contents::indexOf(std::string_view wanted) const noexcept {
   const auto it = std::lower_bound(by_name.begin(), by_name.end(), wanted,
                                    [this](uint32_t i, std::string_view n) { return name(i) < n; });
-  return it != by_name.end() && name(*it) == wanted ? *it : kNotKept;
+  return it != by_name.end() && name(*it) == wanted ? *it : kNone;
 }
 
 const ServiceTag* ServiceTags::find(std::string_view name) const noexcept {
   const uint32_t index = contents_.indexOf(name);
-  if (index == Contents::kNotKept || contents_.kept[index] == Contents::kNotKept) {
+  if (index == Contents::kNone || contents_.kept[index] == Contents::kNone) {
     return nullptr;
   }
   return &contents_.tags[contents_.kept[index]];
 }
 
 bool ServiceTags::known(std::string_view name) const noexcept {
-  return contents_.indexOf(name) != Contents::kNotKept;
+  return contents_.indexOf(name) != Contents::kNone;
 }
 
 std::vector<std::string> ServiceTags::suggest(std::string_view name, size_t limit) const {

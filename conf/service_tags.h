@@ -65,14 +65,14 @@ class ServiceTags {
     std::string names;
     std::vector<uint32_t> name_ends;
     std::vector<uint32_t> by_name;  // name indices sorted by name
-    std::vector<uint32_t> kept;     // name index -> index in `tags`, or kNotKept
-    static constexpr uint32_t kNotKept = ~uint32_t{0};
+    std::vector<uint32_t> kept;     // name index -> index in `tags`, or kNone (not kept)
+    static constexpr uint32_t kNone = ~uint32_t{0};  // no such index
 
     std::string_view name(uint32_t i) const {
       const uint32_t begin = i == 0 ? 0 : name_ends[i - 1];
       return std::string_view(names).substr(begin, name_ends[i] - begin);
     }
-    // The index of the name `name`, or kNotKept.
+    // The index of the name `name`, or kNone.
     uint32_t indexOf(std::string_view name) const noexcept;
   };
 
