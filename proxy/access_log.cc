@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "proxy/log_escaper.h"
@@ -13,6 +14,81 @@ namespace acr {
 
 AccessLog::AccessLog(std::shared_ptr<spdlog::logger> logger, bool json)
     : logger_(std::move(logger)), json_(json) {}
+
+template <typename From, typename To>
+void PackedAccessRecord::copyScalars(const From& from, To& to) noexcept {
+  to.listener = from.listener;
+  to.reason = from.reason;
+  to.group = from.group;
+  to.dns_ms = from.dns_ms;
+  to.connect_ms = from.connect_ms;
+  to.decision_ms = from.decision_ms;
+  to.group_series = from.group_series;
+  to.port = from.port;
+  to.allowed = from.allowed;
+  to.incomplete = from.incomplete;
+  to.would_deny = from.would_deny;
+  to.ech = from.ech;
+}
+
+PackedAccessRecord::PackedAccessRecord(const AccessRecord& record)
+    : attempt_count_(static_cast<uint32_t>(record.attempts.size())) {
+  copyScalars(record, scalars_);
+  const std::string* const fixed[kFixedTexts] = {&record.client,       &record.target,
+                                                 &record.original_dst, &record.dialled,
+                                                 &record.rule,         &record.sentence};
+  const size_t count = kFixedTexts + attempt_count_;
+  size_t bytes = 0;
+  for (const std::string* text : fixed) {
+    bytes += text->size();
+  }
+  for (const std::string& attempt : record.attempts) {
+    bytes += attempt.size();
+  }
+  texts_ = std::make_unique_for_overwrite<char[]>(count * sizeof(uint32_t) + bytes);
+  char* lengths = texts_.get();
+  char* out = lengths + count * sizeof(uint32_t);
+  const auto put = [&](const std::string& text) {
+    const auto length = static_cast<uint32_t>(text.size());
+    std::memcpy(lengths, &length, sizeof(length));
+    lengths += sizeof(length);
+    std::memcpy(out, text.data(), text.size());
+    out += text.size();
+  };
+  for (const std::string* text : fixed) {
+    put(*text);
+  }
+  for (const std::string& attempt : record.attempts) {
+    put(attempt);
+  }
+}
+
+AccessRecord PackedAccessRecord::unpack() const {
+  AccessRecord record;
+  copyScalars(scalars_, record);
+  if (texts_ == nullptr) {
+    return record;
+  }
+  const size_t count = kFixedTexts + attempt_count_;
+  const char* lengths = texts_.get();
+  const char* in = lengths + count * sizeof(uint32_t);
+  const auto take = [&](std::string& text) {
+    uint32_t length;
+    std::memcpy(&length, lengths, sizeof(length));
+    lengths += sizeof(length);
+    text.assign(in, length);
+    in += length;
+  };
+  for (std::string* text : {&record.client, &record.target, &record.original_dst, &record.dialled,
+                            &record.rule, &record.sentence}) {
+    take(*text);
+  }
+  record.attempts.resize(attempt_count_);
+  for (std::string& attempt : record.attempts) {
+    take(attempt);
+  }
+  return record;
+}
 
 std::string_view outcomeName(Outcome outcome) noexcept {
   switch (outcome) {

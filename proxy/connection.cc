@@ -54,24 +54,24 @@ Connection::Connection(Worker& worker, ListenerKind kind, const SocketAddress& l
                        ConnectionSlot slot)
     : worker_(worker),
       kind_(kind),
-      listener_address_(listener_address),
+      state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
+      next_state_(state_),
       policy_(std::move(policy)),
       settings_(worker.context().settings()),
       slot_(std::move(slot)),
-      state_(kind == ListenerKind::kConnect ? State::kReadHead : State::kReadHello),
-      next_state_(state_),
       client_(worker.base(), fd),
+      handshake_(std::make_unique<Handshake>(listener_address)),
       peer_(peer),
       started_(Clock::now()) {
-  record_.listener = listenerKindName(kind);
-  record_.client = peer.toString();
+  record().listener = listenerKindName(kind);
+  record().client = peer.toString();
   if (kind_ == ListenerKind::kTransparent) {
     original_dst_ = originalDestination(fd);
   }
   looped_ = isOwnUpstream(fd);
   client_open_ = client_.open(this);
   worker_.handshakeStarted();
-  timer_ = evtimer_new(worker.base(), &Connection::onTimer, this);
+  evtimer_assign(&timer_, worker.base(), &Connection::onTimer, this);
 }
 
 Connection::~Connection() {
@@ -79,14 +79,22 @@ Connection::~Connection() {
   relay_.reset();
   client_.close(false);
   closeUpstream(false);
-  if (timer_ != nullptr) {
-    event_free(timer_);
+  evtimer_del(&timer_);
+}
+
+AccessRecord& Connection::record() {
+  if (handshake_ != nullptr) {
+    return handshake_->record;
   }
+  if (thawed_ == nullptr) {
+    thawed_ = std::make_unique<AccessRecord>(packed_record_.unpack());
+  }
+  return *thawed_;
 }
 
 void Connection::start(std::optional<std::chrono::seconds> listener_keepalive) {
   const ProxySettings& settings = *settings_;
-  if (!client_open_ || timer_ == nullptr) {
+  if (!client_open_) {
     finish("proxy", true);
     return;
   }
@@ -96,9 +104,9 @@ void Connection::start(std::optional<std::chrono::seconds> listener_keepalive) {
   }
   if (original_dst_) {
     // Known before the first byte: every log line, early denials included, names it.
-    record_.original_dst = original_dst_->toString();
+    record().original_dst = original_dst_->toString();
     port_ = original_dst_->port();
-    record_.port = port_;
+    record().port = port_;
   }
   if (looped_) {
     // On every listener kind: closed with a reset at once, before reading a byte.
@@ -110,7 +118,7 @@ void Connection::start(std::optional<std::chrono::seconds> listener_keepalive) {
 }
 
 void Connection::refuseClient(const std::string& sentence) {
-  if (!client_open_ || timer_ == nullptr) {
+  if (!client_open_) {
     finish("proxy", true);
     return;
   }
@@ -144,7 +152,7 @@ void Connection::onStreamEvent(Stream& stream, short what) {
 
 void Connection::startReading(size_t limit) {
   reading_ = true;
-  read_limit_ = limit;
+  handshake_->read_limit = limit;
   if (client_.readable() || client_.eof() || client_.error() != 0) {
     // An edge came while nothing read (or the FIN was read already): no new one will come.
     // On the loop's next pass, not from inside the state machine.
@@ -160,7 +168,7 @@ void Connection::readClient() {
       return;
     }
     const size_t before = client_.inputLength();
-    const Stream::ReadEnd end = client_.readToInput(read_limit_);
+    const Stream::ReadEnd end = client_.readToInput(handshake_->read_limit);
     if (client_.inputLength() > before) {
       post(Event::kClientData);
     }
@@ -173,7 +181,9 @@ void Connection::readClient() {
       }
       return;
     }
-    if (end != Stream::ReadEnd::kLimit || client_.inputLength() >= read_limit_) {
+    // (The event may have ended the reading, and with the relay's start the handshake.)
+    if (end != Stream::ReadEnd::kLimit || !reading_ ||
+        client_.inputLength() >= handshake_->read_limit) {
       return;  // drained, or full until the state decides
     }
   }
@@ -242,12 +252,14 @@ void Connection::doLoop(Event event) {
       return;
     }
     // A state's timer and parser do not outlive it.
-    evtimer_del(timer_);
-    if (next_state_ != State::kReadHead) {
-      connect_parser_.reset();
-    }
-    if (next_state_ != State::kReadHello && next_state_ != State::kTunnelHello) {
-      hello_parser_.reset();
+    evtimer_del(&timer_);
+    if (handshake_ != nullptr) {
+      if (next_state_ != State::kReadHead) {
+        handshake_->connect_parser.reset();
+      }
+      if (next_state_ != State::kReadHello && next_state_ != State::kTunnelHello) {
+        handshake_->hello_parser.reset();
+      }
     }
     state_ = next_state_;
     event = Event::kEnter;
@@ -267,11 +279,16 @@ void Connection::checkInvariants() const {
   require(upstream_ == nullptr || s == State::kConnect || s == State::kTunnelHello ||
               s == State::kRelay,
           "upstream_ is set only while connecting, peeking or relaying");
-  require(dns_ticket_ == 0 || s == State::kResolve || (s == State::kConnect && dialer_),
+  require((handshake_ == nullptr) == (s == State::kRelay) || s == State::kClosed,
+          "the handshake's state lives until the relay starts, and no longer");
+  const Handshake* h = handshake_.get();
+  require(h == nullptr || h->dns_ticket == 0 || s == State::kResolve ||
+              (s == State::kConnect && h->dialer),
           "a DNS ticket is held only while resolving (or dialling the first family)");
-  require(connect_parser_ == nullptr || s == State::kReadHead,
+  require(h == nullptr || h->connect_parser == nullptr || s == State::kReadHead,
           "the CONNECT parser lives only while the head is read");
-  require(hello_parser_ == nullptr || s == State::kReadHello || s == State::kTunnelHello,
+  require(h == nullptr || h->hello_parser == nullptr || s == State::kReadHello ||
+              s == State::kTunnelHello,
           "the ClientHello parser lives only while the hello is read");
   require(relay_.has_value() == (s == State::kRelay) || s == State::kClosed,
           "the relay exists exactly in kRelay");
@@ -290,7 +307,7 @@ Connection::Step Connection::doReadHead(Event event) {
   const ProxySettings& settings = *settings_;
   switch (event) {
     case Event::kEnter:
-      connect_parser_ = std::make_unique<ConnectRequestParser>(settings.max_head_size);
+      handshake_->connect_parser = std::make_unique<ConnectRequestParser>(settings.max_head_size);
       startReading(settings.max_head_size + 1);
       armTimer(settings.head_timeout);
       return Step::kWait;
@@ -339,12 +356,12 @@ Connection::Step Connection::readHead() {
                "denied: the memory for unfinished requests (--max-handshake-memory) is used up");
   }
   const auto* data = reinterpret_cast<const char*>(evbuffer_pullup(input, -1));
-  const ConnectStatus status = connect_parser_->parse(std::string_view(data, length));
+  const ConnectStatus status = handshake_->connect_parser->parse(std::string_view(data, length));
   switch (status) {
     case ConnectStatus::kNeedMore:
       return Step::kWait;
     case ConnectStatus::kMalformed: {
-      const ConnectError error = connect_parser_->error();
+      const ConnectError error = handshake_->connect_parser->error();
       std::string sentence =
           "denied: malformed CONNECT request (" + std::string(connectErrorName(error)) + ")";
       if (error == ConnectError::kTlsOnProxyPort) {
@@ -354,32 +371,32 @@ Connection::Step Connection::readHead() {
     }
     case ConnectStatus::kMethodNotAllowed:
       return end(CloseReason::kConnectOnly,
-                 "denied: method " + std::string(connect_parser_->request().method) +
+                 "denied: method " + std::string(handshake_->connect_parser->request().method) +
                      " is not supported; this proxy only tunnels with CONNECT");
     case ConnectStatus::kTooLarge:
       return end(CloseReason::kHeadTooLarge, "denied: the CONNECT request head is too large");
     case ConnectStatus::kDone:
       break;
   }
-  const ConnectRequest& request = connect_parser_->request();
+  const ConnectRequest& request = handshake_->connect_parser->request();
   host_ = std::string(request.host);
   port_ = request.port;
-  record_.target = host_;
-  record_.port = port_;
+  record().target = host_;
+  record().port = port_;
   evbuffer_drain(input, request.head_length);  // what is left is early tunnel data
   holdHandshake(evbuffer_get_length(input));
   reading_ = false;
 
   const Decision decision = policy_->decide(host_, port_);
   const auto literal = IpAddress::parse(host_);
-  host_is_literal_ = literal.has_value();
+  handshake_->host_is_literal = literal.has_value();
   if (decision.rule != nullptr) {
-    record_.rule = decision.rule->text;
+    record().rule = decision.rule->text;
   }
   setReason(closeReasonOf(decision.reason));
-  record_.sentence = policy_->describe(decision, {host_, literal, port_});
+  record().sentence = policy_->describe(decision, {host_, literal, port_});
   if (!decision.allowed()) {
-    return end(closeReasonOf(decision.reason), record_.sentence);
+    return end(closeReasonOf(decision.reason), record().sentence);
   }
   noteWouldDeny(decision, {host_, literal, port_});
   if (literal) {
@@ -442,63 +459,65 @@ Connection::Step Connection::readHello() {
 
 const ClientHelloParser& Connection::parseHello(std::span<const uint8_t> data,
                                                 ClientHelloStatus& status) {
-  if (hello_parser_ == nullptr) {
+  if (handshake_->hello_parser == nullptr) {
     thread_local std::optional<ClientHelloParser> shared;
     shared.emplace(settings_->max_client_hello_size);
     status = shared->parse(data);
     if (status != ClientHelloStatus::kNeedMore) {
       return *shared;
     }
-    hello_parser_ = std::make_unique<ClientHelloParser>(settings_->max_client_hello_size);
+    handshake_->hello_parser =
+        std::make_unique<ClientHelloParser>(settings_->max_client_hello_size);
   }
-  status = hello_parser_->parse(data);
-  return *hello_parser_;
+  status = handshake_->hello_parser->parse(data);
+  return *handshake_->hello_parser;
 }
 
 Connection::Step Connection::decideHello(const ClientHello& hello) {
   const ProxySettings& settings = *settings_;
-  record_.target = std::string(hello.sni);
+  record().target = std::string(hello.sni);
   if (kind_ == ListenerKind::kSni) {
-    port_ = settings.sni_upstream_port.value_or(listener_address_.port());
+    port_ = settings.sni_upstream_port.value_or(handshake_->listener_address.port());
   } else {
     if (!original_dst_) {
       return end(CloseReason::kNotRedirected,
                  "denied: no original destination on a transparent connection");
     }
-    // port_ and record_.original_dst were set in start().
-    if (original_dst_->port() == listener_address_.port() &&
-        (isWildcard(listener_address_) || sameEndpoint(*original_dst_, listener_address_))) {
+    // port_ and record().original_dst were set in start().
+    if (original_dst_->port() == handshake_->listener_address.port() &&
+        (isWildcard(handshake_->listener_address) ||
+         sameEndpoint(*original_dst_, handshake_->listener_address))) {
       return end(
           CloseReason::kNotRedirected,
           "denied: the connection was made to the transparent listener itself, not redirected");
     }
   }
-  record_.port = port_;
-  record_.ech = hello.ech_offered;
+  record().port = port_;
+  record().ech = hello.ech_offered;
   if (!hello.has_sni && !hello.esni_offered && kind_ == ListenerKind::kTransparent &&
       settings.allow_no_sni) {
     // Without a name only the allowed set can vouch for the destination, on an allowed port.
     const IpAddress destination = toIpAddress(*original_dst_);
     const Decision decision = policy_->decideWithoutSni(destination, port_);
-    record_.sentence = policy_->describe(decision, {"", destination, port_});
+    record().sentence = policy_->describe(decision, {"", destination, port_});
     if (!decision.allowed()) {
-      return end(closeReasonOf(decision.reason), record_.sentence,
+      return end(closeReasonOf(decision.reason), record().sentence,
                  decision.rule != nullptr ? decision.rule->text : std::string());
     }
     setReason(closeReasonOf(decision.reason));
     if (dialsSelf(destination)) {
       return end(CloseReason::kSelfConnection, selfSentence(destination));
     }
-    candidates_ = {destination};
-    more_coming_ = false;
+    handshake_->candidates = {destination};
+    handshake_->more_coming = false;
     return next(State::kConnect);
   }
   const Decision name = policy_->decideSni(hello, port_);
   setReason(closeReasonOf(name.reason));
-  record_.rule = name.rule != nullptr ? name.rule->text : std::string();
-  record_.sentence = policy_->describe(name, {hello.sni, std::nullopt, port_});
+  record().rule = name.rule != nullptr ? name.rule->text : std::string();
+  record().sentence = policy_->describe(name, {hello.sni, std::nullopt, port_});
   if (!name.allowed()) {
-    return end(closeReasonOf(name.reason), record_.sentence, record_.rule);
+    return end(closeReasonOf(name.reason), record().sentence, record().rule);
   }
   noteWouldDeny(name, {hello.sni, std::nullopt, port_});
   host_ = normalizedName(hello.sni);
@@ -517,12 +536,12 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
     }
     noteWouldDeny(address, {host_, destination, port_});  // report-only: a waived binding
     if (address.reason == Reason::kAddressAllowed) {
-      record_.sentence += "; " + policy_->describe(address, {"", destination, port_});
+      record().sentence += "; " + policy_->describe(address, {"", destination, port_});
       if (dialsSelf(destination)) {
         return end(CloseReason::kSelfConnection, selfSentence(destination));
       }
-      candidates_ = {destination};
-      more_coming_ = false;
+      handshake_->candidates = {destination};
+      handshake_->more_coming = false;
       return next(State::kConnect);
     }
     // Public but not in the allowed set: the SNI's own DNS answers must include it (unless an
@@ -536,35 +555,35 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
 Connection::Step Connection::doResolve(Event event) {
   switch (event) {
     case Event::kEnter: {
-      dns_started_ = Clock::now();
+      handshake_->dns_started = Clock::now();
       Resolver::Callback first_family;
       if (kind_ != ListenerKind::kTransparent) {
         // The transparent listener dials only the original destination: it needs the whole
         // answer.
         first_family = [this](const DnsAnswer& answer) {
           if (answer.status == DnsStatus::kOk && !answer.addresses.empty()) {
-            first_family_ = answer.addresses;
+            handshake_->first_family = answer.addresses;
             post(Event::kFirstFamily);
           }
         };
       }
-      dns_done_ = false;
+      handshake_->dns_done = false;
       const uint64_t ticket = worker_.resolver().resolve(
           host_,
           [this](const DnsAnswer& answer) {
-            dns_ticket_ = 0;
-            dns_done_ = true;
-            answer_ = answer;
+            handshake_->dns_ticket = 0;
+            handshake_->dns_done = true;
+            handshake_->answer = answer;
             post(Event::kResolved);
           },
           std::move(first_family));
-      if (!dns_done_) {
-        dns_ticket_ = ticket;
+      if (!handshake_->dns_done) {
+        handshake_->dns_ticket = ticket;
       }
       return Step::kWait;
     }
     case Event::kFirstFamily:
-      if (first_family_.front().isV4()) {
+      if (handshake_->first_family.front().isV4()) {
         armTimer(kResolutionDelay);  // kTimer: dialFirstFamily()
         return Step::kWait;
       }
@@ -581,16 +600,16 @@ Connection::Step Connection::doResolve(Event event) {
 }
 
 Connection::Step Connection::dialFirstFamily() {
-  record_.dns_ms = msSince(dns_started_);
-  return chooseCandidates(first_family_, true);
+  record().dns_ms = msSince(handshake_->dns_started);
+  return chooseCandidates(handshake_->first_family, true);
 }
 
 Connection::Step Connection::onResolved() {
-  dns_ticket_ = 0;
-  evtimer_del(timer_);  // the resolution delay, if it ran
-  record_.dns_ms = msSince(dns_started_);
-  const DnsAnswer answer = std::move(answer_);
-  answer_ = {};
+  handshake_->dns_ticket = 0;
+  evtimer_del(&timer_);  // the resolution delay, if it ran
+  record().dns_ms = msSince(handshake_->dns_started);
+  const DnsAnswer answer = std::move(handshake_->answer);
+  handshake_->answer = {};
   if (answer.status != DnsStatus::kOk) {
     return end(closeReasonOf(answer.status), "denied: DNS lookup of " + host_ + " failed (" +
                                                  std::string(dnsStatusName(answer.status)) + ")");
@@ -607,8 +626,8 @@ Connection::Step Connection::onResolved() {
       return end(CloseReason::kSelfConnection, selfSentence(destination));
     }
     noteWouldDeny(decision, {host_, destination, port_});
-    candidates_ = {destination};
-    more_coming_ = false;
+    handshake_->candidates = {destination};
+    handshake_->more_coming = false;
     return next(State::kConnect);
   }
   return chooseCandidates(answer.addresses);
@@ -625,46 +644,48 @@ std::string Connection::selfSentence(const IpAddress& address) const {
 
 Connection::Step Connection::chooseCandidates(const std::vector<IpAddress>& addresses,
                                               bool more_coming) {
-  candidates_.clear();
+  handshake_->candidates.clear();
   for (const IpAddress& address : addresses) {
     if (dialsSelf(address)) {
-      if (!first_address_denial_) {
-        first_address_denial_ = Decision{Verdict::kDeny, Reason::kAddressDenied, nullptr, 0};
-        first_denied_address_ = address;
-        first_denial_is_self_ = true;
+      if (!handshake_->first_address_denial) {
+        handshake_->first_address_denial =
+            Decision{Verdict::kDeny, Reason::kAddressDenied, nullptr, 0};
+        handshake_->first_denied_address = address;
+        handshake_->first_denial_is_self = true;
       }
       continue;  // never dial ourselves
     }
     const Decision decision = policy_->decideDialled(host_, address);
     if (decision.allowed()) {
-      candidates_.push_back(address);
+      handshake_->candidates.push_back(address);
       noteWouldDeny(decision, {host_, address, port_});
-    } else if (!first_address_denial_) {
-      first_address_denial_ = decision;
-      first_denied_address_ = address;
+    } else if (!handshake_->first_address_denial) {
+      handshake_->first_address_denial = decision;
+      handshake_->first_denied_address = address;
     }
   }
-  if (candidates_.empty() && (more_coming || dialer_ != nullptr)) {
-    if (dialer_ != nullptr) {
-      dialer_->add({}, more_coming);  // nothing new; the dial may now end
+  if (handshake_->candidates.empty() && (more_coming || handshake_->dialer != nullptr)) {
+    if (handshake_->dialer != nullptr) {
+      handshake_->dialer->add({}, more_coming);  // nothing new; the dial may now end
     }
     return Step::kWait;
   }
-  if (candidates_.empty()) {
-    const Decision& denial = *first_address_denial_;
+  if (handshake_->candidates.empty()) {
+    const Decision& denial = *handshake_->first_address_denial;
     const std::string sentence =
-        first_denial_is_self_ ? selfSentence(first_denied_address_)
-                              : policy_->describe(denial, {host_, first_denied_address_, port_});
-    const CloseReason reason =
-        first_denial_is_self_ ? CloseReason::kSelfConnection : closeReasonOf(denial.reason);
+        handshake_->first_denial_is_self
+            ? selfSentence(handshake_->first_denied_address)
+            : policy_->describe(denial, {host_, handshake_->first_denied_address, port_});
+    const CloseReason reason = handshake_->first_denial_is_self ? CloseReason::kSelfConnection
+                                                                : closeReasonOf(denial.reason);
     return end(reason, sentence, denial.rule != nullptr ? denial.rule->text : std::string());
   }
-  if (dialer_ != nullptr) {
+  if (handshake_->dialer != nullptr) {
     // Dialling started with the first family: the rest joins the attempts.
-    dialer_->add(candidates_, more_coming);
+    handshake_->dialer->add(handshake_->candidates, more_coming);
     return Step::kWait;
   }
-  more_coming_ = more_coming;
+  handshake_->more_coming = more_coming;
   return next(State::kConnect);
 }
 
@@ -674,7 +695,7 @@ Connection::Step Connection::doConnect(Event event) {
   switch (event) {
     case Event::kEnter: {
       const ProxySettings& settings = *settings_;
-      connect_started_ = Clock::now();
+      handshake_->connect_started = Clock::now();
       if (viaUpstreamProxy()) {
         dialUpstreamProxy();
         return Step::kWait;
@@ -682,12 +703,12 @@ Connection::Step Connection::doConnect(Event event) {
       DialOptions options;
       options.port = port_;
       options.attempt_delay = settings.happy_eyeballs_delay;
-      options.deadline = connect_started_ + settings.connect_timeout;
+      options.deadline = handshake_->connect_started + settings.connect_timeout;
       options.mark = settings.mark;
       options.keepalive_idle = settings.keepalive_idle;
       options.own_upstreams =
           worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
-      dialer_ =
+      handshake_->dialer =
           std::make_unique<HappyEyeballsDialer>(worker_.base(), options, [this](DialResult result) {
             // Adopted at once, so that finish() frees it whatever happens before kDialed runs.
             if (result.upstream != nullptr && result.endpoint) {
@@ -695,18 +716,18 @@ Connection::Step Connection::doConnect(Event event) {
             }
             upstream_ = std::move(result.upstream);
             upstream_local_ = result.local;
-            dial_result_ = std::move(result);
+            handshake_->dial_result = std::move(result);
             post(Event::kDialed);
           });
-      dialer_->add(candidates_, more_coming_);
+      handshake_->dialer->add(handshake_->candidates, handshake_->more_coming);
       return Step::kWait;
     }
     case Event::kResolved: {
       // The rest of the answer, after dialling started with the first family: judged the same
       // way. (A dial that has ended already ignores it; onDialed normally cancels the lookup.)
-      dns_ticket_ = 0;
-      const DnsAnswer answer = std::move(answer_);
-      answer_ = {};
+      handshake_->dns_ticket = 0;
+      const DnsAnswer answer = std::move(handshake_->answer);
+      handshake_->answer = {};
       return chooseCandidates(
           answer.status == DnsStatus::kOk ? answer.addresses : std::vector<IpAddress>{}, false);
     }
@@ -725,12 +746,12 @@ void Connection::dialUpstreamProxy() {
   const ProxySettings& settings = *settings_;
   DialOptions options;
   options.attempt_delay = settings.happy_eyeballs_delay;
-  options.deadline = connect_started_ + settings.connect_timeout;
+  options.deadline = handshake_->connect_started + settings.connect_timeout;
   options.mark = settings.mark;
   options.keepalive_idle = settings.keepalive_idle;
   options.own_upstreams =
       worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
-  proxy_dialer_ = std::make_unique<UpstreamProxyDialer>(
+  handshake_->proxy_dialer = std::make_unique<UpstreamProxyDialer>(
       worker_.base(), worker_.resolver(), *settings.upstream_proxy, options,
       [this](UpstreamProxyResult result) {
         // Adopted at once, so that finish() frees it whatever happens before kDialed runs.
@@ -739,32 +760,32 @@ void Connection::dialUpstreamProxy() {
           upstream_local_ = result.dial.local;
           upstream_remote_ = *result.dial.endpoint;
         }
-        proxy_result_ = std::move(result);
+        handshake_->proxy_result = std::move(result);
         post(Event::kDialed);
       });
   // The name as judged; an IP literal (CONNECT's, or a transparent destination without SNI) as
   // the authority form spells it. A normalised name holds only letters, digits, '-' and '.', so
   // nothing a client sent can break the request line or add a header.
   std::string target = host_;
-  if (target.empty() || host_is_literal_) {
-    const IpAddress& address = candidates_.front();
+  if (target.empty() || handshake_->host_is_literal) {
+    const IpAddress& address = handshake_->candidates.front();
     target = address.isV4() ? address.toString() : "[" + address.toString() + "]";
   }
-  proxy_dialer_->start(target + ":" + std::to_string(port_));
+  handshake_->proxy_dialer->start(target + ":" + std::to_string(port_));
 }
 
 Connection::Step Connection::onUpstreamProxyDialed() {
-  record_.connect_ms = msSince(connect_started_);
-  const UpstreamProxyResult result = std::move(proxy_result_);
-  proxy_result_ = {};
+  record().connect_ms = msSince(handshake_->connect_started);
+  const UpstreamProxyResult result = std::move(handshake_->proxy_result);
+  handshake_->proxy_result = {};
   const std::string& proxy = settings_->upstream_proxy->text;
   if (result.dial.endpoint) {
-    record_.dialled = result.dial.endpoint->toString();
+    record().dialled = result.dial.endpoint->toString();
   }
   using ProxyOutcome = UpstreamProxyResult::Outcome;
   switch (result.outcome) {
     case ProxyOutcome::kTunnel:
-      record_.sentence += "; through upstream proxy " + proxy;
+      record().sentence += "; through upstream proxy " + proxy;
       return next(kind_ == ListenerKind::kConnect ? State::kTunnelHello : State::kRelay);
     case ProxyOutcome::kRefused:
       return end(CloseReason::kUpstreamProxyRefused,
@@ -803,38 +824,40 @@ Connection::Step Connection::onUpstreamProxyDialed() {
 }
 
 void Connection::recordAttempts() {
-  if (dialer_ == nullptr && proxy_dialer_ == nullptr) {
+  if (handshake_ == nullptr ||
+      (handshake_->dialer == nullptr && handshake_->proxy_dialer == nullptr)) {
     return;
   }
-  for (const DialAttempt& attempt :
-       dialer_ != nullptr ? dialer_->attempts() : proxy_dialer_->attempts()) {
-    record_.attempts.push_back(attempt.toString());
+  for (const DialAttempt& attempt : handshake_->dialer != nullptr
+                                        ? handshake_->dialer->attempts()
+                                        : handshake_->proxy_dialer->attempts()) {
+    record().attempts.push_back(attempt.toString());
     worker_.context().metrics().recordConnectAttempt(attempt.endpoint.family() == AF_INET6,
                                                      attempt.outcome);
   }
-  if (dialer_ != nullptr) {
-    worker_.retire(std::move(dialer_));
+  if (handshake_->dialer != nullptr) {
+    worker_.retire(std::move(handshake_->dialer));
   } else {
-    worker_.retire(std::move(proxy_dialer_));
+    worker_.retire(std::move(handshake_->proxy_dialer));
   }
 }
 
 Connection::Step Connection::onDialed() {
-  if (proxy_dialer_ != nullptr) {
+  if (handshake_->proxy_dialer != nullptr) {
     recordAttempts();
     return onUpstreamProxyDialed();
   }
   recordAttempts();
-  record_.connect_ms = msSince(connect_started_);
-  if (dns_ticket_ != 0) {
+  record().connect_ms = msSince(handshake_->connect_started);
+  if (handshake_->dns_ticket != 0) {
     // Dialling started before the whole answer: what is still to come no longer matters.
-    worker_.resolver().cancel(dns_ticket_);
-    dns_ticket_ = 0;
+    worker_.resolver().cancel(handshake_->dns_ticket);
+    handshake_->dns_ticket = 0;
   }
-  const DialResult result = std::move(dial_result_);
-  dial_result_ = {};
+  const DialResult result = std::move(handshake_->dial_result);
+  handshake_->dial_result = {};
   if (result.endpoint) {
-    record_.dialled = result.endpoint->toString();
+    record().dialled = result.endpoint->toString();
   }
   if (upstream_ != nullptr) {
     return next(kind_ == ListenerKind::kConnect ? State::kTunnelHello : State::kRelay);
@@ -853,11 +876,11 @@ Connection::Step Connection::onDialed() {
 }
 
 void Connection::closeUpstream(bool reset) {
-  if (dialer_ != nullptr) {
-    dialer_->cancel();
+  if (handshake_ != nullptr && handshake_->dialer != nullptr) {
+    handshake_->dialer->cancel();
   }
-  if (proxy_dialer_ != nullptr) {
-    proxy_dialer_->cancel();
+  if (handshake_ != nullptr && handshake_->proxy_dialer != nullptr) {
+    handshake_->proxy_dialer->cancel();
   }
   if (upstream_local_) {
     worker_.context().ownUpstreams().remove(*upstream_local_, upstream_remote_);
@@ -931,7 +954,7 @@ Connection::Step Connection::readTunnelHello() {
                            std::string(closeReasonName(reason)) + ")");
   }
   const ClientHello& hello = parser.hello();
-  record_.ech = hello.ech_offered;
+  record().ech = hello.ech_offered;
   if (hello.esni_offered) {
     const Decision esni = policy_->decideSni(hello, port_);
     return end(closeReasonOf(esni.reason),
@@ -941,7 +964,7 @@ Connection::Step Connection::readTunnelHello() {
     return end(CloseReason::kSniMismatch,
                "denied: the tunnel's SNI names another host than the CONNECT target");
   }
-  if (!hello.has_sni && !host_is_literal_) {
+  if (!hello.has_sni && !handshake_->host_is_literal) {
     return end(CloseReason::kSniMismatch,
                "denied: the tunnel's ClientHello has no SNI but CONNECT named a host");
   }
@@ -954,12 +977,18 @@ Connection::Step Connection::doRelay(Event event) {
   const auto idle = settings_->idle_timeout;
   switch (event) {
     case Event::kEnter:
-      record_.allowed = true;
-      record_.decision_ms = msSince(started_);
+      record().allowed = true;
+      record().decision_ms = msSince(started_);
       // From here the buffered head bytes are relay data, counted by the output buffers.
       releaseHandshake();
       reading_ = false;
       endHandshake();
+      if (handshake_->dns_ticket != 0) {
+        worker_.resolver().cancel(handshake_->dns_ticket);
+      }
+      // What an idle tunnel keeps of its handshake: the log record, packed.
+      packed_record_ = PackedAccessRecord(handshake_->record);
+      handshake_.reset();
       relay_.emplace(client_, *upstream_, worker_.context().stats(), settings_->max_buffer_memory,
                      static_cast<Relay::Observer&>(*this));
       relay_->start();
@@ -967,7 +996,7 @@ Connection::Step Connection::doRelay(Event event) {
       return Step::kWait;
     case Event::kTimer:
       if (Clock::now() - relay_->lastActivity() >= idle) {
-        record_.closed_by = "proxy";
+        record().closed_by = "proxy";
         finish("proxy", false);
       } else {
         armTimer(std::min<std::chrono::milliseconds>(idle, kIdleCheck));
@@ -987,12 +1016,12 @@ Connection::Step Connection::doRefuse(Event event) {
   switch (event) {
     case Event::kEnter: {
       releaseHandshake();  // the input is drained below and never read again
-      if (dns_ticket_ != 0) {
-        worker_.resolver().cancel(dns_ticket_);
-        dns_ticket_ = 0;
+      if (handshake_->dns_ticket != 0) {
+        worker_.resolver().cancel(handshake_->dns_ticket);
+        handshake_->dns_ticket = 0;
       }
       closeUpstream(false);
-      const std::string response = httpRefusal(reason_, record_.sentence);
+      const std::string response = httpRefusal(reason_, record().sentence);
       evbuffer_drain(client_.input(), client_.inputLength());
       if (!client_.write(response.data(), response.size())) {
         finish("client", false);
@@ -1026,8 +1055,8 @@ Connection::Step Connection::doRefuse(Event event) {
 // ---- endings ----
 
 bool Connection::holdHandshake(size_t length) {
-  const int64_t delta = static_cast<int64_t>(length) - handshake_held_;
-  handshake_held_ = static_cast<int64_t>(length);
+  const int64_t delta = static_cast<int64_t>(length) - handshake_->held;
+  handshake_->held = static_cast<int64_t>(length);
   const int64_t used =
       worker_.context().stats().handshake_buffered.fetch_add(delta, std::memory_order_relaxed) +
       delta;
@@ -1042,14 +1071,17 @@ void Connection::endHandshake() {
 }
 
 void Connection::releaseHandshake() {
-  worker_.context().stats().handshake_buffered.fetch_sub(handshake_held_,
+  if (handshake_ == nullptr) {
+    return;
+  }
+  worker_.context().stats().handshake_buffered.fetch_sub(handshake_->held,
                                                          std::memory_order_relaxed);
-  handshake_held_ = 0;
+  handshake_->held = 0;
 }
 
 Connection::Step Connection::clientGone() {
   // EOF or error before the tunnel: the client went away.
-  if (record_.reason.empty() || passedPolicy()) {
+  if (record().reason.empty() || passedPolicy()) {
     setReason(CloseReason::kClientClosed);
     markIncomplete("the client closed the connection before the tunnel started");
   }
@@ -1059,16 +1091,16 @@ Connection::Step Connection::clientGone() {
 
 void Connection::setReason(CloseReason reason) noexcept {
   reason_ = reason;
-  record_.reason = closeReasonName(reason);
+  record().reason = closeReasonName(reason);
 }
 
 Connection::Step Connection::end(CloseReason reason, const std::string& sentence,
                                  std::string rule) {
-  record_.allowed = false;
+  record().allowed = false;
   setReason(reason);
-  record_.sentence = sentence;
+  record().sentence = sentence;
   if (!rule.empty()) {
-    record_.rule = std::move(rule);
+    record().rule = std::move(rule);
   }
   const uint16_t status = closeReasonInfo(reason).http_status;
   const bool answers =
@@ -1083,13 +1115,13 @@ Connection::Step Connection::end(CloseReason reason, const std::string& sentence
 }
 
 void Connection::noteWouldDeny(const Decision& decision, const DecisionSubject& subject) {
-  if (!decision.would_deny || record_.would_deny) {
+  if (!decision.would_deny || record().would_deny) {
     return;
   }
-  record_.would_deny = true;
+  record().would_deny = true;
   setReason(closeReasonOf(decision.reason));
-  record_.rule = decision.rule != nullptr ? decision.rule->text : std::string();
-  record_.sentence = policy_->describe(decision, subject);
+  record().rule = decision.rule != nullptr ? decision.rule->text : std::string();
+  record().sentence = policy_->describe(decision, subject);
 }
 
 void Connection::abort(CloseReason reason) {
@@ -1097,7 +1129,7 @@ void Connection::abort(CloseReason reason) {
     return;
   }
   if (state_ != State::kRelay) {
-    record_.allowed = false;
+    record().allowed = false;
   }
   if (passedPolicy()) {
     // The policy's reason would say "allowed" about a connection that never relayed.
@@ -1106,11 +1138,11 @@ void Connection::abort(CloseReason reason) {
     finish("proxy", true);
     return;
   }
-  if (record_.reason.empty()) {
+  if (record().reason.empty()) {
     setReason(reason);
   }
   const std::string_view name = closeReasonName(reason);
-  record_.sentence += record_.sentence.empty() ? std::string(name) : "; " + std::string(name);
+  record().sentence += record().sentence.empty() ? std::string(name) : "; " + std::string(name);
   finish("proxy", true);
 }
 
@@ -1121,15 +1153,15 @@ bool Connection::passedPolicy() const noexcept {
 }
 
 void Connection::markIncomplete(std::string_view what) {
-  record_.incomplete = true;
-  record_.sentence = record_.sentence.empty() ? std::string(what)
-                                              : record_.sentence + "; but " + std::string(what);
+  record().incomplete = true;
+  record().sentence = record().sentence.empty() ? std::string(what)
+                                                : record().sentence + "; but " + std::string(what);
 }
 
 void Connection::armTimer(std::chrono::milliseconds timeout) {
   const timeval tv{static_cast<time_t>(timeout.count() / 1000),
                    static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
-  evtimer_add(timer_, &tv);
+  evtimer_add(&timer_, &tv);
 }
 
 double Connection::msSince(Clock::time_point start) const noexcept {
@@ -1162,40 +1194,48 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   if (state_ == State::kClosed) {
     return;
   }
-  if (dns_ticket_ != 0) {
-    worker_.resolver().cancel(dns_ticket_);
-    dns_ticket_ = 0;
+  if (handshake_ != nullptr && handshake_->dns_ticket != 0) {
+    worker_.resolver().cancel(handshake_->dns_ticket);
+    handshake_->dns_ticket = 0;
   }
-  record_.phase = phaseName();
+  // A relayed tunnel's record is unpacked here, on the stack, unless it was amended (thawed_).
+  AccessRecord unpacked;
+  AccessRecord& record = handshake_ != nullptr ? handshake_->record
+                         : thawed_ != nullptr  ? *thawed_
+                                               : (unpacked = packed_record_.unpack());
+  record.phase = phaseName();
   if (relay_) {
-    record_.bytes_up = relay_->bytesUp();
-    record_.bytes_down = relay_->bytesDown();
-    if (record_.closed_by.empty()) {
-      record_.closed_by = relay_->closedBy();
+    record.bytes_up = relay_->bytesUp();
+    record.bytes_down = relay_->bytesDown();
+    if (record.closed_by.empty()) {
+      record.closed_by = relay_->closedBy();
     }
     relay_->stop();  // before the streams close; the Relay itself may be on the stack
   }
-  record_.closed_by = record_.closed_by.empty() ? closed_by : record_.closed_by;
-  record_.total_ms = msSince(started_);
+  record.closed_by = record.closed_by.empty() ? closed_by : record.closed_by;
+  record.total_ms = msSince(started_);
   releaseHandshake();
   endHandshake();
   reading_ = false;
   client_.close(reset);
   closeUpstream(reset);
-  evtimer_del(timer_);
-  connect_parser_.reset();
-  hello_parser_.reset();
+  evtimer_del(&timer_);
+  if (handshake_ != nullptr) {
+    handshake_->connect_parser.reset();
+    handshake_->hello_parser.reset();
+  }
   state_ = State::kClosed;
-  recordAttempts();
-  if (record_.reason.empty()) {
-    setReason(CloseReason::kInternalError);  // never set up (start() failed)
+  recordAttempts();  // into handshake_->record: there is a dialer only while handshake_ lives
+  if (record.reason.empty()) {
+    reason_ = CloseReason::kInternalError;  // never set up (start() failed)
+    record.reason = closeReasonName(reason_);
   }
   // Before the log line: whoever sees the line may count on the slot being free.
   slot_.release();
   ProxyStats& stats = worker_.context().stats();
-  (record_.allowed ? stats.allowed : stats.denied).fetch_add(1, std::memory_order_relaxed);
-  worker_.context().logConnection(record_);
-  worker_.context().metrics().recordConnection(kind_, reason_, record_);
+  (record.allowed ? stats.allowed : stats.denied).fetch_add(1, std::memory_order_relaxed);
+  worker_.context().logConnection(record);
+  worker_.context().metrics().recordConnection(kind_, reason_, record);
   worker_.release(this);
 }
 
@@ -1204,9 +1244,10 @@ void Connection::finish(std::string_view closed_by, bool reset) {
 // ends through end()/finish() like any other refusal.
 
 void Connection::setGroup(const ActivePolicy& active, uint32_t group) {
-  record_.group = group == Policy::kNoGroup ? std::string_view()
-                                            : std::string_view(active.policy->groups()[group].name);
-  record_.group_series = active.seriesOf(group);
+  record().group = group == Policy::kNoGroup
+                       ? std::string_view()
+                       : std::string_view(active.policy->groups()[group].name);
+  record().group_series = active.seriesOf(group);
 }
 
 void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
@@ -1239,7 +1280,8 @@ void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
       decision = policy->decideWithoutSni(*subject.address, port_);
     }
     if (state_ == State::kConnect) {  // the addresses being dialled
-      for (auto it = candidates_.begin(); decision.allowed() && it != candidates_.end(); ++it) {
+      for (auto it = handshake_->candidates.begin();
+           decision.allowed() && it != handshake_->candidates.end(); ++it) {
         decision = policy->decideDialled(host_, *it);
         subject = {host_, *it, port_};
       }
@@ -1255,14 +1297,14 @@ void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
     if (state_ == State::kRelay) {
       // It did relay: the record keeps decision allow, and says why the proxy ended it.
       setReason(CloseReason::kRevoked);
-      record_.rule = std::move(rule);
-      record_.sentence += "; " + sentence;
+      record().rule = std::move(rule);
+      record().sentence += "; " + sentence;
       finish("proxy", true);
     } else if (end(CloseReason::kRevoked, sentence, std::move(rule)) == Step::kNext) {
       // Outside the loop (a worker's reload hook): enter kRefuse as doLoop would.
-      evtimer_del(timer_);
-      connect_parser_.reset();  // a refused client may still be reading its head
-      hello_parser_.reset();
+      evtimer_del(&timer_);
+      handshake_->connect_parser.reset();  // a refused client may still be reading its head
+      handshake_->hello_parser.reset();    // (not in kRelay: handshake_ lives)
       state_ = next_state_;
       post(Event::kEnter);
     }
@@ -1270,6 +1312,10 @@ void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
   }
   replaced_policy_ = std::exchange(policy_, std::move(policy));
   setGroup(*active, choice.group);
+  if (thawed_ != nullptr) {  // a relaying tunnel's record goes back into its packed form
+    packed_record_ = PackedAccessRecord(*thawed_);
+    thawed_.reset();
+  }
 }
 
 }  // namespace acr

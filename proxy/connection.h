@@ -212,12 +212,65 @@ class Connection final : private Relay::Observer, private Stream::Handler {
   std::string_view phaseName() const noexcept;
   double msSince(std::chrono::steady_clock::time_point start) const noexcept;
 
+  // What only the handshake needs, from accept to the relay's start (or to the end, for a
+  // connection that never relays): freed when the relay starts, so that an idle relaying tunnel
+  // keeps its Connection and its packed log record and nothing else (memory per idle tunnel,
+  // issue 9 section 2: 1,664 bytes of Connection before, most of them dead once relaying).
+  struct Handshake {
+    explicit Handshake(const SocketAddress& listener) : listener_address(listener) {}
+
+    AccessRecord record;  // the log line's record, until packed at the relay's start
+    const SocketAddress listener_address;
+    size_t read_limit = 0;  // startReading's limit
+    uint64_t dns_ticket = 0;
+    // Parsers live only while their state does. hello_parser only for a hello that came in
+    // pieces (parseHello).
+    std::unique_ptr<ConnectRequestParser> connect_parser;
+    std::unique_ptr<ClientHelloParser> hello_parser;
+    bool host_is_literal = false;
+    std::vector<IpAddress> candidates;
+    bool more_coming = false;  // kConnect's first dial: the other family is still resolving
+    std::optional<Decision> first_address_denial;
+    IpAddress first_denied_address;
+    bool first_denial_is_self = false;    // the first denial is self_connection, not the policy's
+    std::vector<IpAddress> first_family;  // addresses of the family that answered first
+    std::unique_ptr<HappyEyeballsDialer> dialer;        // from the first dial to its end
+    std::unique_ptr<UpstreamProxyDialer> proxy_dialer;  // the same, through --upstream-proxy
+    // Event data.
+    DnsAnswer answer;
+    bool dns_done = false;
+    DialResult dial_result;
+    UpstreamProxyResult proxy_result;
+    int64_t held = 0;  // this connection's share of ProxyStats::handshake_buffered
+    std::chrono::steady_clock::time_point dns_started;
+    std::chrono::steady_clock::time_point connect_started;
+  };
+
+  // The log line's record: the handshake's while it lasts; from the relay on it is packed
+  // (packed_record_), and unpacked into thawed_ only when something amends it (an abort, a
+  // revocation). finish() unpacks it on its stack otherwise.
+  AccessRecord& record();
+
   Worker& worker_;
   const ListenerKind kind_;
-  const SocketAddress listener_address_;
+  State state_;
+  State next_state_;
+  bool looping_ = false;
+  uint8_t queued_count_ = 0;
+  std::array<Event, 4> queued_{};  // events raised while the loop ran, in order
+  bool client_open_ = false;       // its event is registered (a failure ends the connection)
+  bool reading_ = false;           // the state reads the client (startReading)
+  bool client_failed_ = false;
+  bool relay_reset_ = false;
+  bool handshaking_ = true;  // counted in Worker::handshakeStarted until endHandshake()
+  // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
+  bool looped_ = false;  // the peer is an own upstream socket (isOwnUpstream) at accept
+  bool loop_rechecked_ = false;
+  CloseReason reason_ = CloseReason::kInternalError;  // record().reason's enum, once set
+  uint16_t port_ = 0;
   // The snapshot this connection is judged by: the one it was accepted with, or, with revoke on
   // reload, the newest (rejudge). The replaced one stays alive in `replaced_policy_`: decisions
-  // kept from it (first_address_denial_) point at its rules.
+  // kept from it (first_address_denial) point at its rules.
   std::shared_ptr<const Policy> policy_;
   std::shared_ptr<const Policy> replaced_policy_;
   // The settings current when this connection was accepted: a reload's new limits and timeouts
@@ -226,61 +279,20 @@ class Connection final : private Relay::Observer, private Stream::Handler {
   // Released in finish(), so that the slot is free again as soon as the connection has ended;
   // its destructor releases it on any path that never finishes (a worker torn down).
   ConnectionSlot slot_;
-  State state_;
-  State next_state_;
-  bool looping_ = false;
-  uint8_t queued_count_ = 0;
-  std::array<Event, 4> queued_{};  // events raised while the loop ran, in order
   Stream client_;
-  bool client_open_ = false;  // its event is registered (a failure ends the connection at start)
-  bool reading_ = false;      // the state reads the client (startReading), up to read_limit_
-  size_t read_limit_ = 0;
   std::unique_ptr<Stream> upstream_;  // from the dial's end
-  event* timer_ = nullptr;            // the current state's timeout; cleared on every state change
-  uint64_t dns_ticket_ = 0;
-
-  // Parsers live only while their state does: an idle tunnel keeps neither. hello_parser_ only
-  // for a hello that came in pieces (parseHello).
-  std::unique_ptr<ConnectRequestParser> connect_parser_;
-  std::unique_ptr<ClientHelloParser> hello_parser_;
-  std::string host_;  // CONNECT host or SNI (normalised when it is a name)
-  bool host_is_literal_ = false;
-  uint16_t port_ = 0;
+  event timer_{};  // the current state's timeout (evtimer_assign'ed); cleared on every state change
+  std::unique_ptr<Handshake> handshake_;  // from accept to the relay's start
+  std::string host_;                      // CONNECT host or SNI (normalised when it is a name)
   std::optional<SocketAddress> original_dst_;
   std::optional<SocketAddress> upstream_local_;  // registered in OwnUpstreams while open
   SocketAddress upstream_remote_;                // the endpoint upstream_local_ was dialling
-  std::vector<IpAddress> candidates_;
-  bool more_coming_ = false;  // kConnect's first dial: the other family is still resolving
-  std::optional<Decision> first_address_denial_;
-  IpAddress first_denied_address_;
-  bool first_denial_is_self_ = false;    // the first denial is self_connection, not the policy's
-  std::vector<IpAddress> first_family_;  // addresses of the family that answered first
-  std::unique_ptr<HappyEyeballsDialer> dialer_;        // from the first dial to the end
-  std::unique_ptr<UpstreamProxyDialer> proxy_dialer_;  // the same, through --upstream-proxy
-
-  // Event data.
-  DnsAnswer answer_;
-  bool dns_done_ = false;
-  DialResult dial_result_;
-  UpstreamProxyResult proxy_result_;
-  bool client_failed_ = false;
-  std::string_view relay_closed_by_;
-  bool relay_reset_ = false;
-
-  std::optional<Relay> relay_;  // from kRelay on (stopped in finish())
-  int64_t handshake_held_ = 0;
-  bool handshaking_ = true;  // counted in Worker::handshakeStarted until endHandshake()  // this
-                             // connection's share of ProxyStats::handshake_buffered
-
-  // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
+  std::string_view relay_closed_by_;             // event data of kRelayEnded
+  std::optional<Relay> relay_;                   // from kRelay on (stopped in finish())
   const SocketAddress peer_;
-  bool looped_ = false;  // the peer is an own upstream socket (isOwnUpstream) at accept
-  bool loop_rechecked_ = false;
   const std::chrono::steady_clock::time_point started_;
-  std::chrono::steady_clock::time_point dns_started_;
-  std::chrono::steady_clock::time_point connect_started_;
-  AccessRecord record_;
-  CloseReason reason_ = CloseReason::kInternalError;  // record_.reason's enum, once set
+  PackedAccessRecord packed_record_;      // from the relay's start
+  std::unique_ptr<AccessRecord> thawed_;  // packed_record_ unpacked to be amended (rare)
 };
 
 }  // namespace acr

@@ -13,13 +13,6 @@ namespace {
 
 constexpr auto kRelaxed = std::memory_order_relaxed;
 
-// One read buffer per event-loop thread, shared by all its tunnels: bytes pass through it on
-// their way from one socket to the other, so a tunnel owns no read buffer of its own.
-char* scratch() {
-  thread_local std::unique_ptr<char[]> buffer(new char[Relay::kMaxRead]);
-  return buffer.get();
-}
-
 std::string_view sideName(bool client) { return client ? "client" : "upstream"; }
 
 }  // namespace
@@ -99,7 +92,7 @@ void Relay::count(const Direction& direction, size_t length) noexcept {
 void Relay::pump(Direction& direction) {
   Stream& source = *direction.source;
   Stream& sink = *direction.sink;
-  char* buffer = scratch();
+  char* buffer = Stream::scratch();
   for (int i = 0; i < kMaxReadsPerWake; ++i) {
     if (ended_) {
       return;

@@ -30,8 +30,10 @@ struct ProxyStats;
 // --max-buffer-memory), and an idle tunnel holds no buffer at all.
 class Relay final : private Stream::Handler {
  public:
-  // The most one read(2) of a side takes; also the per-thread scratch buffer's size.
-  static constexpr size_t kMaxRead = 64 * 1024;
+  // The most one read(2) of a side takes: the per-thread scratch buffer (Stream::scratch()) it
+  // reads into, bytes passing through it on their way from one socket to the other, so that a
+  // tunnel owns no read buffer of its own.
+  static constexpr size_t kMaxRead = Stream::kScratchSize;
   // A read's size while the process is past --max-buffer-memory.
   static constexpr size_t kBudgetRead = 16 * 1024;
   // Reads per wake-up and side at most, so that one busy tunnel cannot starve the loop's others

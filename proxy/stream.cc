@@ -5,20 +5,21 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <memory>
 
 #include "proxy/socket_options.h"
 
 namespace acr {
 namespace {
 
-// The most one read of the handshake asks for: a ClientHello or a CONNECT head is a few hundred
-// bytes to 2 KiB; the relay reads tunnel bytes itself, in larger reads. Just under 4 KiB, so
-// that libevent's chain (this plus its header, rounded up to a power of two) is one page.
-constexpr size_t kHandshakeRead = 4096 - 128;
-
 bool wouldBlock(int error) { return error == EAGAIN || error == EWOULDBLOCK; }
 
 }  // namespace
+
+char* Stream::scratch() noexcept {
+  thread_local std::unique_ptr<char[]> buffer(new char[kScratchSize]);
+  return buffer.get();
+}
 
 bool Stream::open(Handler* handler) noexcept {
   handler_ = handler;
@@ -100,22 +101,21 @@ Stream::ReadEnd Stream::readToInput(size_t limit) noexcept {
     if (held >= limit) {
       return ReadEnd::kLimit;
     }
-    const size_t want = std::min(limit - held, kHandshakeRead);
-    evbuffer_iovec space;
-    if (evbuffer_reserve_space(buffer, static_cast<ev_ssize_t>(want), &space, 1) < 1) {
-      error_ = ENOMEM;
-      return ReadEnd::kError;
-    }
-    const ssize_t n = ::recv(fd_, space.iov_base, want, 0);
+    // Read into the thread's scratch buffer and copy what came: libevent then allocates a chain
+    // the size of the bytes held, not of the read asked for.
+    const size_t want = std::min(limit - held, kScratchSize);
+    char* const bytes = scratch();
+    const ssize_t n = ::recv(fd_, bytes, want, 0);
     if (n > 0) {
-      space.iov_len = static_cast<size_t>(n);
-      evbuffer_commit_space(buffer, &space, 1);
+      if (evbuffer_add(buffer, bytes, static_cast<size_t>(n)) != 0) {
+        error_ = ENOMEM;
+        return ReadEnd::kError;
+      }
       if (static_cast<size_t>(n) < want && !fin_seen_) {
         readable_ = false;  // the receive queue is empty; new bytes bring a new edge
       }
       continue;
     }
-    evbuffer_commit_space(buffer, &space, 0);
     if (n == 0) {
       setEof();
       return ReadEnd::kEof;

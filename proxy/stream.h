@@ -44,6 +44,14 @@ class Stream {
     kError,    // a read failed (error() holds its errno)
   };
 
+  // The size of the per-thread scratch buffer (scratch()).
+  static constexpr size_t kScratchSize = 64 * 1024;
+  // One read buffer per event-loop thread, shared by all its streams and relays: bytes are read
+  // into it first, so that a stream never owns more than the bytes it holds (a handshake read
+  // into a reserved evbuffer chain held a 4 KiB chain for a 257-byte ClientHello until the relay,
+  // and 500 such chains freed at once left the heap in 4 KiB holes between live tunnels).
+  static char* scratch() noexcept;
+
   // Takes `fd`: closed by close() or the destructor. Nothing is registered before open().
   Stream(event_base* base, int fd) noexcept : base_(base), fd_(fd) {}
   ~Stream() { close(false); }

@@ -505,6 +505,7 @@ class Bench:
         self.wrap = shlex.split(args.wrap) if args.wrap else []
         self.perf = args.perf
         self.strace = args.strace
+        self.idle_probe_command = args.idle_probe
         self.phases = set(args.phases.split(","))
         self.tmp = tempfile.mkdtemp(prefix="acr-bench-")
         os.chmod(self.tmp, 0o755)
@@ -612,6 +613,7 @@ class Bench:
         self.set_sink(p["answer"], hold=True)
         time.sleep(p["settle"])
         rss0 = proc_rss_kib(peer.pids())
+        self.idle_probe(peer, "before")
         proc = start(self.load_argv(peer, ["--idle", str(p["idle"]), "--hold", "60",
                                            "--answer", str(p["answer"])]),
                      stdout=subprocess.PIPE, stdin=subprocess.PIPE)
@@ -620,6 +622,7 @@ class Bench:
             ready = json.loads(line) if line.startswith("{") else {}
             time.sleep(p["settle"])
             rss1 = proc_rss_kib(peer.pids())
+            self.idle_probe(peer, "held")
         finally:
             with contextlib.suppress(Exception):
                 proc.stdin.close()
@@ -631,6 +634,13 @@ class Bench:
         if not held:
             return {"idle_errors": ready.get("errors", -1)}
         return {"kib_per_idle": (rss1 - rss0) / held, "idle_held": held}
+
+    def idle_probe(self, peer, when):
+        """--idle-probe: runs the command with WHEN ("before" or "held") and the peer's pids,
+        before the idle tunnels open and while they are held (PROFILE.md section 9)."""
+        if self.idle_probe_command:
+            subprocess.run(self.idle_probe_command.split() + [when] +
+                           [str(pid) for pid in peer.pids()], timeout=30, check=False)
 
     def bulk(self, peer, size, count, timeout):
         self.set_sink(size)
@@ -793,6 +803,8 @@ def main():
     parser.add_argument("--wrap", help="prefix acr-egress's command line (valgrind, heaptrack)")
     parser.add_argument("--perf", metavar="PREFIX",
                         help="perf record acr-egress in each phase to PREFIX-ROLE-PHASE.data")
+    parser.add_argument("--idle-probe", metavar="CMD",
+                        help="run CMD before|held PID... around the idle phase (heap_probe.c)")
     parser.add_argument("--strace", metavar="PREFIX",
                         help="strace -c each peer in the rate phase to PREFIX-PEER.txt, "
                         "and in the bulk phases to PREFIX-PEER-bulkN.txt")

@@ -49,5 +49,61 @@ TEST(AccessLogTest, NamesTheClientGroup) {
   EXPECT_EQ(top_text.find("group="), std::string::npos) << top_text;
 }
 
+// Every field a relaying tunnel keeps survives packing: texts of any length and bytes (NUL, quotes,
+// control bytes), none or several attempts; the fields only the end sets come back empty.
+TEST(PackedAccessRecordTest, UnpacksWhatWasPacked) {
+  AccessRecord r = grouped("build");
+  r.target = std::string("evil\0\"\n.example", 15);
+  r.original_dst = "192.0.2.7:443";
+  r.dialled = "[2001:db8::1]:443";
+  r.rule = "*.azurecr.io";
+  r.sentence = std::string(70'000, 's');
+  r.would_deny = true;
+  r.ech = true;
+  r.incomplete = true;
+  r.dns_ms = 1.5;
+  r.connect_ms = 2.25;
+  r.decision_ms = 3.125;
+  r.group_series = 7;
+  r.port = 8443;
+  for (const std::vector<std::string>& attempts :
+       {std::vector<std::string>{}, {"192.0.2.1:443 refused", "", "[2001:db8::1]:443 connected"}}) {
+    r.attempts = attempts;
+    r.bytes_up = 10;
+    r.bytes_down = 20;
+    r.total_ms = 9;
+    const AccessRecord u = PackedAccessRecord(r).unpack();
+    EXPECT_EQ(u.listener, r.listener);
+    EXPECT_EQ(u.client, r.client);
+    EXPECT_EQ(u.target, r.target);
+    EXPECT_EQ(u.port, r.port);
+    EXPECT_EQ(u.original_dst, r.original_dst);
+    EXPECT_EQ(u.dialled, r.dialled);
+    EXPECT_EQ(u.attempts, r.attempts);
+    EXPECT_EQ(u.allowed, r.allowed);
+    EXPECT_EQ(u.incomplete, r.incomplete);
+    EXPECT_EQ(u.would_deny, r.would_deny);
+    EXPECT_EQ(u.reason, r.reason);
+    EXPECT_EQ(u.rule, r.rule);
+    EXPECT_EQ(u.sentence, r.sentence);
+    EXPECT_EQ(u.dns_ms, r.dns_ms);
+    EXPECT_EQ(u.connect_ms, r.connect_ms);
+    EXPECT_EQ(u.decision_ms, r.decision_ms);
+    EXPECT_EQ(u.ech, r.ech);
+    EXPECT_EQ(u.group, r.group);
+    EXPECT_EQ(u.group_series, r.group_series);
+    // Set only by the end of the connection.
+    EXPECT_EQ(u.bytes_up, 0u);
+    EXPECT_EQ(u.bytes_down, 0u);
+    EXPECT_EQ(u.total_ms, 0);
+    EXPECT_TRUE(u.closed_by.empty());
+    EXPECT_TRUE(u.phase.empty());
+  }
+  // A default (never packed) record unpacks to a default record.
+  const AccessRecord empty = PackedAccessRecord().unpack();
+  EXPECT_TRUE(empty.client.empty() && empty.sentence.empty() && empty.attempts.empty());
+  EXPECT_FALSE(empty.allowed);
+}
+
 }  // namespace
 }  // namespace acr
