@@ -202,9 +202,15 @@ std::optional<IpAddress> IpAddress::embeddedV4() const noexcept {
 
 size_t IpAddress::format(std::array<char, kMaxTextLength + 1>& out) const noexcept {
   if (isV4()) {
-    in_addr addr;
-    addr.s_addr = htonl(v4Value());
-    inet_ntop(AF_INET, &addr, out.data(), out.size());
+    // Dotted decimal by hand: inet_ntop formats IPv4 with sprintf (~1,500 instructions, every
+    // log line formats two or three addresses). The same text (a differential test checks).
+    const uint32_t value = v4Value();
+    char* p = out.data();
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      p = std::to_chars(p, out.data() + out.size(), (value >> shift) & 0xff).ptr;
+      *p++ = shift != 0 ? '.' : '\0';
+    }
+    return static_cast<size_t>(p - out.data() - 1);
   } else {
     const auto bytes = v6Bytes();
     inet_ntop(AF_INET6, bytes.data(), out.data(), out.size());

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <array>
+#include <charconv>
 #include <cstring>
 
 namespace acr {
@@ -119,15 +121,30 @@ bool SocketAddress::isLoopback() const noexcept {
 }
 
 std::string SocketAddress::toString() const {
-  char buffer[INET6_ADDRSTRLEN] = {};
+  std::array<char, IpAddress::kMaxTextLength + 1> address;
+  size_t text_length;
   if (family() == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, buffer,
-              sizeof(buffer));
-    return std::string(buffer) + ":" + std::to_string(port());
+    in_addr_t value;
+    std::memcpy(&value, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, sizeof(value));
+    text_length = IpAddress::v4(ntohl(value)).format(address);
+  } else {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, address.data(),
+              address.size());
+    text_length = std::strlen(address.data());
   }
-  inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, buffer,
-            sizeof(buffer));
-  return "[" + std::string(buffer) + "]:" + std::to_string(port());
+  // "192.0.2.1:443" or "[2001:db8::1]:443", in one allocation.
+  char digits[8];
+  const char* digits_end = std::to_chars(digits, digits + sizeof(digits), port()).ptr;
+  const bool v6 = family() != AF_INET;
+  std::string out;
+  out.reserve(text_length + 3 + static_cast<size_t>(digits_end - digits));
+  if (v6) {
+    out += '[';
+  }
+  out.append(address.data(), text_length);
+  out += v6 ? "]:" : ":";
+  out.append(digits, static_cast<size_t>(digits_end - digits));
+  return out;
 }
 
 }  // namespace acr

@@ -62,6 +62,9 @@ class PackedAccessRecord {
   PackedAccessRecord() = default;
   explicit PackedAccessRecord(const AccessRecord& record);
   AccessRecord unpack() const;
+  // The same into `record`, whose strings keep their capacity: a record reused for every line
+  // (Connection::finish) costs no allocation once its strings have grown.
+  void unpackInto(AccessRecord& record) const;
 
  private:
   // The text fields in packing order (client, target, original_dst, dialled, rule, sentence),

@@ -705,7 +705,6 @@ Connection::Step Connection::doConnect(Event event) {
       options.attempt_delay = settings.happy_eyeballs_delay;
       options.deadline = handshake_->connect_started + settings.connect_timeout;
       options.mark = settings.mark;
-      options.keepalive_idle = settings.keepalive_idle;
       options.own_upstreams =
           worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
       handshake_->dialer =
@@ -748,7 +747,6 @@ void Connection::dialUpstreamProxy() {
   options.attempt_delay = settings.happy_eyeballs_delay;
   options.deadline = handshake_->connect_started + settings.connect_timeout;
   options.mark = settings.mark;
-  options.keepalive_idle = settings.keepalive_idle;
   options.own_upstreams =
       worker_.context().guardsLoops() ? &worker_.context().ownUpstreams() : nullptr;
   handshake_->proxy_dialer = std::make_unique<UpstreamProxyDialer>(
@@ -992,9 +990,16 @@ Connection::Step Connection::doRelay(Event event) {
       relay_.emplace(client_, *upstream_, worker_.context().stats(), settings_->max_buffer_memory,
                      static_cast<Relay::Observer&>(*this));
       relay_->start();
+      // The upstream's TCP keepalive waits for the first tick (unless its idle time is shorter):
+      // most tunnels end before it and never pay its 4 setsockopt calls, and none gets a later
+      // probe, as the kernel counts the keepalive idle time from the last segment received.
+      if (settings_->keepalive_idle <= std::min<std::chrono::milliseconds>(idle, kIdleCheck)) {
+        setUpstreamKeepalive();
+      }
       armTimer(std::min<std::chrono::milliseconds>(idle, kIdleCheck));
       return Step::kWait;
     case Event::kTimer:
+      setUpstreamKeepalive();
       if (Clock::now() - relay_->lastActivity() >= idle) {
         record().closed_by = "proxy";
         finish("proxy", false);
@@ -1007,6 +1012,13 @@ Connection::Step Connection::doRelay(Event event) {
       return Step::kWait;
     default:
       return Step::kWait;
+  }
+}
+
+void Connection::setUpstreamKeepalive() {
+  if (!upstream_keepalive_ && upstream_ != nullptr && upstream_->isOpen()) {
+    upstream_keepalive_ = true;
+    setKeepalive(upstream_->fd(), settings_->keepalive_idle);
   }
 }
 
@@ -1198,11 +1210,15 @@ void Connection::finish(std::string_view closed_by, bool reset) {
     worker_.resolver().cancel(handshake_->dns_ticket);
     handshake_->dns_ticket = 0;
   }
-  // A relayed tunnel's record is unpacked here, on the stack, unless it was amended (thawed_).
-  AccessRecord unpacked;
+  // A relayed tunnel's record is unpacked here, into the loop's record for that (its strings
+  // keep their capacity from line to line), unless it was amended (thawed_).
+  thread_local AccessRecord unpacked;
+  if (handshake_ == nullptr && thawed_ == nullptr) {
+    packed_record_.unpackInto(unpacked);
+  }
   AccessRecord& record = handshake_ != nullptr ? handshake_->record
                          : thawed_ != nullptr  ? *thawed_
-                                               : (unpacked = packed_record_.unpack());
+                                               : unpacked;
   record.phase = phaseName();
   if (relay_) {
     record.bytes_up = relay_->bytesUp();

@@ -139,6 +139,10 @@ class Connection final : private Relay::Observer, private Stream::Handler {
   Step doTunnelHello(Event event);
   Step doRelay(Event event);
   Step doRefuse(Event event);
+  // kRelay: TCP keepalive on the upstream socket (--keepalive-idle; the client's is inherited from
+  // the listening socket), once; at the relay's first tick, or at its start when the idle time is
+  // shorter than a tick.
+  void setUpstreamKeepalive();
   // Aborts (in debug and sanitizer builds) when a member outlives the states that own it.
   void checkInvariants() const;
 
@@ -262,7 +266,8 @@ class Connection final : private Relay::Observer, private Stream::Handler {
   bool reading_ = false;           // the state reads the client (startReading)
   bool client_failed_ = false;
   bool relay_reset_ = false;
-  bool handshaking_ = true;  // counted in Worker::handshakeStarted until endHandshake()
+  bool handshaking_ = true;          // counted in Worker::handshakeStarted until endHandshake()
+  bool upstream_keepalive_ = false;  // setUpstreamKeepalive() has set it
   // The peer is one of the proxy's own upstream sockets (see OwnUpstreams).
   bool looped_ = false;  // the peer is an own upstream socket (isOwnUpstream) at accept
   bool loop_rechecked_ = false;

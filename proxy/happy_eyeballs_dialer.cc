@@ -182,7 +182,6 @@ bool HappyEyeballsDialer::startNext() {
       fail(false, error);
       return false;
     }
-    setKeepalive(fd, options_.keepalive_idle);
     auto live = std::make_unique<Live>();
     live->dialer = this;
     live->index = index;

@@ -55,7 +55,6 @@ struct DialOptions {
   std::chrono::steady_clock::time_point deadline;  // all attempts together
   std::optional<uint32_t> mark;                    // SO_MARK; a socket that cannot be marked
                                                    // ends the whole dial (fail closed)
-  std::chrono::seconds keepalive_idle{120};
   // When set, the local endpoint of every attempt socket is registered here from connect() until
   // that socket closes (the transparent listener's loop guard must see all of them).
   OwnUpstreams* own_upstreams = nullptr;

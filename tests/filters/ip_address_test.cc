@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "filters/socket_address.h"
+
 namespace acr {
 namespace {
 
@@ -171,6 +173,31 @@ TEST(IpAddressTest, FormatsCanonically) {
   EXPECT_EQ(IpAddress::parse("2603:1030:0:0:0:0:0:1")->toString(), "2603:1030::1");
   EXPECT_EQ(IpAddress::parse("10.0.0.5")->toString(), "10.0.0.5");
   EXPECT_EQ(IpAddress::parse("::ffff:1.2.3.4")->toString(), "::ffff:1.2.3.4");
+}
+
+// IPv4 is formatted by hand; the text is inet_ntop's for edge values and 200,000 random ones,
+// and SocketAddress adds the port in both families as "a.b.c.d:port" and "[v6]:port".
+TEST(IpAddressTest, FormatsIpv4AsInetNtop) {
+  std::mt19937 random(4);
+  std::vector<uint32_t> values = {0,          1,          9,          10,         99,
+                                  100,        255,        256,        0x7f000001, 0xffffffffu,
+                                  0x0a000005, 0xc0000201, 0x01020304, 0x00ff00ff, 0xff00ff00u};
+  for (int i = 0; i < 200000; ++i) {
+    values.push_back(static_cast<uint32_t>(random()));
+  }
+  for (const uint32_t value : values) {
+    in_addr addr;
+    addr.s_addr = htonl(value);
+    char expected[INET_ADDRSTRLEN];
+    ASSERT_NE(inet_ntop(AF_INET, &addr, expected, sizeof(expected)), nullptr);
+    ASSERT_EQ(IpAddress::v4(value).toString(), expected) << value;
+    ASSERT_EQ(SocketAddress::from(IpAddress::v4(value), static_cast<uint16_t>(value)).toString(),
+              std::string(expected) + ":" + std::to_string(static_cast<uint16_t>(value)));
+  }
+  EXPECT_EQ(SocketAddress::from(*IpAddress::parse("2001:db8::1"), 65535).toString(),
+            "[2001:db8::1]:65535");
+  EXPECT_EQ(SocketAddress::from(*IpAddress::parse("::ffff:1.2.3.4"), 0).toString(),
+            "[::ffff:1.2.3.4]:0");
 }
 
 // CIDRs parse strictly and say exactly what is wrong otherwise.

@@ -569,29 +569,64 @@ class LimitsTest(unittest.TestCase):
         entry = proxy.wait_for_log(lambda e: e.get("client") == idle.acr_client)
         self.assertEqual((entry["closed_by"], entry["phase"]), ("proxy", "relay"), entry)
 
+    def keepalive_sides(self, addr, tunnel):
+        """ss's lines for the tunnel's client-side and upstream-side sockets of the proxy."""
+        proxy_port = addr.split(":")[1]
+        client_port = tunnel.acr_client.split(":")[1]
+        out = subprocess.run(["ss", "-Htnoe", "state", "established"], capture_output=True,
+                             text=True, timeout=10).stdout.splitlines()
+        client_side = [l for l in out if l.split()[2] == f"127.0.0.1:{proxy_port}"
+                       and l.split()[3] == f"127.0.0.1:{client_port}"]
+        upstream_side = [l for l in out if l.split()[3] == f"{UPSTREAM_IP}:{self.echo_port}"]
+        return client_side, upstream_side
+
     def test_keepalive_is_set_on_both_sides(self):
         """F11: with --keepalive-idle 60s the proxy's client-side and upstream-side sockets of a
-        tunnel both run a TCP keepalive timer (ss shows timer:(keepalive,...))."""
+        tunnel both run a TCP keepalive timer (ss shows timer:(keepalive,...)): the client side
+        from the start (inherited from the listening socket), the upstream side from the relay's
+        first idle check, 10 s in (docs/operations.md "TCP keepalive"), not before."""
         proxy, addr = self.start_proxy("--keepalive-idle", "60s", "--allow-non-tls")
         tunnel = self.echo_tunnel(addr)
         self.assert_echoes(tunnel)
-        proxy_port = addr.split(":")[1]
-        client_port = tunnel.acr_client.split(":")[1]
+        started = time.monotonic()
         # ss shows the keepalive timer only while no retransmission timer runs: poll until the
         # last echo is acknowledged (bounded: 20 x 0.25 s).
         for _ in range(20):
             time.sleep(0.25)
-            out = subprocess.run(["ss", "-Htnoe", "state", "established"], capture_output=True,
-                                 text=True, timeout=10).stdout.splitlines()
-            client_side = [l for l in out if l.split()[2] == f"127.0.0.1:{proxy_port}"
-                           and l.split()[3] == f"127.0.0.1:{client_port}"]
-            upstream_side = [l for l in out if l.split()[3] == f"{UPSTREAM_IP}:{self.echo_port}"]
-            if all("timer:(keepalive" in l for l in client_side + upstream_side):
+            client_side, upstream_side = self.keepalive_sides(addr, tunnel)
+            if all("timer:(keepalive" in l for l in client_side):
                 break
-        self.assertEqual(len(client_side), 1, out)
-        self.assertTrue(upstream_side, out)
+        self.assertEqual(len(client_side), 1, client_side)
         self.assertIn("timer:(keepalive", client_side[0])
+        self.assertEqual(len(upstream_side), 1, upstream_side)
+        self.assertNotIn("timer:(keepalive", upstream_side[0],
+                         "the upstream keepalive was set before the relay's first idle check")
+        self.assertLess(time.monotonic() - started, 8)
+        # Bounded: 60 x 0.25 s past the 10 s check.
+        for _ in range(60):
+            time.sleep(0.25)
+            client_side, upstream_side = self.keepalive_sides(addr, tunnel)
+            if all("timer:(keepalive" in l for l in upstream_side):
+                break
+        self.assertTrue(upstream_side)
         self.assertTrue(all("timer:(keepalive" in l for l in upstream_side), upstream_side)
+        self.assert_echoes(tunnel)
+
+    def test_short_keepalive_is_set_when_the_relay_starts(self):
+        """F11: a --keepalive-idle shorter than the relay's 10 s idle check (2s) is set on the
+        upstream socket when the relay starts, so that no probe comes later than 2 s idle."""
+        proxy, addr = self.start_proxy("--keepalive-idle", "2s", "--allow-non-tls")
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        for _ in range(20):  # bounded: 20 x 0.25 s, well before the first idle check
+            time.sleep(0.25)
+            client_side, upstream_side = self.keepalive_sides(addr, tunnel)
+            if client_side and upstream_side and all(
+                    "timer:(keepalive" in l for l in client_side + upstream_side):
+                break
+        self.assertEqual(len(upstream_side), 1, upstream_side)
+        self.assertIn("timer:(keepalive", upstream_side[0])
+        self.assertIn("timer:(keepalive", client_side[0])
 
     # ---------------------------------------------------------------- F15
 

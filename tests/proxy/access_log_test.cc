@@ -4,6 +4,9 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <cctype>
+#include <cstdio>
+#include <random>
 #include <sstream>
 
 namespace acr {
@@ -72,37 +75,96 @@ TEST(PackedAccessRecordTest, UnpacksWhatWasPacked) {
     r.bytes_up = 10;
     r.bytes_down = 20;
     r.total_ms = 9;
-    const AccessRecord u = PackedAccessRecord(r).unpack();
-    EXPECT_EQ(u.listener, r.listener);
-    EXPECT_EQ(u.client, r.client);
-    EXPECT_EQ(u.target, r.target);
-    EXPECT_EQ(u.port, r.port);
-    EXPECT_EQ(u.original_dst, r.original_dst);
-    EXPECT_EQ(u.dialled, r.dialled);
-    EXPECT_EQ(u.attempts, r.attempts);
-    EXPECT_EQ(u.allowed, r.allowed);
-    EXPECT_EQ(u.incomplete, r.incomplete);
-    EXPECT_EQ(u.would_deny, r.would_deny);
-    EXPECT_EQ(u.reason, r.reason);
-    EXPECT_EQ(u.rule, r.rule);
-    EXPECT_EQ(u.sentence, r.sentence);
-    EXPECT_EQ(u.dns_ms, r.dns_ms);
-    EXPECT_EQ(u.connect_ms, r.connect_ms);
-    EXPECT_EQ(u.decision_ms, r.decision_ms);
-    EXPECT_EQ(u.ech, r.ech);
-    EXPECT_EQ(u.group, r.group);
-    EXPECT_EQ(u.group_series, r.group_series);
-    // Set only by the end of the connection.
-    EXPECT_EQ(u.bytes_up, 0u);
-    EXPECT_EQ(u.bytes_down, 0u);
-    EXPECT_EQ(u.total_ms, 0);
-    EXPECT_TRUE(u.closed_by.empty());
-    EXPECT_TRUE(u.phase.empty());
+    // unpack(), and unpackInto() a record used before (Connection::finish reuses one per loop):
+    // every field is overwritten, none carries over from the last line.
+    AccessRecord reused = grouped("other");
+    reused.attempts = {"a", "b", "c", "d", "e"};
+    reused.original_dst = reused.dialled = reused.rule = reused.sentence = "old";
+    reused.bytes_up = reused.bytes_down = 99;
+    reused.total_ms = reused.dns_ms = reused.connect_ms = reused.decision_ms = 99;
+    reused.allowed = !r.allowed;
+    reused.would_deny = reused.ech = reused.incomplete = false;
+    reused.group_series = 1;
+    reused.port = 1;
+    PackedAccessRecord(r).unpackInto(reused);
+    for (const AccessRecord& u : {PackedAccessRecord(r).unpack(), reused}) {
+      EXPECT_EQ(u.listener, r.listener);
+      EXPECT_EQ(u.client, r.client);
+      EXPECT_EQ(u.target, r.target);
+      EXPECT_EQ(u.port, r.port);
+      EXPECT_EQ(u.original_dst, r.original_dst);
+      EXPECT_EQ(u.dialled, r.dialled);
+      EXPECT_EQ(u.attempts, r.attempts);
+      EXPECT_EQ(u.allowed, r.allowed);
+      EXPECT_EQ(u.incomplete, r.incomplete);
+      EXPECT_EQ(u.would_deny, r.would_deny);
+      EXPECT_EQ(u.reason, r.reason);
+      EXPECT_EQ(u.rule, r.rule);
+      EXPECT_EQ(u.sentence, r.sentence);
+      EXPECT_EQ(u.dns_ms, r.dns_ms);
+      EXPECT_EQ(u.connect_ms, r.connect_ms);
+      EXPECT_EQ(u.decision_ms, r.decision_ms);
+      EXPECT_EQ(u.ech, r.ech);
+      EXPECT_EQ(u.group, r.group);
+      EXPECT_EQ(u.group_series, r.group_series);
+      // Set only by the end of the connection.
+      EXPECT_EQ(u.bytes_up, 0u);
+      EXPECT_EQ(u.bytes_down, 0u);
+      EXPECT_EQ(u.total_ms, 0);
+      EXPECT_TRUE(u.closed_by.empty());
+      EXPECT_TRUE(u.phase.empty());
+    }
   }
   // A default (never packed) record unpacks to a default record.
   const AccessRecord empty = PackedAccessRecord().unpack();
   EXPECT_TRUE(empty.client.empty() && empty.sentence.empty() && empty.attempts.empty());
   EXPECT_FALSE(empty.allowed);
+}
+
+// The time is "YYYY-MM-DDTHH:MM:SS.mmmZ" (the part up to the seconds cached per second) and the
+// millisecond fields are what printf's "%.3f" writes, in both formats.
+TEST(AccessLogTest, FormatsTimeAndMillisecondsAsPrintf) {
+  // "2026-12-06T04:20:31.123Z": digits where the shape has '9', the rest literally.
+  const auto is_time = [](std::string_view text) {
+    constexpr std::string_view kShape = "9999-99-99T99:99:99.999Z";
+    if (text.size() != kShape.size()) {
+      return false;
+    }
+    for (size_t i = 0; i < kShape.size(); ++i) {
+      if (kShape[i] == '9' ? !std::isdigit(static_cast<unsigned char>(text[i]))
+                           : text[i] != kShape[i]) {
+        return false;
+      }
+    }
+    return true;
+  };
+  std::mt19937 random(3);
+  AccessRecord r = grouped("");
+  for (int i = 0; i < 3000; ++i) {
+    const double values[] = {0.0005,   0.0015,
+                             2.5e-4,   1e9 + 0.0625,
+                             123.4565, static_cast<double>(random()) / (1 + random() % 100000)};
+    r.total_ms = values[i % 6];
+    r.dns_ms = r.total_ms / 3;
+    r.bytes_up = random();
+    const std::string json = lineOf(r, true);
+    ASSERT_TRUE(json.starts_with(R"({"time":")") && is_time(std::string_view(json).substr(9, 24)) &&
+                json.substr(33, 2) == "\",")
+        << json;
+    char expected[128];
+    std::snprintf(expected, sizeof(expected), R"("dns_ms":%.3f,)", r.dns_ms);
+    ASSERT_NE(json.find(expected), std::string::npos) << json;
+    std::snprintf(expected, sizeof(expected), R"("total_ms":%.3f,)", r.total_ms);
+    ASSERT_NE(json.find(expected), std::string::npos) << json;
+    ASSERT_NE(json.find("\"bytes_up\":" + std::to_string(r.bytes_up) + ","), std::string::npos);
+    if (i % 100 == 0) {
+      const std::string text = lineOf(r, false);
+      ASSERT_TRUE(is_time(std::string_view(text).substr(0, 24)) &&
+                  text.substr(24, 9) == " connect ")
+          << text;
+      ASSERT_NE(text.find(" up=" + std::to_string(r.bytes_up) + " "), std::string::npos) << text;
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <random>
 #include <string>
 
 namespace acr {
@@ -56,6 +58,54 @@ TEST(LogEscaperTest, EveryByteEscapesToPrintableAscii) {
         EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "byte " << b;
       }
     }
+  }
+}
+
+// The escapers append runs of plain bytes whole; the result is byte for byte what escaping one
+// byte at a time gives (the reference below, the contract in log_escaper.h), for random texts
+// whose bytes are mostly plain with escapes in runs, at the ends and alone.
+TEST(LogEscaperTest, RunsAreEscapedAsByteByByte) {
+  const auto reference_text = [](std::string_view in, bool token) {
+    std::string out;
+    for (const unsigned char c : in) {
+      char buffer[8];
+      if (c == '\\') {
+        out += "\\\\";
+      } else if (c < 0x20 || c >= 0x7f || (token && c == ' ')) {
+        std::snprintf(buffer, sizeof(buffer), "\\x%02x", c);
+        out += buffer;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return out;
+  };
+  const auto reference_json = [](std::string_view in) {
+    std::string out = "\"";
+    for (const unsigned char c : in) {
+      char buffer[8];
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += static_cast<char>(c);
+      } else if (c < 0x20 || c >= 0x7f) {
+        std::snprintf(buffer, sizeof(buffer), "\\u%04x", c);
+        out += buffer;
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    return out + "\"";
+  };
+  std::mt19937 random(9);
+  for (int i = 0; i < 20000; ++i) {
+    std::string in(random() % 40, 'a');
+    for (char& c : in) {
+      const unsigned kind = random() % 8;
+      c = static_cast<char>(kind == 0 ? random() % 256 : kind == 1 ? ' ' : 'a' + random() % 26);
+    }
+    EXPECT_EQ(text(in, true), reference_text(in, true)) << i;
+    EXPECT_EQ(text(in, false), reference_text(in, false)) << i;
+    EXPECT_EQ(json(in), reference_json(in)) << i;
   }
 }
 
