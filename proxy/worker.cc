@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -103,10 +104,25 @@ std::string limitSentence(CloseReason reason, size_t limit) {
 }  // namespace
 
 Worker::Worker(ProxyContext& context) : context_(context) {
-  base_ = event_base_new();
-  if (base_ == nullptr) {
+  // No locks: only this loop's thread touches the base once it runs (see request()).
+  event_config* config = event_config_new();
+  if (config != nullptr) {
+    event_config_set_flag(config, EVENT_BASE_FLAG_NOLOCK);
+    base_ = event_base_new_with_config(config);
+    event_config_free(config);
+  }
+  requests_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (base_ == nullptr || requests_fd_ < 0) {
+    if (base_ != nullptr) {
+      event_base_free(base_);
+    }
+    if (requests_fd_ >= 0) {
+      close(requests_fd_);
+    }
     throw std::runtime_error("cannot create an event loop");
   }
+  requests_event_ = event_new(base_, requests_fd_, EV_READ | EV_PERSIST, &Worker::onRequests, this);
+  event_add(requests_event_, nullptr);
   ResolverOptions resolver_options = resolverOptions(*context.settings());
   resolver_options.observer = &context.metrics();
   resolver_ = std::make_unique<Resolver>(base_, std::move(resolver_options));
@@ -137,7 +153,9 @@ Worker::~Worker() {
   event_free(reaper_);
   event_free(drain_tick_);
   event_free(heartbeat_);
+  event_free(requests_event_);
   event_base_free(base_);
+  close(requests_fd_);
 }
 
 void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>& used) {
@@ -346,19 +364,42 @@ void Worker::closeListeners() {
 }
 
 void Worker::drain(std::chrono::milliseconds deadline) {
-  drain_timeout_ = deadline;
-  event_base_once(base_, -1, EV_TIMEOUT, &Worker::onDrain, this, nullptr);
+  drain_timeout_ = deadline;  // published by request()'s release
+  request(kDrainRequest);
 }
 
 void Worker::revokeDenied() {
   if (!stopped()) {
-    event_base_once(base_, -1, EV_TIMEOUT, &Worker::onRevoke, this, nullptr);
+    request(kRevokeRequest);
   }
 }
 
 void Worker::applyDnsSettings() {
   if (!stopped()) {
-    event_base_once(base_, -1, EV_TIMEOUT, &Worker::onDnsSettings, this, nullptr);
+    request(kDnsRequest);
+  }
+}
+
+void Worker::request(Request request) {
+  requests_.fetch_or(request, std::memory_order_release);
+  const uint64_t one = 1;
+  // Only fails when the counter is full (a wake-up is pending anyway).
+  [[maybe_unused]] const ssize_t written = write(requests_fd_, &one, sizeof(one));
+}
+
+void Worker::onRequests(evutil_socket_t fd, short, void* arg) {
+  auto* worker = static_cast<Worker*>(arg);
+  uint64_t count;
+  [[maybe_unused]] const ssize_t read_bytes = read(fd, &count, sizeof(count));
+  const uint32_t requests = worker->requests_.exchange(0, std::memory_order_acquire);
+  if ((requests & kDnsRequest) != 0) {
+    onDnsSettings(-1, 0, worker);
+  }
+  if ((requests & kRevokeRequest) != 0) {
+    onRevoke(-1, 0, worker);
+  }
+  if ((requests & kDrainRequest) != 0) {
+    onDrain(-1, 0, worker);
   }
 }
 

@@ -89,6 +89,13 @@ class Worker {
   static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int length, void* arg);
   static void onAcceptError(evconnlistener* listener, void* arg);
   static void onResume(evutil_socket_t, short, void* arg);
+  // What another thread asks of this loop (drain(), revokeDenied(), applyDnsSettings()): it sets
+  // the request's bit and writes the eventfd, and onRequests() runs what is set. This is the only
+  // way another thread reaches the loop, so its event_base runs without libevent's locks
+  // (EVENT_BASE_FLAG_NOLOCK): about 30 lock and unlock pairs per tunnel fewer.
+  enum Request : uint32_t { kDrainRequest = 1, kRevokeRequest = 2, kDnsRequest = 4 };
+  void request(Request request);
+  static void onRequests(evutil_socket_t fd, short, void* arg);
   static void onDrain(evutil_socket_t, short, void* arg);
   static void onRevoke(evutil_socket_t, short, void* arg);
   static void onDnsSettings(evutil_socket_t, short, void* arg);
@@ -120,7 +127,10 @@ class Worker {
   event* drain_tick_ = nullptr;
   std::chrono::steady_clock::time_point drain_deadline_;
   bool draining_ = false;
-  std::chrono::milliseconds drain_timeout_{0};
+  std::chrono::milliseconds drain_timeout_{0};  // written before kDrainRequest is set
+  std::atomic<uint32_t> requests_{0};           // Request bits not run yet
+  int requests_fd_ = -1;                        // eventfd: a request is waiting
+  event* requests_event_ = nullptr;
   std::atomic<bool> stopped_{false};
   std::thread thread_;
 };
