@@ -252,7 +252,8 @@ class Connection final : private Relay::Observer, private Stream::Handler {
 
   // The log line's record: the handshake's while it lasts; from the relay on it is packed
   // (packed_record_), and unpacked into thawed_ only when something amends it (an abort, a
-  // revocation). finish() unpacks it on its stack otherwise.
+  // revocation). finish() unpacks it otherwise, into a per-thread record that keeps its strings'
+  // capacity from one line to the next.
   AccessRecord& record();
 
   Worker& worker_;
