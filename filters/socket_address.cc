@@ -122,16 +122,7 @@ bool SocketAddress::isLoopback() const noexcept {
 
 std::string SocketAddress::toString() const {
   std::array<char, IpAddress::kMaxTextLength + 1> address;
-  size_t text_length;
-  if (family() == AF_INET) {
-    in_addr_t value;
-    std::memcpy(&value, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, sizeof(value));
-    text_length = IpAddress::v4(ntohl(value)).format(address);
-  } else {
-    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, address.data(),
-              address.size());
-    text_length = std::strlen(address.data());
-  }
+  const size_t text_length = ip().format(address);
   // "192.0.2.1:443" or "[2001:db8::1]:443", in one allocation.
   char digits[8];
   const char* digits_end = std::to_chars(digits, digits + sizeof(digits), port()).ptr;

@@ -50,7 +50,6 @@ struct AccessRecord {
   uint32_t group_series = UINT32_MAX;
 };
 
-// What a record's `decision` field and the connections_total `decision` label say.
 // An AccessRecord as a relaying tunnel keeps it until it ends (memory per idle tunnel, issue 9
 // section 2): the scalars, and every text field in one allocation (lengths first, then the bytes),
 // instead of a 376-byte record with six strings and a vector of them (~350 bytes in up to eight
@@ -94,6 +93,7 @@ class PackedAccessRecord {
   std::unique_ptr<char[]> texts_;  // uint32_t lengths[kFixedTexts + attempt_count_], then bytes
 };
 
+// What a record's `decision` field and the connections_total `decision` label say.
 enum class Outcome : uint8_t {
   kDeny,        // "deny": refused (policy, malformed request, limits) or failed before relaying
   kAllow,       // "allow": relayed

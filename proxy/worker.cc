@@ -393,45 +393,43 @@ void Worker::onRequests(evutil_socket_t fd, short, void* arg) {
   [[maybe_unused]] const ssize_t read_bytes = read(fd, &count, sizeof(count));
   const uint32_t requests = worker->requests_.exchange(0, std::memory_order_acquire);
   if ((requests & kDnsRequest) != 0) {
-    onDnsSettings(-1, 0, worker);
+    worker->applyDnsSettingsNow();
   }
   if ((requests & kRevokeRequest) != 0) {
-    onRevoke(-1, 0, worker);
+    worker->revokeDeniedNow();
   }
   if ((requests & kDrainRequest) != 0) {
-    onDrain(-1, 0, worker);
+    worker->startDrain();
   }
 }
 
-void Worker::onDnsSettings(evutil_socket_t, short, void* arg) {
-  auto* worker = static_cast<Worker*>(arg);
-  if (worker->resolver_ == nullptr) {
+void Worker::applyDnsSettingsNow() {
+  if (resolver_ == nullptr) {
     return;  // the drain has ended the resolver
   }
-  // The settings now current, like onRevoke: a later reload may have replaced them already.
-  ResolverOptions options = resolverOptions(*worker->context_.settings());
-  options.observer = &worker->context_.metrics();
+  // The settings now current, like revokeDeniedNow(): a later reload may have replaced them.
+  ResolverOptions options = resolverOptions(*context_.settings());
+  options.observer = &context_.metrics();
   try {
-    worker->resolver_->reconfigure(std::move(options));
+    resolver_->reconfigure(std::move(options));
   } catch (const std::exception& error) {
     // Validated by buildProxySettings already; the old options stay if c-ares refuses.
     spdlog::error("{}", std::string("DNS settings not applied: ") + error.what());
   }
 }
 
-void Worker::onRevoke(evutil_socket_t, short, void* arg) {
-  auto* worker = static_cast<Worker*>(arg);
+void Worker::revokeDeniedNow() {
   // The policy now current, not the one of the reload that asked: a later reload may have
   // replaced it (and turned revoking off) before this loop got here.
-  const std::shared_ptr<const ActivePolicy> active = worker->context_.activePolicy();
+  const std::shared_ptr<const ActivePolicy> active = context_.activePolicy();
   if (!active->policy->revokeOnReload()) {
     return;
   }
   // rejudge() may finish a connection; release() only queues it for deletion, so the map is
   // walked whole, but through a copy of its keys to stay independent of that.
   std::vector<Connection*> open;
-  open.reserve(worker->connections_.size());
-  for (const auto& [connection, owner] : worker->connections_) {
+  open.reserve(connections_.size());
+  for (const auto& [connection, owner] : connections_) {
     open.push_back(connection);
   }
   for (Connection* connection : open) {
@@ -439,21 +437,20 @@ void Worker::onRevoke(evutil_socket_t, short, void* arg) {
   }
 }
 
-void Worker::onDrain(evutil_socket_t, short, void* arg) {
-  auto* worker = static_cast<Worker*>(arg);
+void Worker::startDrain() {
   // Own listeners stay open until the drain ends, so that a new client is told (503 draining on
   // connect, a reset elsewhere; see accept()) rather than refused by the kernel. A socket-activated
   // listener stops accepting at once instead: systemd keeps the socket, and the connections that
   // queue in it during a restart are the next process's to serve.
-  worker->draining_ = true;
-  for (const auto& listener : worker->listeners_) {
+  draining_ = true;
+  for (const auto& listener : listeners_) {
     if (listener->inherited && listener->listener != nullptr) {
       evconnlistener_disable(listener->listener);
     }
   }
-  worker->drain_deadline_ = std::chrono::steady_clock::now() + worker->drain_timeout_;
-  event_add(worker->drain_tick_, &kDrainTick);
-  onDrainTick(-1, 0, worker);
+  drain_deadline_ = std::chrono::steady_clock::now() + drain_timeout_;
+  event_add(drain_tick_, &kDrainTick);
+  onDrainTick(-1, 0, this);
 }
 
 void Worker::onDrainTick(evutil_socket_t, short, void* arg) {

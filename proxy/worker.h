@@ -96,9 +96,10 @@ class Worker {
   enum Request : uint32_t { kDrainRequest = 1, kRevokeRequest = 2, kDnsRequest = 4 };
   void request(Request request);
   static void onRequests(evutil_socket_t fd, short, void* arg);
-  static void onDrain(evutil_socket_t, short, void* arg);
-  static void onRevoke(evutil_socket_t, short, void* arg);
-  static void onDnsSettings(evutil_socket_t, short, void* arg);
+  // What each request does, on the loop.
+  void startDrain();
+  void revokeDeniedNow();
+  void applyDnsSettingsNow();
   static void onDrainTick(evutil_socket_t, short, void* arg);
   static void onReap(evutil_socket_t, short, void* arg);
   static void onHeartbeat(evutil_socket_t, short, void* arg);
