@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "proxy/log_escaper.h"
+#include "proxy/slab.h"
 
 namespace acr {
 
@@ -46,7 +47,10 @@ PackedAccessRecord::PackedAccessRecord(const AccessRecord& record)
   for (const std::string& attempt : record.attempts) {
     bytes += attempt.size();
   }
-  texts_ = std::make_unique_for_overwrite<char[]>(count * sizeof(uint32_t) + bytes);
+  const size_t size = count * sizeof(uint32_t) + bytes;
+  texts_ = std::unique_ptr<char[], TextsDeleter>(
+      size <= Slab::kMaxSlot ? static_cast<char*>(Slab::tunnels().allocate(size)) : new char[size],
+      TextsDeleter{size});
   char* lengths = texts_.get();
   char* out = lengths + count * sizeof(uint32_t);
   const auto put = [&](const std::string& text) {
@@ -61,6 +65,17 @@ PackedAccessRecord::PackedAccessRecord(const AccessRecord& record)
   }
   for (const std::string& attempt : record.attempts) {
     put(attempt);
+  }
+}
+
+void PackedAccessRecord::TextsDeleter::operator()(char* texts) const noexcept {
+  if (texts == nullptr) {
+    return;
+  }
+  if (bytes <= Slab::kMaxSlot) {
+    Slab::tunnels().deallocate(texts, bytes);
+  } else {
+    delete[] texts;
   }
 }
 

@@ -88,9 +88,19 @@ class PackedAccessRecord {
   template <typename From, typename To>
   static void copyScalars(const From& from, To& to) noexcept;
 
+  // Texts of up to Slab::kMaxSlot bytes (nearly all) live in Slab::tunnels(), with the tunnel
+  // that keeps them; longer ones on the heap.
+  struct TextsDeleter {
+    TextsDeleter() noexcept : bytes(0) {}
+    explicit TextsDeleter(size_t size) noexcept : bytes(size) {}
+    size_t bytes;
+    void operator()(char* texts) const noexcept;
+  };
+
   Scalars scalars_;
   uint32_t attempt_count_ = 0;
-  std::unique_ptr<char[]> texts_;  // uint32_t lengths[kFixedTexts + attempt_count_], then bytes
+  // uint32_t lengths[kFixedTexts + attempt_count_], then the bytes.
+  std::unique_ptr<char[], TextsDeleter> texts_;
 };
 
 // What a record's `decision` field and the connections_total `decision` label say.

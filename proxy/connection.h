@@ -22,6 +22,7 @@
 #include "proxy/connection_limits.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/relay.h"
+#include "proxy/slab.h"
 #include "proxy/stream.h"
 #include "proxy/upstream_proxy_dialer.h"
 
@@ -74,6 +75,7 @@ class Connection final : private Relay::Observer, private Stream::Handler {
   ~Connection() override;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
+  ACR_SLAB_ALLOCATED(Connection, tunnels)
 
   // `listener_keepalive`: the TCP keepalive idle the listening socket was given (Worker), which
   // the accepted socket inherits from it; when it is the settings' value, start() sets nothing
@@ -222,6 +224,7 @@ class Connection final : private Relay::Observer, private Stream::Handler {
   // issue 9 section 2: 1,664 bytes of Connection before, most of them dead once relaying).
   struct Handshake {
     explicit Handshake(const SocketAddress& listener) : listener_address(listener) {}
+    ACR_SLAB_ALLOCATED(Handshake, handshakes)
 
     AccessRecord record;  // the log line's record, until packed at the relay's start
     const SocketAddress listener_address;

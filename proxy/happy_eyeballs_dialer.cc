@@ -71,6 +71,7 @@ std::string DialAttempt::toString() const {
 // One attempt in flight: its socket and where its record is.
 // One attempt in flight: its stream's edges come here until it connects or fails.
 struct HappyEyeballsDialer::Live final : Stream::Handler {
+  ACR_SLAB_ALLOCATED(Live, handshakes)
   HappyEyeballsDialer* dialer = nullptr;
   size_t index = 0;  // into attempts_
   std::unique_ptr<Stream> stream;
@@ -84,19 +85,11 @@ struct HappyEyeballsDialer::Live final : Stream::Handler {
 
 HappyEyeballsDialer::HappyEyeballsDialer(event_base* base, DialOptions options, Callback done)
     : base_(base), options_(options), done_(std::move(done)) {
-  next_timer_ = evtimer_new(base_, &HappyEyeballsDialer::onNextTimer, this);
-  deadline_timer_ = evtimer_new(base_, &HappyEyeballsDialer::onDeadline, this);
+  evtimer_assign(&next_timer_, base_, &HappyEyeballsDialer::onNextTimer, this);
+  evtimer_assign(&deadline_timer_, base_, &HappyEyeballsDialer::onDeadline, this);
 }
 
-HappyEyeballsDialer::~HappyEyeballsDialer() {
-  cancel();
-  if (next_timer_ != nullptr) {
-    event_free(next_timer_);
-  }
-  if (deadline_timer_ != nullptr) {
-    event_free(deadline_timer_);
-  }
-}
+HappyEyeballsDialer::~HappyEyeballsDialer() { cancel(); }
 
 void HappyEyeballsDialer::add(const std::vector<IpAddress>& addresses, bool more_coming) {
   if (finished_) {
@@ -116,13 +109,9 @@ void HappyEyeballsDialer::add(const std::vector<IpAddress>& addresses, bool more
   queue_ = happyEyeballsOrder(merged, attempts_.empty() || !last_v6_);
   if (!started_) {
     started_ = true;
-    if (next_timer_ == nullptr || deadline_timer_ == nullptr) {
-      fail(false, ENOMEM);
-      return;
-    }
     const timeval budget = toTimeval(
         std::chrono::duration_cast<std::chrono::milliseconds>(options_.deadline - Clock::now()));
-    evtimer_add(deadline_timer_, &budget);
+    evtimer_add(&deadline_timer_, &budget);
     startNext();
     return;
   }
@@ -133,7 +122,7 @@ void HappyEyeballsDialer::add(const std::vector<IpAddress>& addresses, bool more
     const auto share = (options_.deadline - last_start_) / static_cast<int64_t>(queue_.size() + 1);
     armNext(
         std::chrono::duration_cast<std::chrono::milliseconds>(last_start_ + share - Clock::now()));
-  } else if (!evtimer_pending(next_timer_, nullptr)) {
+  } else if (!evtimer_pending(&next_timer_, nullptr)) {
     // The delay runs from the last attempt's start, as if the addresses had been there all along.
     const auto since =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_start_);
@@ -146,12 +135,8 @@ void HappyEyeballsDialer::cancel() noexcept {
   while (!live_.empty()) {
     closeLive(*live_.back(), AttemptOutcome::kCancelled, 0);
   }
-  if (next_timer_ != nullptr) {
-    evtimer_del(next_timer_);
-  }
-  if (deadline_timer_ != nullptr) {
-    evtimer_del(deadline_timer_);
-  }
+  evtimer_del(&next_timer_);
+  evtimer_del(&deadline_timer_);
 }
 
 bool HappyEyeballsDialer::startNext() {
@@ -230,7 +215,7 @@ bool HappyEyeballsDialer::startNext() {
 
 void HappyEyeballsDialer::armNext(std::chrono::milliseconds delay) {
   const timeval tv = toTimeval(delay);
-  evtimer_add(next_timer_, &tv);
+  evtimer_add(&next_timer_, &tv);
 }
 
 void HappyEyeballsDialer::closeLive(Live& live, AttemptOutcome outcome, int error) {
@@ -270,7 +255,7 @@ void HappyEyeballsDialer::onAttemptEvent(Live& live, Stream& stream, short what)
   closeLive(live, outcomeOf(error), error);
   // A failed attempt moves on at once; the delay starts again from the new attempt.
   if (!queue_.empty()) {
-    evtimer_del(next_timer_);
+    evtimer_del(&next_timer_);
   }
   startNext();
 }
@@ -305,8 +290,8 @@ void HappyEyeballsDialer::win(Live& live) {
     closeLive(*live_.front(), AttemptOutcome::kCancelled, 0);
   }
   finished_ = true;
-  evtimer_del(next_timer_);
-  evtimer_del(deadline_timer_);
+  evtimer_del(&next_timer_);
+  evtimer_del(&deadline_timer_);
   const Callback done = std::move(done_);
   done(std::move(result));
 }
@@ -319,12 +304,8 @@ void HappyEyeballsDialer::fail(bool timed_out, int error) {
     result.endpoint = attempts_.back().endpoint;
   }
   finished_ = true;
-  if (next_timer_ != nullptr) {
-    evtimer_del(next_timer_);
-  }
-  if (deadline_timer_ != nullptr) {
-    evtimer_del(deadline_timer_);
-  }
+  evtimer_del(&next_timer_);
+  evtimer_del(&deadline_timer_);
   const Callback done = std::move(done_);
   done(std::move(result));
 }

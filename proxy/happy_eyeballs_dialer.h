@@ -13,6 +13,7 @@
 
 #include "conf/proxy_settings.h"
 #include "filters/ip_address.h"
+#include "proxy/slab.h"
 #include "proxy/stream.h"
 
 namespace acr {
@@ -91,6 +92,7 @@ class HappyEyeballsDialer {
   ~HappyEyeballsDialer();
   HappyEyeballsDialer(const HappyEyeballsDialer&) = delete;
   HappyEyeballsDialer& operator=(const HappyEyeballsDialer&) = delete;
+  ACR_SLAB_ALLOCATED(HappyEyeballsDialer, handshakes)  // a connection's, until its dial ends
 
   // Queues `addresses` (those already queued or attempted are skipped) in happyEyeballsOrder and
   // starts dialling if nothing is in flight. `more_coming`: another add() will follow (the other
@@ -123,8 +125,9 @@ class HappyEyeballsDialer {
   event_base* base_;
   DialOptions options_;
   Callback done_;
-  event* next_timer_ = nullptr;  // the next attempt (delay > 0), or this attempt's share (0)
-  event* deadline_timer_ = nullptr;
+  // Members, not event_new: two allocations fewer per dial (slab.h says why that matters).
+  event next_timer_{};  // the next attempt (delay > 0), or this attempt's share (0)
+  event deadline_timer_{};
   std::vector<IpAddress> queue_;  // judged, not yet attempted
   std::vector<std::unique_ptr<Live>> live_;
   std::vector<DialAttempt> attempts_;

@@ -11,6 +11,7 @@
 #include "conf/proxy_settings.h"
 #include "conf/settings_table.h"
 #include "proxy/check_command.h"
+#include "proxy/libevent_memory.h"
 #include "proxy/proxy_server.h"
 #include "proxy/reference_command.h"
 #include "proxy/suggest_command.h"
@@ -40,6 +41,7 @@ bool has(const std::vector<std::string>& args, std::string_view flag) {
 }
 
 int runProxy(const std::vector<std::string>& args) {
+  acr::useSlabForLibevent();  // before anything calls libevent
   try {
     const acr::CommandLine command_line = acr::parseCommandLine(args);
     if (!command_line.positional.empty()) {

@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "conf/proxy_settings.h"
+#include "proxy/slab.h"
 
 namespace acr {
 
@@ -108,8 +110,12 @@ class OwnUpstreams {
   }
 
   mutable std::mutex mutex_;
-  std::unordered_set<Key, KeyHash> endpoints_;
-  std::unordered_map<Endpoint, uint32_t, EndpointHash> locals_;  // endpoints_ per local endpoint
+  // Entries live as long as their tunnels: in Slab::tunnels(), with them.
+  std::unordered_set<Key, KeyHash, std::equal_to<Key>, SlabAllocator<Key>> endpoints_;
+  // endpoints_ per local endpoint
+  std::unordered_map<Endpoint, uint32_t, EndpointHash, std::equal_to<Endpoint>,
+                     SlabAllocator<std::pair<const Endpoint, uint32_t>>>
+      locals_;
 };
 
 }  // namespace acr

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "proxy/slab.h"
+
 namespace acr {
 
 // One non-blocking TCP socket of a tunnel (the client's from accept, an upstream's from its
@@ -57,6 +59,8 @@ class Stream {
   ~Stream() { close(false); }
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
+  // An upstream's stream lives as long as its tunnel (a dial attempt that loses is rare).
+  ACR_SLAB_ALLOCATED(Stream, tunnels)
 
   // Adds the event (one epoll_ctl), its edges going to `handler` (null: only recorded). False
   // when libevent could not; the stream is then only good for close().

@@ -325,7 +325,9 @@ void Worker::handshakeEnded() noexcept {
   if (now - last_trim_ >= std::chrono::seconds(1)) {
     last_trim_ = now;
     handshakes_peak_ = 0;
-    malloc_trim(0);
+    // In onReap, once the last handshakes' dialers are freed too.
+    trim_due_ = true;
+    event_active(reaper_, 0, 0);
   }
 }
 
@@ -347,6 +349,11 @@ void Worker::onReap(evutil_socket_t, short, void* arg) {
   finished.swap(worker->finished_);
   for (Connection* connection : finished) {
     worker->connections_.erase(connection);
+  }
+  if (worker->trim_due_) {
+    worker->trim_due_ = false;
+    malloc_trim(0);
+    Slab::trimAllSpares();
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
 #include "proxy/proxy_context.h"
+#include "proxy/slab.h"
 #include "proxy/upstream_proxy_dialer.h"
 
 namespace acr {
@@ -64,9 +66,10 @@ class Worker {
   // neither the dialer nor its timers and attempts.
   void retire(std::unique_ptr<HappyEyeballsDialer> dialer);
   // A connection's handshake (accept to relay or close) began or ended. When a burst of them
-  // (kTrimBurst or more at once) is over, the heap's free pages go back to the kernel
-  // (malloc_trim, at most once a second): what 500 handshakes at once held (their input
-  // buffers, dialers and DNS state) would otherwise stay resident while their tunnels idle.
+  // (kTrimBurst or more at once) is over, the heap's free pages and the slabs' spare spans go
+  // back to the kernel (malloc_trim and Slab::trimAllSpares, at most once a second): what 500
+  // handshakes at once held (their input buffers, dialers and DNS state) would otherwise stay
+  // resident while their tunnels idle.
   void handshakeStarted() noexcept;
   void handshakeEnded() noexcept;
   static constexpr size_t kTrimBurst = 64;
@@ -115,11 +118,16 @@ class Worker {
   event_base* base_ = nullptr;
   std::unique_ptr<Resolver> resolver_;
   std::vector<std::unique_ptr<Listener>> listeners_;
-  std::unordered_map<Connection*, std::unique_ptr<Connection>> connections_;
+  // Entries in Slab::tunnels(), with the connections they own.
+  std::unordered_map<Connection*, std::unique_ptr<Connection>, std::hash<Connection*>,
+                     std::equal_to<Connection*>,
+                     SlabAllocator<std::pair<Connection* const, std::unique_ptr<Connection>>>>
+      connections_;
   std::vector<Connection*> finished_;
   size_t handshakes_ = 0;       // connections between accept and relay (or close)
   size_t handshakes_peak_ = 0;  // the most since the last trim
   std::chrono::steady_clock::time_point last_trim_{};
+  bool trim_due_ = false;  // onReap trims (handshakeEnded)
   std::vector<std::unique_ptr<HappyEyeballsDialer>> retired_dialers_;
   std::vector<std::unique_ptr<UpstreamProxyDialer>> retired_proxy_dialers_;
   event* reaper_ = nullptr;
