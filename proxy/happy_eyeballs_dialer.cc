@@ -167,6 +167,7 @@ bool HappyEyeballsDialer::startNext() {
       fail(false, error);
       return false;
     }
+    setNoDelay(fd);  // not fatal: Nagle only delays (socket_options.h says why it is off)
     auto live = std::make_unique<Live>();
     live->dialer = this;
     live->index = index;

@@ -22,6 +22,11 @@ bool setKeepalive(int fd, std::chrono::seconds idle) noexcept {
          setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) == 0;
 }
 
+bool setNoDelay(int fd) noexcept {
+  const int on = 1;
+  return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) == 0;
+}
+
 bool setTransparent(int fd, int family) noexcept {
   const int on = 1;
   return family == AF_INET6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof(on)) == 0

@@ -15,6 +15,13 @@ namespace acr {
 
 // TCP keepalive with `idle` before the first probe, then 4 probes 30 s apart.
 bool setKeepalive(int fd, std::chrono::seconds idle) noexcept;
+// TCP_NODELAY: a relayed chunk leaves at once, not when the ACK of the previous small segment
+// comes back (Nagle). Clients such as curl and Go's net/http turn Nagle off on their own sockets;
+// a proxy that kept it would bring it back: a request written as two small writes would wait for
+// the upstream's delayed ACK (200 such round trips: 2.64 s through the proxy with Nagle, 0.031 s
+// without; bench/e2e/PROFILE.md section 11). Set on the listening socket (accepted sockets
+// inherit it) and on every upstream socket.
+bool setNoDelay(int fd) noexcept;
 // SO_MARK (needs CAP_NET_ADMIN): lets firewall rules exclude the proxy's own upstream sockets.
 bool setMark(int fd, uint32_t mark) noexcept;
 // Makes the next close() send RST instead of FIN (SO_LINGER 0), to propagate an abort.

@@ -177,6 +177,8 @@ void Worker::bindListeners(const std::vector<int>& inherited, std::vector<bool>&
         setKeepalive(fd, idle)) {
       listener->keepalive = idle;
     }
+    // Inherited by every accepted socket too. Not fatal: Nagle only delays.
+    setNoDelay(fd);
     listener->listener =
         evconnlistener_new(base_, &Worker::onAccept, listener.get(),
                            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, backlog, fd);

@@ -6,6 +6,8 @@ hello-timeout case runs in a private network namespace (netns_fixtures.NetNs) wi
 REDIRECT, and is skipped where namespaces cannot be created.
 """
 
+import ctypes
+import errno
 import os
 import resource
 import selectors
@@ -627,6 +629,68 @@ class LimitsTest(unittest.TestCase):
         self.assertEqual(len(upstream_side), 1, upstream_side)
         self.assertIn("timer:(keepalive", upstream_side[0])
         self.assertIn("timer:(keepalive", client_side[0])
+
+    def tcp_sockets_of(self, pid):
+        """Duplicates of process `pid`'s connected TCP sockets (pidfd_getfd(2), which needs root
+        or ptrace rights): the options the proxy set on them, read by the test. The caller
+        closes them."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+        self.addCleanup(os.close, pidfd)
+        sockets = []
+        for name in os.listdir(f"/proc/{pid}/fd")[:4096]:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue  # closed meanwhile
+            fd = libc.syscall(438, pidfd, int(name), 0)  # SYS_pidfd_getfd, on every arch
+            if fd < 0:
+                error = ctypes.get_errno()
+                if error == errno.EPERM:
+                    self.skipTest("pidfd_getfd needs root or ptrace rights")
+                continue  # closed meanwhile
+            sock = socket.socket(fileno=fd)
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET,
+                                                                       socket.AF_INET6):
+                    sock.getpeername()  # a listening socket has none
+                    sockets.append(sock)
+                    continue
+            except OSError:
+                pass
+            sock.close()
+        return sockets
+
+    def test_nagle_is_off_on_both_sides(self):
+        """TCP_NODELAY on the proxy's client-side socket (inherited from the listening socket)
+        and upstream socket of a tunnel: a relayed chunk leaves at once instead of waiting for
+        the ACK of the previous small segment (socket_options.h setNoDelay)."""
+        proxy, addr = self.start_proxy("--allow-non-tls")
+        tunnel = self.echo_tunnel(addr)
+        self.assert_echoes(tunnel)
+        proxy_port = int(addr.split(":")[1])
+        client_port = tunnel.getsockname()[1]
+        sockets = self.tcp_sockets_of(proxy.pid)
+        self.addCleanup(lambda: [s.close() for s in sockets])
+        client_side = [s for s in sockets if s.getsockname()[1] == proxy_port
+                       and s.getpeername()[1] == client_port]
+        upstream_side = [s for s in sockets
+                         if s.getpeername()[:2] == (UPSTREAM_IP, self.echo_port)]
+        self.assertEqual((len(client_side), len(upstream_side)), (1, 1),
+                         [(s.getsockname(), s.getpeername()) for s in sockets])
+        for side in client_side + upstream_side:
+            self.assertEqual(side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1,
+                             (side.getsockname(), side.getpeername()))
+        # Control: an accepted socket keeps Nagle unless its listening socket turned it off, so
+        # the check above fails without setNoDelay (as it did before it).
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            with socket.create_connection(server.getsockname(), timeout=5):
+                accepted, _ = server.accept()
+                with accepted:
+                    self.assertEqual(
+                        accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+        self.assert_echoes(tunnel)
 
     # ---------------------------------------------------------------- F15
 
