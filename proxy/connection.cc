@@ -988,7 +988,7 @@ Connection::Step Connection::doRelay(Event event) {
       packed_record_ = PackedAccessRecord(handshake_->record);
       handshake_.reset();
       relay_.emplace(client_, *upstream_, worker_.context().stats(), settings_->max_buffer_memory,
-                     static_cast<Relay::Observer&>(*this));
+                     worker_.pipes(), static_cast<Relay::Observer&>(*this));
       relay_->start();
       // The upstream's TCP keepalive waits for the first tick (unless its idle time is shorter):
       // most tunnels end before it and never pay its 4 setsockopt calls, and none gets a later

@@ -278,6 +278,10 @@ void Metrics::render(std::string& out, const ProxyStats& stats,
   appendScalar(out, "acr_egress_bytes_down_total", "counter",
                "Bytes relayed from upstreams to clients, counted as they are relayed.",
                stats.bytes_down.load(kRelaxed));
+  appendScalar(out, "acr_egress_relay_spliced_bytes_total", "counter",
+               "Of the bytes relayed both ways, those moved socket to socket by splice(2), never "
+               "copied through the proxy (bulk transfers).",
+               stats.bytes_spliced.load(kRelaxed));
   appendScalar(out, "acr_egress_accepted_total", "counter", "Connections accepted.",
                stats.accepted.load(kRelaxed));
   appendScalar(out, "acr_egress_rejected_overload_total", "counter",

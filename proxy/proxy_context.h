@@ -30,6 +30,7 @@ struct ProxyStats {
   // its progress.
   std::atomic<uint64_t> bytes_up{0};
   std::atomic<uint64_t> bytes_down{0};
+  std::atomic<uint64_t> bytes_spliced{0};  // of those, moved by splice(2) (Relay: bulk directions)
   std::atomic<uint64_t> accept_errors{0};
   std::atomic<uint64_t> log_suppressed{0};  // refusals not written to the access log
   // Bytes held now in the tunnels' output buffers (settings()->max_buffer_memory), and in

@@ -21,6 +21,7 @@
 
 #include "conf/config.h"
 #include "proxy/checked_stream_sink.h"
+#include "proxy/pipe_pool.h"
 
 namespace acr {
 namespace {
@@ -39,6 +40,11 @@ size_t raiseDescriptorLimit() {
     getrlimit(RLIMIT_NOFILE, &limit);
   }
   return static_cast<size_t>(limit.rlim_cur);
+}
+
+unsigned workerCount(const ProxySettings& settings) {
+  return settings.workers != 0 ? settings.workers
+                               : std::max(1u, std::thread::hardware_concurrency());
 }
 
 // The listening sockets systemd passed (socket activation), or none. The environment is unset so
@@ -154,15 +160,29 @@ ProxyServer::ProxyServer(ProxySettings settings, PolicySnapshot snapshot, Reload
   AccessLog access_log = makeAccessLog(settings.json_log);
   descriptors_ = raiseDescriptorLimit();
   capConnections(settings);
+  pipes_per_worker_ = pipesPerWorker(settings);
+  pipe_descriptors_ = pipes_per_worker_ * 2 * workerCount(settings);
   context_ =
       std::make_unique<ProxyContext>(std::move(settings), snapshot.policy, std::move(access_log));
   base_ = event_base_new();
   context_->setSnapshot(snapshot);
 }
 
+size_t ProxyServer::pipesPerWorker(const ProxySettings& settings) const {
+  if (settings.max_connections == 0) {
+    return PipePool::kMaxPipes;  // no connection count promised: a pipe that cannot be had copies
+  }
+  // Only descriptors that max_connections tunnels (two each) do not need: at the limit, splicing
+  // must not make an accept(2) fail.
+  const size_t promised = kSpareDescriptors + settings.max_connections * 2;
+  const size_t left = descriptors_ > promised ? descriptors_ - promised : 0;
+  return std::min(PipePool::kMaxPipes, left / 2 / workerCount(settings));
+}
+
 void ProxyServer::capConnections(ProxySettings& settings) const {
-  const size_t affordable =
-      descriptors_ > kSpareDescriptors * 2 ? (descriptors_ - kSpareDescriptors) / 2 : 1;
+  // Room for listeners, DNS and logs, and for the pipes the workers were given at start.
+  const size_t reserved = kSpareDescriptors + pipe_descriptors_;
+  const size_t affordable = descriptors_ > reserved * 2 ? (descriptors_ - reserved) / 2 : 1;
   if (settings.max_connections > affordable) {
     spdlog::warn("max_connections {} needs more descriptors than the limit {} allows; using {}",
                  settings.max_connections, descriptors_, affordable);
@@ -191,14 +211,11 @@ ProxyServer::~ProxyServer() {
 int ProxyServer::run() {
   const std::shared_ptr<const ProxySettings> current = context_->settings();
   const ProxySettings& settings = *current;
-  unsigned count = settings.workers;
-  if (count == 0) {
-    count = std::max(1u, std::thread::hardware_concurrency());
-  }
+  const unsigned count = workerCount(settings);
   const std::vector<int> inherited = inheritedSockets();
   std::vector<bool> used(inherited.size(), false);
   for (unsigned i = 0; i < count; ++i) {
-    workers_.push_back(std::make_unique<Worker>(*context_));
+    workers_.push_back(std::make_unique<Worker>(*context_, pipes_per_worker_));
     workers_.back()->bindListeners(inherited, used);
   }
   for (size_t i = 0; i < inherited.size(); ++i) {

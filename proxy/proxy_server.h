@@ -46,6 +46,9 @@ class ProxyServer {
   void notifyStatus(const std::string& state);
   // Lowers max_connections to what the descriptor limit affords, with a warning.
   void capConnections(ProxySettings& settings) const;
+  // How many pipes each worker may open for splicing (PipePool): descriptors left over by
+  // max_connections' tunnels, at most PipePool::kMaxPipes.
+  size_t pipesPerWorker(const ProxySettings& settings) const;
 
   std::unique_ptr<ProxyContext> context_;
   PolicySnapshot current_;  // what the running policy was built from (reload logs the change)
@@ -59,7 +62,9 @@ class ProxyServer {
   std::unique_ptr<AdminServer> admin_;  // --admin, on base_; reset when the main loop ends
   std::unique_ptr<LocalAddressMonitor> local_addresses_;  // on base_; feeds context_
   uint64_t watchdog_usec_ = 0;
-  size_t descriptors_ = 0;  // RLIMIT_NOFILE after raising it
+  size_t descriptors_ = 0;       // RLIMIT_NOFILE after raising it
+  size_t pipes_per_worker_ = 0;  // each worker's PipePool limit (pipesPerWorker at start)
+  size_t pipe_descriptors_ = 0;  // what those pipes may hold, all workers together
   bool draining_ = false;
 };
 

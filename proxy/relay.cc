@@ -1,5 +1,6 @@
 #include "proxy/relay.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -18,11 +19,12 @@ std::string_view sideName(bool client) { return client ? "client" : "upstream"; 
 }  // namespace
 
 Relay::Relay(Stream& client, Stream& upstream, ProxyStats& stats, size_t max_buffer_memory,
-             Observer& observer) noexcept
+             PipePool& pipes, Observer& observer) noexcept
     : client_(client),
       upstream_(upstream),
       stats_(stats),
       max_buffer_memory_(static_cast<int64_t>(max_buffer_memory)),
+      pipes_(pipes),
       observer_(observer),
       up_{&client, &upstream, HalfClose::kOpen, false},
       down_{&upstream, &client, HalfClose::kOpen, true},
@@ -72,13 +74,22 @@ void Relay::stop() noexcept {
   started_ = false;
   client_.setHandler(nullptr);
   upstream_.setHandler(nullptr);
+  for (Direction* direction : {&up_, &down_}) {
+    if (direction->piped > 0) {
+      pipes_.discard(direction->pipe);
+    } else {
+      pipes_.give(direction->pipe);
+    }
+    direction->pipe = {};
+    direction->piped = 0;
+  }
   stats_.relay_buffered.fetch_sub(buffered_, kRelaxed);
   buffered_ = 0;
   stats_.active_tunnels.fetch_sub(1, kRelaxed);
 }
 
 void Relay::recount() noexcept {
-  const auto queued = static_cast<int64_t>(client_.outputLength() + upstream_.outputLength());
+  const auto queued = static_cast<int64_t>(up_.queued() + down_.queued());
   stats_.relay_buffered.fetch_add(queued - buffered_, kRelaxed);
   buffered_ = queued;
 }
@@ -113,6 +124,18 @@ void Relay::pump(Direction& direction) {
       sink.releaseBuffers();
       last_activity_ = std::chrono::steady_clock::now();
     }
+    if (direction.piped > 0) {
+      if (!sink.writable()) {
+        return;  // the sink's next write edge comes back here
+      }
+      if (!spliceOut(direction)) {
+        end(sideName(direction.down), true);
+        return;
+      }
+      if (direction.piped > 0) {
+        return;  // its send buffer is full
+      }
+    }
     if (direction.half_close == HalfClose::kFinPending) {
       onFin(direction);  // everything before the FIN is out: pass it on
       return;
@@ -121,11 +144,23 @@ void Relay::pump(Direction& direction) {
       return;
     }
     const size_t want = readSize();
-    const ssize_t n = ::recv(source.fd(), buffer, want, 0);
+    ssize_t n = direction.bulk ? spliceIn(direction, want) : -2;
+    if (n > 0) {
+      // In the pipe: the loop's next pass hands it to the sink. A short splice does not say the
+      // socket is drained (the pipe's slots may have run out first), so only EAGAIN ends it.
+      count(direction, static_cast<size_t>(n));
+      continue;
+    }
+    if (n == -2) {
+      n = ::recv(source.fd(), buffer, want, 0);
+    }
     if (n > 0) {
       count(direction, static_cast<size_t>(n));
       if (!pass(direction, buffer, static_cast<size_t>(n))) {
         return;
+      }
+      if (static_cast<size_t>(n) == kMaxRead) {
+        direction.bulk = true;
       }
       if (static_cast<size_t>(n) < want && !source.finSeen()) {
         // A short read of a stream socket emptied its receive queue: new bytes (or a FIN) bring
@@ -153,6 +188,63 @@ void Relay::pump(Direction& direction) {
   // Still more to read, but other tunnels get their turn first: back on the loop's next pass
   // (no edge will come for bytes already there).
   source.activate(EV_READ);
+}
+
+ssize_t Relay::spliceIn(Direction& direction, size_t want) noexcept {
+  if (!direction.pipe.valid()) {
+    direction.pipe = pipes_.take();
+    if (!direction.pipe.valid()) {
+      return -2;  // copy this read; the next one asks the pool again
+    }
+  }
+  const ssize_t n = splice(direction.source->fd(), nullptr, direction.pipe.write_fd, nullptr, want,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (n > 0) {
+    direction.piped = static_cast<size_t>(n);
+    stats_.bytes_spliced.fetch_add(static_cast<uint64_t>(n), kRelaxed);
+    recount();
+  } else if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+    // Not a socket the kernel splices from: copy from now on.
+    direction.bulk = false;
+    pipes_.give(direction.pipe);
+    direction.pipe = {};
+    return -2;
+  }
+  if (n <= 0) {
+    // The pipe is empty (a direction only splices into an empty one): give it back, so that a
+    // bulk direction that waits for its source holds no pipe.
+    const int error = errno;  // the caller reads it; give() may close(2)
+    pipes_.give(direction.pipe);
+    direction.pipe = {};
+    errno = error;
+  }
+  return n;
+}
+
+bool Relay::spliceOut(Direction& direction) noexcept {
+  Stream& sink = *direction.sink;
+  while (direction.piped > 0 && sink.writable()) {
+    const ssize_t n = splice(direction.pipe.read_fd, nullptr, sink.fd(), nullptr, direction.piped,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      direction.piped -= static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      sink.setWritable(false);
+    } else {
+      sink.setError(n < 0 ? errno : EPIPE);
+      recount();
+      return false;
+    }
+  }
+  recount();
+  if (direction.piped == 0) {
+    pipes_.give(direction.pipe);
+    direction.pipe = {};
+    last_activity_ = std::chrono::steady_clock::now();
+  }
+  return true;
 }
 
 bool Relay::pass(Direction& direction, const char* data, size_t length) {
@@ -183,7 +275,7 @@ void Relay::onFin(Direction& direction) {
   if (direction.half_close == HalfClose::kOpen) {
     direction.half_close = HalfClose::kFinPending;
   }
-  if (direction.half_close == HalfClose::kFinPending && direction.sink->outputLength() == 0) {
+  if (direction.half_close == HalfClose::kFinPending && direction.queued() == 0) {
     direction.half_close = HalfClose::kFinSent;
     const Direction& other = direction.down ? up_ : down_;
     if (other.half_close != HalfClose::kFinSent) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "proxy/pipe_pool.h"
 #include "proxy/stream.h"
 
 namespace acr {
@@ -28,6 +29,17 @@ struct ProxyStats;
 // what that socket does not take is queued (the sink stream's output), and while a direction has
 // bytes queued its source is not read: the queue is at most one read (64 KiB; 16 KiB past
 // --max-buffer-memory), and an idle tunnel holds no buffer at all.
+//
+// Bulk directions splice. A read that fills the whole scratch buffer says the direction is
+// moving bulk (a layer, not a handshake or an API answer); from then on it moves its bytes with
+// splice(2), socket -> pipe -> socket, through a pipe taken from the loop's PipePool, so that they
+// are never copied into user space and back (those two copies were a quarter of the proxy's CPU
+// per GiB: bench/e2e/PROFILE.md section 12). The pipe is the direction's queue then: while it
+// holds bytes the source is not read, and it goes back to the pool once the sink took them all.
+// A direction that stays small never splices: a short splice does not say the socket is drained
+// (the pipe's slots may have run out first), so splicing costs a read that returns EAGAIN where
+// a short recv ends the readiness, and the pipe costs two descriptors. Without a pipe to take
+// (the pool at its limit, EMFILE) a direction copies as before.
 class Relay final : private Stream::Handler {
  public:
   // The most one read(2) of a side takes: the per-thread scratch buffer (Stream::scratch()) it
@@ -51,7 +63,7 @@ class Relay final : private Stream::Handler {
   };
 
   Relay(Stream& client, Stream& upstream, ProxyStats& stats, size_t max_buffer_memory,
-        Observer& observer) noexcept;
+        PipePool& pipes, Observer& observer) noexcept;
   ~Relay() override;
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
@@ -61,7 +73,8 @@ class Relay final : private Stream::Handler {
   // stream has met already, and starts relaying.
   void start();
   // Stops handling the streams' edges and returns this tunnel's share of the buffer budget and
-  // of the active tunnels. Idempotent; the destructor calls it.
+  // of the active tunnels, and its pipes (closing one that still holds bytes: the tunnel was
+  // reset). Idempotent; the destructor calls it.
   void stop() noexcept;
 
   uint64_t bytesUp() const noexcept { return bytes_up_; }      // client -> upstream
@@ -78,7 +91,11 @@ class Relay final : private Stream::Handler {
     Stream* source;
     Stream* sink;  // its output queues what the sink's socket did not take
     HalfClose half_close = HalfClose::kOpen;
-    bool down;  // upstream -> client
+    bool down;          // upstream -> client
+    bool bulk = false;  // a read filled the scratch buffer: splice from now on
+    Pipe pipe{};        // while splicing bytes not yet taken by the sink
+    size_t piped = 0;   // bytes in `pipe`
+    size_t queued() const noexcept { return sink->outputLength() + piped; }
   };
 
   void onStreamEvent(Stream& stream, short what) override;
@@ -89,6 +106,13 @@ class Relay final : private Stream::Handler {
   // queued ahead of them, the rest (or all) queued. False when the sink failed (relay ended).
   bool pass(Direction& direction, const char* data, size_t length);
   size_t readSize() const noexcept;
+  // Splices up to `want` bytes from the source into the direction's pipe (taken from the pool
+  // first). The read's result as recv(2) gives it; -2 when there is no pipe to take or the
+  // sockets cannot splice (the caller copies instead).
+  ssize_t spliceIn(Direction& direction, size_t want) noexcept;
+  // Splices the pipe's bytes to the sink while it takes them; gives the pipe back once empty.
+  // False when the sink failed.
+  bool spliceOut(Direction& direction) noexcept;
   void onFin(Direction& direction);
   void end(std::string_view failed_side, bool reset);
   void count(const Direction& direction, size_t length) noexcept;
@@ -99,6 +123,7 @@ class Relay final : private Stream::Handler {
   Stream& upstream_;
   ProxyStats& stats_;
   const int64_t max_buffer_memory_;
+  PipePool& pipes_;
   Observer& observer_;
   Direction up_;
   Direction down_;

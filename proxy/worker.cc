@@ -103,7 +103,7 @@ std::string limitSentence(CloseReason reason, size_t limit) {
 
 }  // namespace
 
-Worker::Worker(ProxyContext& context) : context_(context) {
+Worker::Worker(ProxyContext& context, size_t max_pipes) : context_(context), pipes_(max_pipes) {
   // No locks: only this loop's thread touches the base once it runs (see request()).
   event_config* config = event_config_new();
   if (config != nullptr) {

@@ -15,6 +15,7 @@
 #include "dns/resolver.h"
 #include "proxy/close_reason.h"
 #include "proxy/happy_eyeballs_dialer.h"
+#include "proxy/pipe_pool.h"
 #include "proxy/proxy_context.h"
 #include "proxy/slab.h"
 #include "proxy/upstream_proxy_dialer.h"
@@ -27,7 +28,8 @@ class Connection;
 // the connections it accepted. Nothing is shared with other workers but the ProxyContext.
 class Worker {
  public:
-  explicit Worker(ProxyContext& context);
+  // `max_pipes`: the PipePool's limit (ProxyServer::pipesPerWorker).
+  Worker(ProxyContext& context, size_t max_pipes);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -57,6 +59,8 @@ class Worker {
   // thread feeds systemd's watchdog only while every loop's heartbeat is fresh.
   int64_t lastHeartbeatMs() const noexcept { return heartbeat_ms_.load(std::memory_order_relaxed); }
   Resolver& resolver() noexcept { return *resolver_; }
+  // The pipes this loop's relays splice bulk through.
+  PipePool& pipes() noexcept { return pipes_; }
   ProxyContext& context() noexcept { return context_; }
   // Called by a connection that has finished; deletes it from the loop, after the callback
   // that finished it has returned.
@@ -117,6 +121,7 @@ class Worker {
   ProxyContext& context_;
   event_base* base_ = nullptr;
   std::unique_ptr<Resolver> resolver_;
+  PipePool pipes_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Entries in Slab::tunnels(), with the connections they own.
   std::unordered_map<Connection*, std::unique_ptr<Connection>, std::hash<Connection*>,

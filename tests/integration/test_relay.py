@@ -115,10 +115,11 @@ class RelayTest(unittest.TestCase):
         cls.dns.start()
         cls.addClassCleanup(cls.dns.stop)
         cls.proxy_addr = f"127.0.0.1:{harness.free_port()}"
+        cls.admin_addr = f"127.0.0.1:{harness.free_port()}"
         cls.proxy = harness.Proxy(["--connect", cls.proxy_addr, "--allow-host", HOST,
                                    "--allow-cidr", f"{UPSTREAM_IP}/32", "--port", str(cls.port),
                                    "--dns-server", cls.dns.address, "--allow-non-tls",
-                                   "--workers", "2"])
+                                   "--workers", "2", "--admin", cls.admin_addr])
         cls.proxy.start()
         cls.addClassCleanup(cls.proxy.stop)
 
@@ -145,6 +146,14 @@ class RelayTest(unittest.TestCase):
         self.assertEqual(status, 200, (headers, body))
         sock.settimeout(timeout)
         return sock
+
+    def spliced_bytes(self):
+        """acr_egress_relay_spliced_bytes_total from the proxy's /metrics."""
+        text = harness.curl("-s", "--max-time", "5", f"http://{self.admin_addr}/metrics").stdout
+        for line in text.splitlines():
+            if line.startswith("acr_egress_relay_spliced_bytes_total "):
+                return int(float(line.split()[1]))
+        self.fail("no acr_egress_relay_spliced_bytes_total in /metrics")
 
     def log_for(self, sock, timeout=15):
         return self.proxy.wait_for_log(lambda e: e.get("client") == sock.acr_client, timeout)
@@ -202,6 +211,47 @@ class RelayTest(unittest.TestCase):
         harness.recv_until_closed(sock, 30)
         self.assertTrue(self.server_done.wait(30))
         self.assertEqual(self.server_result["received"][:2], (64 * MIB, stream.digest()))
+
+    def test_bulk_is_spliced_and_small_answers_are_not(self):
+        """A layer-sized answer (64 MiB) moves socket to socket with splice(2): all but the
+        first reads (copied until one fills the relay's 64 KiB buffer) show in
+        acr_egress_relay_spliced_bytes_total, byte-exact. A request and answer of a few KiB
+        never splice (a splice costs a system call more than a copy)."""
+        small = Stream(8, 3000)
+
+        def small_handler(conn, result):
+            result["request"] = conn.recv(5)
+            send_stream(conn, small, result, "sent")
+
+        self.serve(small_handler)
+        before = self.spliced_bytes()
+        sock = self.tunnel(first=b"fetch")
+        client = {}
+        recv_stream(sock, client, "received")
+        self.assertTrue(self.server_done.wait(30))
+        self.assertEqual(client["received"], (3000, small.digest(), "fin"))
+        sock.close()  # the client's FIN ends the half-closed tunnel
+        self.log_for(sock)
+        self.assertEqual(self.spliced_bytes(), before, "a small answer was spliced")
+
+        self.server_done.clear()
+        layer = Stream(9, 64 * MIB)
+
+        def bulk_handler(conn, result):
+            result["request"] = conn.recv(5)
+            send_stream(conn, layer, result, "sent")
+
+        self.serve(bulk_handler)
+        sock = self.tunnel(first=b"fetch")
+        recv_stream(sock, client, "received")
+        self.assertTrue(self.server_done.wait(60))
+        self.assertEqual(client["received"], (64 * MIB, layer.digest(), "fin"))
+        sock.close()
+        entry = self.log_for(sock)
+        self.assertEqual(entry["bytes_down"], 64 * MIB, entry)
+        spliced = self.spliced_bytes() - before
+        self.assertGreaterEqual(spliced, 60 * MIB, "the layer was copied, not spliced")
+        self.assertLessEqual(spliced, 64 * MIB)
 
     # ---------------------------------------------------------------- D4
 

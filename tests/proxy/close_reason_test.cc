@@ -85,7 +85,8 @@ TEST(CloseReasonTest, HttpRefusalCarriesTheTablesStatusAndReason) {
 }
 
 // docs/troubleshooting.md's "Reasons" section holds exactly the generated table, so a reason added
-// to the table without the docs (or the other way round) fails here (scripts/update-docs writes it).
+// to the table without the docs (or the other way round) fails here (scripts/update-docs writes
+// it).
 TEST(CloseReasonTest, DocsTroubleshootingTableIsTheGeneratedOne) {
   std::ostringstream generated;
   writeCloseReasonReference(generated);

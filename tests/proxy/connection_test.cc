@@ -173,7 +173,7 @@ class Proxy {
                                                    std::make_shared<spdlog::sinks::null_sink_mt>());
     context_ = std::make_unique<ProxyContext>(buildProxySettings(command_line.config),
                                               snapshot.policy, AccessLog(logger, true));
-    worker_ = std::make_unique<Worker>(*context_);
+    worker_ = std::make_unique<Worker>(*context_, PipePool::kMaxPipes);
     std::vector<bool> used(1, false);
     worker_->bindListeners({listener}, used);
     close(listener);  // the worker listens on its duplicate
