@@ -34,7 +34,9 @@ uint8_t patternByte(uint64_t i, uint8_t seed) {
 
 // Writes `bytes` of pattern `seed` to blocking `fd`, then shuts its write side (a FIN).
 void writePattern(int fd, size_t bytes, uint8_t seed) {
-  std::vector<uint8_t> chunk(48 * kKiB);  // not a multiple of the relay's reads
+  // Larger than one read, so that a read finds 64 KiB waiting and the direction turns bulk
+  // however fast the relay keeps up; not a multiple of the relay's reads.
+  std::vector<uint8_t> chunk(200 * kKiB);
   for (size_t sent = 0; sent < bytes;) {
     const size_t n = std::min(chunk.size(), bytes - sent);
     for (size_t i = 0; i < n; ++i) {
