@@ -12,6 +12,7 @@ PipePool::~PipePool() {
 }
 
 Pipe PipePool::take() noexcept {
+  taken_since_check_ = true;
   if (!spares_.empty()) {
     const Pipe pipe = spares_.back();
     spares_.pop_back();
@@ -47,6 +48,17 @@ void PipePool::discard(Pipe pipe) noexcept {
   }
   closePipe(pipe);
   --open_;
+}
+
+void PipePool::releaseIdleSpares() noexcept {
+  if (!taken_since_check_) {
+    for (const Pipe& pipe : spares_) {
+      closePipe(pipe);
+    }
+    open_ -= spares_.size();
+    spares_.clear();
+  }
+  taken_since_check_ = false;
 }
 
 void PipePool::closePipe(Pipe pipe) noexcept {

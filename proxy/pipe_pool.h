@@ -21,7 +21,8 @@ struct Pipe {
 // connect(2) need. ProxyServer reserves kMaxPipes * 2 descriptors per worker for it.
 //
 // A pipe given back empty is kept for the next direction (up to kSparePipes), so that a busy
-// loop does not pay pipe2 and two close(2) calls per bulk burst.
+// loop does not pay pipe2 and two close(2) calls per bulk burst; the spares are closed once a
+// second has passed without a take, so that an idle proxy holds no pipe.
 //
 // Not thread-safe: one pool per event loop.
 class PipePool {
@@ -46,6 +47,9 @@ class PipePool {
   void give(Pipe pipe) noexcept;
   // Closes a pipe that may still hold bytes (a tunnel that ended with a reset).
   void discard(Pipe pipe) noexcept;
+  // Closes the spares when nothing was taken since the previous call. The worker calls it every
+  // second (its heartbeat): spares outlive a bulk burst by one to two seconds.
+  void releaseIdleSpares() noexcept;
 
   size_t open() const noexcept { return open_; }  // taken + spare
   size_t spare() const noexcept { return spares_.size(); }
@@ -55,6 +59,7 @@ class PipePool {
 
   const size_t max_pipes_;
   size_t open_ = 0;
+  bool taken_since_check_ = false;  // a take() since the last releaseIdleSpares()
   std::vector<Pipe> spares_;
 };
 

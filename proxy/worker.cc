@@ -141,6 +141,7 @@ void Worker::onHeartbeat(evutil_socket_t, short, void* arg) {
                                   .count(),
                               std::memory_order_relaxed);
   worker->context_.flushSuppressedLog();
+  worker->pipes_.releaseIdleSpares();
 }
 
 Worker::~Worker() {

@@ -331,5 +331,27 @@ TEST(PipePoolTest, TakesUpToItsLimitKeepsSparesAndClosesTheRest) {
   EXPECT_EQ(pool.open(), PipePool::kSparePipes - 1);
 }
 
+TEST(PipePoolTest, SparesAreClosedAfterACheckWithoutATake) {
+  PipePool pool;
+  const Pipe a = pool.take();
+  const Pipe b = pool.take();
+  pool.give(a);
+  pool.give(b);
+  EXPECT_EQ(pool.open(), 2u);
+  pool.releaseIdleSpares();  // taken since the last check: kept
+  EXPECT_EQ(pool.open(), 2u);
+  pool.releaseIdleSpares();  // a whole interval without a take: closed
+  EXPECT_EQ(pool.open(), 0u);
+  EXPECT_EQ(pool.spare(), 0u);
+  // A pipe in use is never closed by the check.
+  const Pipe c = pool.take();
+  pool.releaseIdleSpares();
+  pool.releaseIdleSpares();
+  EXPECT_EQ(pool.open(), 1u);
+  ASSERT_EQ(write(c.write_fd, "x", 1), 1);
+  pool.discard(c);
+  EXPECT_EQ(pool.open(), 0u);
+}
+
 }  // namespace
 }  // namespace acr
