@@ -139,12 +139,16 @@ class RelayTest(unittest.TestCase):
         type(self).handler = staticmethod(wrapped)
 
     def tunnel(self, first=b"", timeout=120):
+        # Its access-log line comes after every line written before it was opened: log_for looks
+        # only there, as an earlier test's tunnel may have had the same client port.
+        since = len(self.proxy.stdout_lines())
         status, headers, body, sock = harness.connect_via_proxy(self.proxy_addr,
                                                                 f"{HOST}:{self.port}",
                                                                 payload=first)
         self.addCleanup(sock.close)
         self.assertEqual(status, 200, (headers, body))
         sock.settimeout(timeout)
+        sock.acr_log_since = since
         return sock
 
     def spliced_bytes(self):
@@ -156,7 +160,8 @@ class RelayTest(unittest.TestCase):
         self.fail("no acr_egress_relay_spliced_bytes_total in /metrics")
 
     def log_for(self, sock, timeout=15):
-        return self.proxy.wait_for_log(lambda e: e.get("client") == sock.acr_client, timeout)
+        return self.proxy.wait_for_log(lambda e: e.get("client") == sock.acr_client, timeout,
+                                       since=sock.acr_log_since)
 
     # ---------------------------------------------------------------- D1
 
