@@ -18,7 +18,8 @@ struct Pipe {
 // tunnel holds no pipe and a loop holds only as many as it has directions whose sink is full, at
 // most kMaxPipes, each two descriptors. Past that a direction copies through user space instead
 // (recv/send): the pool is what keeps splicing from costing descriptors that accept(2) and
-// connect(2) need. ProxyServer reserves kMaxPipes * 2 descriptors per worker for it.
+// connect(2) need. ProxyServer gives each worker's pool only descriptors that max_connections
+// tunnels do not need (ProxyServer::pipesPerWorker).
 //
 // A pipe given back empty is kept for the next direction (up to kSparePipes), so that a busy
 // loop does not pay pipe2 and two close(2) calls per bulk burst; the spares are closed once a

@@ -16,6 +16,9 @@ constexpr auto kRelaxed = std::memory_order_relaxed;
 
 std::string_view sideName(bool client) { return client ? "client" : "upstream"; }
 
+// spliceIn()'s answer when this read must be copied (recv) instead.
+constexpr ssize_t kCopyInstead = -2;
+
 }  // namespace
 
 Relay::Relay(Stream& client, Stream& upstream, ProxyStats& stats, size_t max_buffer_memory,
@@ -74,15 +77,8 @@ void Relay::stop() noexcept {
   started_ = false;
   client_.setHandler(nullptr);
   upstream_.setHandler(nullptr);
-  for (Direction* direction : {&up_, &down_}) {
-    if (direction->piped > 0) {
-      pipes_.discard(direction->pipe);
-    } else {
-      pipes_.give(direction->pipe);
-    }
-    direction->pipe = {};
-    direction->piped = 0;
-  }
+  releasePipe(up_);
+  releasePipe(down_);
   stats_.relay_buffered.fetch_sub(buffered_, kRelaxed);
   buffered_ = 0;
   stats_.active_tunnels.fetch_sub(1, kRelaxed);
@@ -108,33 +104,20 @@ void Relay::pump(Direction& direction) {
     if (ended_) {
       return;
     }
-    if (sink.outputLength() > 0) {
+    if (direction.queued() > 0) {
+      // At most one of the two queues holds bytes: a direction splices only while its output is
+      // empty, and copies only while its pipe is.
       if (!sink.writable()) {
         return;  // the sink's next write edge comes back here
       }
-      const bool written = sink.flush();
-      recount();
-      if (!written) {
+      if (!(direction.piped > 0 ? spliceOut(direction) : flushOutput(direction))) {
         end(sideName(direction.down), true);
         return;
       }
-      if (sink.outputLength() > 0) {
+      if (direction.queued() > 0) {
         return;  // its send buffer is full
       }
-      sink.releaseBuffers();
       last_activity_ = std::chrono::steady_clock::now();
-    }
-    if (direction.piped > 0) {
-      if (!sink.writable()) {
-        return;  // the sink's next write edge comes back here
-      }
-      if (!spliceOut(direction)) {
-        end(sideName(direction.down), true);
-        return;
-      }
-      if (direction.piped > 0) {
-        return;  // its send buffer is full
-      }
     }
     if (direction.half_close == HalfClose::kFinPending) {
       onFin(direction);  // everything before the FIN is out: pass it on
@@ -144,14 +127,14 @@ void Relay::pump(Direction& direction) {
       return;
     }
     const size_t want = readSize();
-    ssize_t n = direction.bulk ? spliceIn(direction, want) : -2;
+    ssize_t n = direction.bulk ? spliceIn(direction, want) : kCopyInstead;
     if (n > 0) {
       // In the pipe: the loop's next pass hands it to the sink. A short splice does not say the
       // socket is drained (the pipe's slots may have run out first), so only EAGAIN ends it.
       count(direction, static_cast<size_t>(n));
       continue;
     }
-    if (n == -2) {
+    if (n == kCopyInstead) {
       n = ::recv(source.fd(), buffer, want, 0);
     }
     if (n > 0) {
@@ -190,11 +173,18 @@ void Relay::pump(Direction& direction) {
   source.activate(EV_READ);
 }
 
+bool Relay::flushOutput(Direction& direction) noexcept {
+  const bool written = direction.sink->flush();
+  recount();
+  direction.sink->releaseBuffers();
+  return written;
+}
+
 ssize_t Relay::spliceIn(Direction& direction, size_t want) noexcept {
   if (!direction.pipe.valid()) {
     direction.pipe = pipes_.take();
     if (!direction.pipe.valid()) {
-      return -2;  // copy this read; the next one asks the pool again
+      return kCopyInstead;  // the next read asks the pool again
     }
   }
   const ssize_t n = splice(direction.source->fd(), nullptr, direction.pipe.write_fd, nullptr, want,
@@ -203,21 +193,17 @@ ssize_t Relay::spliceIn(Direction& direction, size_t want) noexcept {
     direction.piped = static_cast<size_t>(n);
     stats_.bytes_spliced.fetch_add(static_cast<uint64_t>(n), kRelaxed);
     recount();
-  } else if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-    // Not a socket the kernel splices from: copy from now on.
-    direction.bulk = false;
-    pipes_.give(direction.pipe);
-    direction.pipe = {};
-    return -2;
+    return n;
   }
-  if (n <= 0) {
-    // The pipe is empty (a direction only splices into an empty one): give it back, so that a
-    // bulk direction that waits for its source holds no pipe.
-    const int error = errno;  // the caller reads it; give() may close(2)
-    pipes_.give(direction.pipe);
-    direction.pipe = {};
-    errno = error;
+  // The pipe is empty (a direction only splices into an empty one): give it back, so that a bulk
+  // direction that waits for its source holds no pipe.
+  const int error = errno;  // the caller reads it; give() may close(2)
+  releasePipe(direction);
+  if (n < 0 && (error == EINVAL || error == ENOSYS || error == EOPNOTSUPP)) {
+    direction.bulk = false;  // not a socket the kernel splices from: copy from now on
+    return kCopyInstead;
   }
+  errno = error;
   return n;
 }
 
@@ -240,11 +226,19 @@ bool Relay::spliceOut(Direction& direction) noexcept {
   }
   recount();
   if (direction.piped == 0) {
-    pipes_.give(direction.pipe);
-    direction.pipe = {};
-    last_activity_ = std::chrono::steady_clock::now();
+    releasePipe(direction);
   }
   return true;
+}
+
+void Relay::releasePipe(Direction& direction) noexcept {
+  if (direction.piped > 0) {
+    pipes_.discard(direction.pipe);  // bytes still in it: the tunnel is over
+  } else {
+    pipes_.give(direction.pipe);
+  }
+  direction.pipe = {};
+  direction.piped = 0;
 }
 
 bool Relay::pass(Direction& direction, const char* data, size_t length) {

@@ -106,13 +106,18 @@ class Relay final : private Stream::Handler {
   // queued ahead of them, the rest (or all) queued. False when the sink failed (relay ended).
   bool pass(Direction& direction, const char* data, size_t length);
   size_t readSize() const noexcept;
+  // Writes the sink's queued output while it takes it and frees the emptied buffers. False when
+  // the sink failed.
+  bool flushOutput(Direction& direction) noexcept;
   // Splices up to `want` bytes from the source into the direction's pipe (taken from the pool
-  // first). The read's result as recv(2) gives it; -2 when there is no pipe to take or the
-  // sockets cannot splice (the caller copies instead).
+  // first). The read's result as recv(2) gives it, or kCopyInstead (relay.cc) when there is no
+  // pipe to take or the sockets cannot splice.
   ssize_t spliceIn(Direction& direction, size_t want) noexcept;
   // Splices the pipe's bytes to the sink while it takes them; gives the pipe back once empty.
   // False when the sink failed.
   bool spliceOut(Direction& direction) noexcept;
+  // Gives the direction's pipe back to the pool, or closes it if it still holds bytes.
+  void releasePipe(Direction& direction) noexcept;
   void onFin(Direction& direction);
   void end(std::string_view failed_side, bool reset);
   void count(const Direction& direction, size_t length) noexcept;

@@ -19,6 +19,7 @@
 #include "proxy/pipe_pool.h"
 #include "proxy/proxy_context.h"
 #include "proxy/stream.h"
+#include "tests/proxy/loopback_pair.h"
 
 namespace acr {
 namespace {
@@ -100,11 +101,14 @@ class RelayTest : public ::testing::Test {
   void SetUp() override {
     base_ = event_base_new();
     ASSERT_NE(base_, nullptr);
-    int ours = -1;
-    connectPair(client_peer_, ours);
-    client_ = std::make_unique<Stream>(base_, ours);
-    connectPair(upstream_peer_, ours);
-    upstream_ = std::make_unique<Stream>(base_, ours);
+    const LoopbackPair client = connectedLoopbackPair();
+    const LoopbackPair upstream = connectedLoopbackPair();
+    client_peer_ = client.peer;
+    upstream_peer_ = upstream.peer;
+    ASSERT_GE(client.ours, 0);
+    ASSERT_GE(upstream.ours, 0);
+    client_ = std::make_unique<Stream>(base_, client.ours);
+    upstream_ = std::make_unique<Stream>(base_, upstream.ours);
     ASSERT_TRUE(client_->open(nullptr));
     ASSERT_TRUE(upstream_->open(nullptr));
   }
@@ -118,22 +122,6 @@ class RelayTest : public ::testing::Test {
       }
     }
     event_base_free(base_);
-  }
-
-  static void connectPair(int& peer, int& ours) {
-    const int listener = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof(address);
-    ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), length), 0);
-    ASSERT_EQ(listen(listener, 1), 0);
-    ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length), 0);
-    peer = socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_EQ(connect(peer, reinterpret_cast<sockaddr*>(&address), length), 0);
-    ours = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK);
-    ASSERT_GE(ours, 0);
-    close(listener);
   }
 
   void startRelay(PipePool& pipes, size_t max_buffer_memory = 64 * kMiB) {

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/proxy/loopback_pair.h"
+
 namespace acr {
 namespace {
 
@@ -33,19 +35,10 @@ class StreamTest : public ::testing::Test {
   void SetUp() override {
     base_ = event_base_new();
     ASSERT_NE(base_, nullptr);
-    const int listener = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof(address);
-    ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), length), 0);
-    ASSERT_EQ(listen(listener, 1), 0);
-    ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length), 0);
-    peer_ = socket(AF_INET, SOCK_STREAM, 0);
-    ASSERT_EQ(connect(peer_, reinterpret_cast<sockaddr*>(&address), length), 0);
-    ours_ = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK);
+    const LoopbackPair pair = connectedLoopbackPair();
+    peer_ = pair.peer;
+    ours_ = pair.ours;
     ASSERT_GE(ours_, 0);
-    close(listener);
   }
   void TearDown() override {
     if (peer_ >= 0) {
