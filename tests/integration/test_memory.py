@@ -26,6 +26,14 @@ import harness
 
 UPSTREAM_IP = "127.0.0.2"
 CHUNK = b"d" * 65536
+# Every test socket's maximum segment: Ethernet's, not loopback's 65,483. The kernel sizes a new
+# TCP socket's send buffer from its peer's segment size (2 x 10 segments, each rounded up to a
+# power of two), so on loopback each of the proxy's sockets toward a stalled client starts with
+# 2.5 MiB of room: 512 stalled tunnels then queue 1.3 GiB in the kernel before the proxy holds a
+# byte, which brushes tcp_mem's pressure mark on a 24 GiB host (a CI run ended at 365,360 of
+# 383,878 pages and the flows slowed until the proxy had buffered only 0.7 of its 8 MiB). With
+# 1460-byte segments that room is about 90 KiB, as it would be across a real link.
+ETHERNET_MSS = 1460
 
 
 def tcp_memory_pages():
@@ -81,6 +89,7 @@ class FloodServer:
         # loopback flows with autotuned buffers would put the whole TCP stack under memory
         # pressure and slow every flow, the reading client's included.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, ETHERNET_MSS)
         self.sock.setblocking(False)
         self.conns = []
         self._stop = threading.Event()
@@ -153,6 +162,7 @@ class MemoryTest(unittest.TestCase):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, ETHERNET_MSS)
         sock.settimeout(10)
         sock.connect(("127.0.0.1", self.proxy_port))
         target = f"{UPSTREAM_IP}:{self.port}"
@@ -197,9 +207,9 @@ class MemoryTest(unittest.TestCase):
         most 1.25 x the budget plus one 16 KiB read per tunnel, and a new tunnel whose client reads
         still gets 512 KiB within 20 s: the stalled ones stopped being read, not everyone."""
         count = int(os.environ.get("ACR_STALLED_TUNNELS", "512"))
-        # The stalled flows alone take about 1.7 GiB of kernel TCP memory here (each upstream's
-        # receive queue fills while the proxy does not read it), near tcp_mem's pressure mark on
-        # a 24 GiB host: start only once what earlier tests left is gone (bounded), and report it.
+        # With Ethernet segments (ETHERNET_MSS) the 512 stalled flows take about 55,000 pages
+        # (215 MiB) of kernel TCP memory here, a seventh of tcp_mem's pressure mark on a 24 GiB
+        # host; start only once what earlier tests left is gone (bounded), and report it.
         deadline = time.monotonic() + 30
         while (tcp_memory_pages() > tcp_memory_pressure_pages() // 4
                and time.monotonic() < deadline):
