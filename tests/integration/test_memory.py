@@ -47,12 +47,6 @@ def tcp_memory_pages():
     return 0
 
 
-def tcp_memory_pressure_pages():
-    """tcp_mem's middle value: past it the kernel shrinks every TCP socket's buffers. Read once,
-    at import: the sysctl is global and only the initial network namespace shows it."""
-    return _TCP_MEMORY_PRESSURE
-
-
 def _read_tcp_memory_pressure():
     try:
         with open("/proc/sys/net/ipv4/tcp_mem") as f:
@@ -61,7 +55,9 @@ def _read_tcp_memory_pressure():
         return 0  # unknown: no wait, reported as 0
 
 
-_TCP_MEMORY_PRESSURE = _read_tcp_memory_pressure()
+# tcp_mem's middle value, in pages: past it the kernel shrinks every TCP socket's buffers. Read
+# at import: the sysctl is global and only the initial network namespace shows it.
+TCP_MEMORY_PRESSURE_PAGES = _read_tcp_memory_pressure()
 
 
 def rss_kib(pid):
@@ -211,7 +207,7 @@ class MemoryTest(unittest.TestCase):
         # (215 MiB) of kernel TCP memory here, a seventh of tcp_mem's pressure mark on a 24 GiB
         # host; start only once what earlier tests left is gone (bounded), and report it.
         deadline = time.monotonic() + 30
-        while (tcp_memory_pages() > tcp_memory_pressure_pages() // 4
+        while (tcp_memory_pages() > TCP_MEMORY_PRESSURE_PAGES // 4
                and time.monotonic() < deadline):
             time.sleep(0.5)
         tcp_before = tcp_memory_pages()
@@ -229,7 +225,7 @@ class MemoryTest(unittest.TestCase):
         text = self.scrape()
         buffered = metric(text, "acr_egress_relay_buffered_bytes")
         state = (f"relay_buffered_bytes {buffered}; kernel TCP memory {tcp_before} -> "
-                 f"{tcp_memory_pages()} pages (pressure at {tcp_memory_pressure_pages()}); flood "
+                 f"{tcp_memory_pages()} pages (pressure at {TCP_MEMORY_PRESSURE_PAGES}); flood "
                  f"thread {'alive' if self.flood._thread.is_alive() else 'DEAD'}, "
                  f"{len(self.flood.conns)} connections")
         print(f"\n{count} stalled tunnels: RSS {base} KiB -> {after} KiB "
