@@ -5,6 +5,9 @@
 #include <spdlog/spdlog.h>
 
 #include <cctype>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <sstream>
@@ -141,10 +144,17 @@ TEST(AccessLogTest, FormatsTimeAndMillisecondsAsPrintf) {
   std::mt19937 random(3);
   AccessRecord r = grouped("");
   for (int i = 0; i < 3000; ++i) {
-    const double values[] = {0.0005,   0.0015,
-                             2.5e-4,   1e9 + 0.0625,
-                             123.4565, static_cast<double>(random()) / (1 + random() % 100000)};
-    r.total_ms = values[i % 6];
+    // Halfway cases: an odd multiple of 2^-k is exactly halfway between two thousandths when
+    // 1000 * 2^-k leaves .5 (k = 4: 62.5), and printf rounds those to even.
+    const double halfway = static_cast<double>(2 * (random() % 1000000) + 1) / 16;
+    const double values[] = {
+        0.0005,   0.0015,
+        2.5e-4,   1e9 + 0.0625,
+        123.4565, static_cast<double>(random()) / (1 + random() % 100000),
+        halfway,  std::ldexp(static_cast<double>(random()), -(static_cast<int>(random() % 60))),
+        -0.0,     1e15 - 0.0625,
+        1e15,     std::nextafter(1e15, 0.0)};
+    r.total_ms = values[i % std::size(values)];
     r.dns_ms = r.total_ms / 3;
     r.bytes_up = random();
     const std::string json = lineOf(r, true);
@@ -165,6 +175,59 @@ TEST(AccessLogTest, FormatsTimeAndMillisecondsAsPrintf) {
       ASSERT_NE(text.find(" up=" + std::to_string(r.bytes_up) + " "), std::string::npos) << text;
     }
   }
+}
+
+// A JSON line is written into memory sized beforehand for the worst case: every text byte escaped
+// to six, the largest numbers. Fields made only of bytes written as \u00HH (the bound exactly)
+// and the largest doubles come out whole and printable (AddressSanitizer sees a write past the
+// memory sized for the line).
+TEST(AccessLogTest, WorstCaseJsonLineIsWrittenWhole) {
+  std::string every_byte;  // every byte written as \u00HH
+  for (int b = 0; b < 256; ++b) {
+    if (b < 0x20 || b >= 0x7f) {
+      every_byte += static_cast<char>(b);
+    }
+  }
+  const std::string escaped = [&] {
+    std::string out;
+    AccessLog::appendJsonString(out, every_byte);
+    return out;
+  }();
+  ASSERT_EQ(escaped.size(), 6 * every_byte.size() + 2);
+  AccessRecord r = grouped(every_byte);
+  r.client = r.target = r.original_dst = r.dialled = r.rule = r.sentence = every_byte;
+  r.listener = r.reason = r.closed_by = r.phase = every_byte;
+  r.attempts.assign(8, every_byte);
+  r.allowed = r.would_deny = r.ech = true;
+  r.bytes_up = r.bytes_down = UINT64_MAX;
+  r.dns_ms = DBL_MAX;
+  r.connect_ms = 1e300;
+  r.total_ms = DBL_MAX;
+  const std::string line = lineOf(r, true);
+  ASSERT_FALSE(line.empty());
+  EXPECT_EQ(line.back(), '\n');
+  for (size_t i = 0; i + 1 < line.size(); ++i) {
+    ASSERT_TRUE(line[i] >= 0x20 && line[i] < 0x7f) << i;
+  }
+  for (const char* key : {"listener", "client", "group", "target", "original_dst", "dialled",
+                          "reason", "rule", "message", "closed_by", "phase"}) {
+    EXPECT_NE(line.find("\"" + std::string(key) + "\":" + escaped), std::string::npos) << key;
+  }
+  std::string attempts = "\"attempts\":[" + escaped;
+  for (int i = 1; i < 8; ++i) {
+    attempts += "," + escaped;
+  }
+  EXPECT_NE(line.find(attempts + "]"), std::string::npos);
+  char expected[2048];
+  std::snprintf(expected, sizeof(expected),
+                R"("bytes_up":%llu,"bytes_down":%llu,"dns_ms":%.3f,"connect_ms":%.3f,)"
+                R"("total_ms":%.3f,)",
+                static_cast<unsigned long long>(UINT64_MAX),
+                static_cast<unsigned long long>(UINT64_MAX), DBL_MAX, 1e300, DBL_MAX);
+  EXPECT_NE(line.find(expected), std::string::npos);
+  EXPECT_TRUE(line.ends_with(R"(,"ech":true})"
+                             "\n"))
+      << line.substr(line.size() - 40);
 }
 
 }  // namespace

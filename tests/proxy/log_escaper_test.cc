@@ -63,7 +63,8 @@ TEST(LogEscaperTest, EveryByteEscapesToPrintableAscii) {
 
 // The escapers append runs of plain bytes whole; the result is byte for byte what escaping one
 // byte at a time gives (the reference below, the contract in log_escaper.h), for random texts
-// whose bytes are mostly plain with escapes in runs, at the ends and alone.
+// whose bytes are mostly plain with escapes in runs, at the ends and alone, and for every byte in
+// every position of the word-at-a-time scan.
 TEST(LogEscaperTest, RunsAreEscapedAsByteByByte) {
   const auto reference_text = [](std::string_view in, bool token) {
     std::string out;
@@ -106,6 +107,20 @@ TEST(LogEscaperTest, RunsAreEscapedAsByteByByte) {
     EXPECT_EQ(text(in, true), reference_text(in, true)) << i;
     EXPECT_EQ(text(in, false), reference_text(in, false)) << i;
     EXPECT_EQ(json(in), reference_json(in)) << i;
+  }
+  // The plain runs are scanned eight bytes at a time: every byte value in every lane of the first
+  // three words and in the tail, alone among plain bytes, and next to a byte that is escaped too.
+  for (int b = 0; b < 256; ++b) {
+    for (size_t at = 0; at < 27; ++at) {
+      for (const char neighbour : {'a', ' ', '!', '\x7f'}) {
+        std::string in(27, 'a');
+        in[at] = static_cast<char>(b);
+        in[(at + 1) % in.size()] = neighbour;
+        ASSERT_EQ(text(in, true), reference_text(in, true)) << b << " at " << at;
+        ASSERT_EQ(text(in, false), reference_text(in, false)) << b << " at " << at;
+        ASSERT_EQ(json(in), reference_json(in)) << b << " at " << at;
+      }
+    }
   }
 }
 
