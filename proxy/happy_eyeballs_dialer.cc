@@ -24,21 +24,26 @@ AttemptOutcome outcomeOf(int error) noexcept {
 }  // namespace
 
 std::vector<IpAddress> happyEyeballsOrder(const std::vector<IpAddress>& addresses, bool first_v6) {
-  std::vector<IpAddress> v6;
-  std::vector<IpAddress> v4;
-  for (const IpAddress& address : addresses) {
-    (address.isV4() ? v4 : v6).push_back(address);
-  }
-  const std::vector<IpAddress>& first = first_v6 ? v6 : v4;
-  const std::vector<IpAddress>& second = first_v6 ? v4 : v6;
+  // Two cursors, one per family, each at the next address of its family not taken yet: one
+  // allocation (the result), not one per family as well, on every tunnel's dial.
+  const auto next_of = [&](size_t from, bool v6) {
+    while (from < addresses.size() && addresses[from].isV4() == v6) {
+      ++from;
+    }
+    return from;
+  };
   std::vector<IpAddress> ordered;
   ordered.reserve(addresses.size());
-  for (size_t i = 0; i < std::max(first.size(), second.size()); ++i) {
-    if (i < first.size()) {
-      ordered.push_back(first[i]);
+  size_t first = next_of(0, first_v6);
+  size_t second = next_of(0, !first_v6);
+  while (first < addresses.size() || second < addresses.size()) {
+    if (first < addresses.size()) {
+      ordered.push_back(addresses[first]);
+      first = next_of(first + 1, first_v6);
     }
-    if (i < second.size()) {
-      ordered.push_back(second[i]);
+    if (second < addresses.size()) {
+      ordered.push_back(addresses[second]);
+      second = next_of(second + 1, !first_v6);
     }
   }
   return ordered;
