@@ -209,6 +209,18 @@ def proc_cpu_split(pids):
     return user / ticks, system / ticks
 
 
+def tcp_segments(pid):
+    """(InSegs, OutSegs) of the TCP stack of PID's network namespace (/proc/PID/net/snmp):
+    the segments the proxy's namespace received and sent, every socket of it together."""
+    try:
+        with open(f"/proc/{pid}/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Tcp:")]
+        fields = dict(zip(rows[0][1:], rows[1][1:]))
+        return int(fields["InSegs"]), int(fields["OutSegs"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
 def proc_cpu_seconds(pids):
     return sum(proc_cpu_split(pids))
 
@@ -584,11 +596,13 @@ class Bench:
         pids = peer.pids()
         perf = self.perf_start(peer, "rate")
         strace = self.strace_start(peer, "")
+        segments0 = tcp_segments(pids[0]) if pids else None
         user0, sys0 = proc_cpu_split(pids)
         r = self.load(peer, ["--concurrency", str(p["concurrency"]), "--duration",
                              str(p["duration"]), "--answer", str(p["answer"])],
                       timeout=p["duration"] + 60)
         user1, sys1 = proc_cpu_split(peer.pids())
+        segments1 = tcp_segments(pids[0]) if pids else None
         stop(perf, sig=signal.SIGINT, timeout=120)
         stop(strace, sig=signal.SIGINT, timeout=60)
         if not r or not r["tunnels"]:
@@ -600,6 +614,11 @@ class Bench:
                 # The same split into user space and kernel (JSON only; PROFILE.md section 9).
                 "user_ms_per_1k": (user1 - user0) * 1000 / r["tunnels"] * 1000,
                 "sys_ms_per_1k": (sys1 - sys0) * 1000 / r["tunnels"] * 1000,
+                # TCP segments the proxy's namespace received and sent per tunnel (JSON only):
+                # the packets whose kernel work the proxy's CPU time carries.
+                **({"segs_in_per_tunnel": (segments1[0] - segments0[0]) / r["tunnels"],
+                    "segs_out_per_tunnel": (segments1[1] - segments0[1]) / r["tunnels"]}
+                   if segments0 and segments1 else {}),
                 "errors": r["errors"], "error_kinds": r["error_kinds"]}
 
     def strace_start(self, peer, phase):
