@@ -1,8 +1,12 @@
 // libFuzzer target for LogEscaper (proxy/log_escaper.h): on any bytes, both forms must be
-// printable ASCII (no line break can reach the log) and must decode back to exactly the input.
+// printable ASCII (no line break can reach the log) and must decode back to exactly the input,
+// and the char* writers must stay within their stated bounds (each writes into memory of exactly
+// textBound or jsonBound bytes, where AddressSanitizer sees one byte past it).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -88,6 +92,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   acr::LogEscaper::appendJson(out, input);
   requirePrintable(out);
   if (decodeJson(out) != input) {
+    std::abort();
+  }
+  // The writers, into memory of exactly their bound: the same bytes as the appenders.
+  for (const bool token : {true, false}) {
+    const size_t bound = acr::LogEscaper::textBound(size);
+    const auto memory = std::make_unique<char[]>(bound);
+    const char* end = acr::LogEscaper::writeText(memory.get(), input, token);
+    std::string appended;
+    acr::LogEscaper::appendText(appended, input, token);
+    if (std::string_view(memory.get(), static_cast<size_t>(end - memory.get())) != appended) {
+      std::abort();
+    }
+  }
+  const auto memory = std::make_unique<char[]>(acr::LogEscaper::jsonBound(size));
+  const char* end = acr::LogEscaper::writeJson(memory.get(), input);
+  if (std::string_view(memory.get(), static_cast<size_t>(end - memory.get())) != out) {
     std::abort();
   }
   return 0;
