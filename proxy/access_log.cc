@@ -188,11 +188,10 @@ void appendInteger(std::string& out, uint64_t value) {
   out.append(buffer, static_cast<size_t>(end - buffer));
 }
 
-// What a JSON line needs beyond its texts' jsonBound(): the keys with their punctuation (about 260
-// bytes), the time (24), three integers (20 each) and three millisecond values, each bounded as
-// "%.3f" of any double is (309 digits before the point).
+// The most a number's text takes in a line: a uint64_t in decimal, and "%.3f" of any double (309
+// digits before the point).
+constexpr size_t kMaxIntegerText = 20;
 constexpr size_t kMaxMillisText = 320;
-constexpr size_t kJsonFixedBound = 512 + 3 * kMaxMillisText;
 
 // Writes "%.3f" of `value` as printf does, and returns the end. std::to_chars does the same
 // exactly (~500 instructions per value, a third of a log line's own cost); this is ~50 for the
@@ -237,7 +236,9 @@ class LineWriter {
     raw(key);
     json(value);
   }
-  void integer(uint64_t value) noexcept { at_ = std::to_chars(at_, at_ + 20, value).ptr; }
+  void integer(uint64_t value) noexcept {
+    at_ = std::to_chars(at_, at_ + kMaxIntegerText, value).ptr;
+  }
   void millis(double value) noexcept { at_ = writeMillis(at_, value); }
   void timestamp() noexcept { at_ = writeTimestamp(at_); }
 
@@ -245,80 +246,32 @@ class LineWriter {
   char* at_;
 };
 
-}  // namespace
+// The same pieces, counted at the most each can take: a line's pieces go through this first, so
+// that the memory LineWriter fills is sized by the code that fills it, not by a second list of
+// the fields.
+class LineBound {
+ public:
+  size_t bytes() const noexcept { return bytes_; }
 
-void AccessLog::write(const AccessRecord& r) const {
-  if (!json_) {
-    // One buffer per thread, its capacity kept from line to line: no allocation per line.
-    thread_local std::string line;
-    line.clear();
-    // Every field that can carry a client's bytes is escaped: one connection, one line.
-    appendTimestamp(line);
-    line += ' ';
-    LogEscaper::appendText(line, r.listener, true);
-    line += ' ';
-    LogEscaper::appendText(line, r.client, true);
-    line += " -> ";
-    LogEscaper::appendText(line, r.target, true);
-    line += ':';
-    appendInteger(line, r.port);
-    line += ' ';
-    line += decisionName(r);
-    line += ' ';
-    if (r.allowed && r.would_deny) {
-      line += "would_deny ";
-    }
-    LogEscaper::appendText(line, r.reason, true);
-    line += " up=";
-    appendInteger(line, r.bytes_up);
-    line += " down=";
-    appendInteger(line, r.bytes_down);
-    line += " closed_by=";
-    LogEscaper::appendText(line, r.closed_by, true);
-    line += " phase=";
-    LogEscaper::appendText(line, r.phase, true);
-    if (!r.group.empty()) {
-      line += " group=";
-      LogEscaper::appendText(line, r.group, true);
-    }
-    if (!r.attempts.empty()) {
-      line += " attempts=";
-      for (size_t i = 0; i < r.attempts.size(); ++i) {
-        line += (i == 0 ? "" : ",");
-        // One space-free token: "192.0.2.1:443/connected,...".
-        std::string attempt = r.attempts[i];
-        std::replace(attempt.begin(), attempt.end(), ' ', '/');
-        LogEscaper::appendText(line, attempt, true);
-      }
-    }
-    line += r.ech ? " ech=true " : " ";
-    LogEscaper::appendText(line, r.sentence, false);
-    logger_->info(line);
-    return;
+  void raw(std::string_view text) noexcept { bytes_ += text.size(); }
+  void raw(char) noexcept { ++bytes_; }
+  void json(std::string_view text) noexcept { bytes_ += LogEscaper::jsonBound(text.size()); }
+  void field(std::string_view key, std::string_view value) noexcept {
+    raw(key);
+    json(value);
   }
-  // JSON: the line is written into memory sized for its worst case first (every text byte
-  // escaped to six), so that no piece checks capacity or grows the buffer. Each key comes with
-  // its comma, quotes and colon (`R"(,"client":)"`), one copy of a length known when compiling.
-  size_t bound = kJsonFixedBound + LogEscaper::jsonBound(r.listener.size()) +
-                 LogEscaper::jsonBound(r.client.size()) + LogEscaper::jsonBound(r.group.size()) +
-                 LogEscaper::jsonBound(r.target.size()) +
-                 LogEscaper::jsonBound(r.original_dst.size()) +
-                 LogEscaper::jsonBound(r.dialled.size()) + LogEscaper::jsonBound(r.reason.size()) +
-                 LogEscaper::jsonBound(r.rule.size()) + LogEscaper::jsonBound(r.sentence.size()) +
-                 LogEscaper::jsonBound(r.closed_by.size()) + LogEscaper::jsonBound(r.phase.size()) +
-                 LogEscaper::jsonBound(decisionName(r).size());
-  for (const std::string& attempt : r.attempts) {
-    bound += LogEscaper::jsonBound(attempt.size()) + 1;  // and its comma
-  }
-  // One buffer per thread, kept for its next lines; allocated at exactly a line's bound when it
-  // grows, so that AddressSanitizer would see a piece written past it.
-  thread_local std::unique_ptr<char[]> line;
-  thread_local size_t line_capacity = 0;
-  if (line_capacity < bound) {
-    line = std::make_unique_for_overwrite<char[]>(bound);
-    line_capacity = bound;
-  }
-  LineWriter out(line.get());
+  void integer(uint64_t) noexcept { bytes_ += kMaxIntegerText; }
+  void millis(double) noexcept { bytes_ += kMaxMillisText; }
+  void timestamp() noexcept { bytes_ += kTimestampLength; }
+
+ private:
+  size_t bytes_ = 0;
+};
+
+// The JSON line's pieces, into a LineBound or a LineWriter. Each key comes with its comma, quotes
+// and colon (`R"(,"client":)"`): one copy of a length known when compiling.
+template <typename Out>
+void writeJsonLine(Out& out, const AccessRecord& r) {
   out.raw(R"({"time":")");
   out.timestamp();  // nothing in it needs escaping
   out.raw('"');
@@ -375,7 +328,74 @@ void AccessLog::write(const AccessRecord& r) const {
     out.raw(R"(,"ech":true)");
   }
   out.raw('}');
-  assert(out.at() <= line.get() + bound);
+}
+
+}  // namespace
+
+void AccessLog::write(const AccessRecord& r) const {
+  if (!json_) {
+    // One buffer per thread, its capacity kept from line to line: no allocation per line.
+    thread_local std::string line;
+    line.clear();
+    // Every field that can carry a client's bytes is escaped: one connection, one line.
+    appendTimestamp(line);
+    line += ' ';
+    LogEscaper::appendText(line, r.listener, true);
+    line += ' ';
+    LogEscaper::appendText(line, r.client, true);
+    line += " -> ";
+    LogEscaper::appendText(line, r.target, true);
+    line += ':';
+    appendInteger(line, r.port);
+    line += ' ';
+    line += decisionName(r);
+    line += ' ';
+    if (r.allowed && r.would_deny) {
+      line += "would_deny ";
+    }
+    LogEscaper::appendText(line, r.reason, true);
+    line += " up=";
+    appendInteger(line, r.bytes_up);
+    line += " down=";
+    appendInteger(line, r.bytes_down);
+    line += " closed_by=";
+    LogEscaper::appendText(line, r.closed_by, true);
+    line += " phase=";
+    LogEscaper::appendText(line, r.phase, true);
+    if (!r.group.empty()) {
+      line += " group=";
+      LogEscaper::appendText(line, r.group, true);
+    }
+    if (!r.attempts.empty()) {
+      line += " attempts=";
+      for (size_t i = 0; i < r.attempts.size(); ++i) {
+        line += (i == 0 ? "" : ",");
+        // One space-free token: "192.0.2.1:443/connected,...".
+        std::string attempt = r.attempts[i];
+        std::replace(attempt.begin(), attempt.end(), ' ', '/');
+        LogEscaper::appendText(line, attempt, true);
+      }
+    }
+    line += r.ech ? " ech=true " : " ";
+    LogEscaper::appendText(line, r.sentence, false);
+    logger_->info(line);
+    return;
+  }
+  // JSON: the line is written into memory sized for its worst case first (every text byte
+  // escaped to six), so that no piece checks capacity or grows the buffer.
+  LineBound bound;
+  writeJsonLine(bound, r);
+  // One buffer per thread, kept for its next lines; allocated at exactly a line's bound when it
+  // grows, so that AddressSanitizer would see a piece written past it.
+  thread_local std::unique_ptr<char[]> line;
+  thread_local size_t line_capacity = 0;
+  if (line_capacity < bound.bytes()) {
+    line = std::make_unique_for_overwrite<char[]>(bound.bytes());
+    line_capacity = bound.bytes();
+  }
+  LineWriter out(line.get());
+  writeJsonLine(out, r);
+  assert(out.at() <= line.get() + bound.bytes());
   logger_->info(std::string_view(line.get(), static_cast<size_t>(out.at() - line.get())));
 }
 
