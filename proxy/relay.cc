@@ -145,10 +145,9 @@ void Relay::pump(Direction& direction) {
       if (static_cast<size_t>(n) == kMaxRead) {
         direction.bulk = true;
       }
-      if (static_cast<size_t>(n) < want && !source.finSeen()) {
+      if (static_cast<size_t>(n) < want && source.shortReadDrained()) {
         // A short read of a stream socket emptied its receive queue: new bytes (or a FIN) bring
-        // a new edge. With a FIN seen, the next read returns it.
-        source.setReadable(false);
+        // a new edge. Else a FIN or an error may wait behind the bytes: the next read tells.
         return;
       }
       continue;

@@ -51,6 +51,11 @@ void Stream::onEvent(evutil_socket_t, short what, void* self) {
   if ((what & EV_WRITE) != 0) {
     stream->writable_ = true;
   }
+  // EPOLLERR arrives as exactly EV_READ | EV_WRITE (libevent's epoll backend drops EV_CLOSED for
+  // it). Kept until a read tells: an activate(EV_READ) re-delivering an edge must not clear it.
+  if ((what & (EV_READ | EV_WRITE | EV_CLOSED)) == (EV_READ | EV_WRITE)) {
+    stream->error_may_wait_ = true;
+  }
   if (stream->handler_ != nullptr) {
     stream->handler_->onStreamEvent(*stream, what);
   }
@@ -87,6 +92,18 @@ void Stream::releaseBuffers() noexcept {
   }
 }
 
+bool Stream::shortReadDrained() noexcept {
+  if (fin_seen_) {
+    return false;
+  }
+  if (error_may_wait_) {
+    error_may_wait_ = false;
+    return false;
+  }
+  readable_ = false;
+  return true;
+}
+
 Stream::ReadEnd Stream::readToInput(size_t limit) noexcept {
   if (eof_) {
     return ReadEnd::kEof;
@@ -111,8 +128,8 @@ Stream::ReadEnd Stream::readToInput(size_t limit) noexcept {
         error_ = ENOMEM;
         return ReadEnd::kError;
       }
-      if (static_cast<size_t>(n) < want && !fin_seen_) {
-        readable_ = false;  // the receive queue is empty; new bytes bring a new edge
+      if (static_cast<size_t>(n) < want && shortReadDrained()) {
+        break;
       }
       continue;
     }
@@ -124,11 +141,11 @@ Stream::ReadEnd Stream::readToInput(size_t limit) noexcept {
       continue;
     }
     if (wouldBlock(errno)) {
-      readable_ = false;
+      setReadable(false);
       break;
     }
     error_ = errno;
-    readable_ = false;
+    setReadable(false);
     return ReadEnd::kError;
   }
   return ReadEnd::kDrained;

@@ -25,7 +25,10 @@ namespace acr {
 // what the edges said (readable(), writable(), finSeen()) until a read or write finds otherwise,
 // so a holder that was not reading when the edge came still knows there is something to read.
 // A read shorter than asked ends the readiness without the extra read that would return EAGAIN:
-// a TCP socket's receive queue was empty then, and new bytes bring a new edge.
+// a TCP socket's receive queue was empty then, and new bytes bring a new edge. Except after an
+// edge that may have been an error's (shortReadDrained()): libevent reports EPOLLERR as plain
+// read and write readiness, so a reset that came right behind the peer's last bytes looks like
+// those bytes' edge, and no later edge would say it is there.
 //
 // Not thread-safe: used on the loop of the event_base it was opened on.
 class Stream {
@@ -77,7 +80,18 @@ class Stream {
   bool finSeen() const noexcept { return fin_seen_; }
   bool eof() const noexcept { return eof_; }
   int error() const noexcept { return error_; }
-  void setReadable(bool readable) noexcept { readable_ = readable; }
+  // False once a read returned EAGAIN or failed: that read also told whether an error waited.
+  void setReadable(bool readable) noexcept {
+    readable_ = readable;
+    error_may_wait_ = error_may_wait_ && readable;
+  }
+  // Called after a read shorter than asked. True when it emptied the receive queue: readable()
+  // ends, and new bytes, a FIN or an error bring a new edge. False when one more read must tell:
+  // a FIN was seen (the next read returns it), or the edge that made the socket readable said
+  // EV_READ | EV_WRITE without EV_CLOSED, which is how libevent reports EPOLLERR (a reset): the
+  // error waits behind the bytes, and the edge that would announce it has come already. That
+  // edge costs one read more (EAGAIN when it was only bytes); the next short read ends it.
+  bool shortReadDrained() noexcept;
   void setWritable(bool writable) noexcept { writable_ = writable; }
   // The FIN has been read: eof() and nothing left to read.
   void setEof() noexcept {
@@ -121,6 +135,9 @@ class Stream {
   bool writable_ = false;
   bool fin_seen_ = false;  // EV_CLOSED (EPOLLRDHUP) has been seen
   bool eof_ = false;       // the FIN itself has been read
+  // An edge said EV_READ | EV_WRITE without EV_CLOSED: it may have been an error's, and no read
+  // since has told (shortReadDrained(), setReadable(false)).
+  bool error_may_wait_ = false;
   int error_ = 0;
   evbuffer* input_ = nullptr;
   evbuffer* output_ = nullptr;

@@ -435,6 +435,48 @@ class RelayTest(unittest.TestCase):
         entry = self.log_for(sock)
         self.assertEqual(entry["closed_by"], "upstream", entry)
 
+    def test_reset_right_behind_a_small_answer_reaches_client_at_once(self):
+        """F9 with no pause: an upstream that writes a small answer and resets in the same breath
+        (both are in the proxy's socket before it reads, one edge that libevent reports as plain
+        read and write readiness, and no later edge) still ends the client's read in ECONNRESET
+        within seconds, after the answer: not at the idle timeout (15 min by default)."""
+        answer = bytes(range(256)) * 4
+
+        def handler(conn, result):
+            result["request"] = conn.recv(5)
+            harness.set_rst_on_close(conn)
+            conn.sendall(answer)
+            conn.close()
+
+        self.serve(handler)
+        sock = self.tunnel(first=b"fetch")
+        data, how = harness.recv_until_closed(sock, 10)
+        self.assertTrue(self.server_done.wait(10))
+        self.assertEqual(how, "rst", f"client saw {how} after {len(data)} bytes")
+        got = sock.acr_early + data
+        self.assertEqual(got, answer[:len(got)])
+        entry = self.log_for(sock)
+        self.assertEqual(entry["closed_by"], "upstream", entry)
+        self.assertEqual(entry["bytes_down"], len(answer), entry)
+
+    def test_client_reset_right_behind_its_bytes_reaches_upstream_at_once(self):
+        """The other way: a client that writes a request and resets at once makes the upstream's
+        read end in ECONNRESET after the request within seconds, while the upstream waits."""
+        def handler(conn, result):
+            data, how = harness.recv_until_closed(conn, 10)
+            result["data"], result["how"] = data, how
+
+        self.serve(handler)
+        sock = self.tunnel()
+        harness.set_rst_on_close(sock)
+        sock.sendall(b"request")
+        sock.close()
+        self.assertTrue(self.server_done.wait(15))
+        self.assertEqual(self.server_result["how"], "rst", self.server_result)
+        self.assertEqual(self.server_result["data"], b"request"[:len(self.server_result["data"])])
+        entry = self.log_for(sock)
+        self.assertEqual(entry["closed_by"], "client", entry)
+
     # ---------------------------------------------------------------- D9
 
     def test_many_concurrent_tunnels_keep_their_own_bytes(self):

@@ -345,6 +345,25 @@ TEST(ConnectionTest, ClientResetMidRelayEndsTheTunnel) {
   EXPECT_EQ(proxy.stats().active_tunnels.load(), 0u);
 }
 
+// kTunnelHello into kRelay: a client that resets right behind its first tunnel bytes (both in
+// the proxy's socket before it reads them, on one edge that libevent reports as plain read and
+// write readiness) ends the tunnel as soon as the relay starts, although the upstream (which
+// answers only after the client's FIN) stays silent: not at the idle timeout.
+TEST(ConnectionTest, ClientResetRightBehindItsFirstBytesEndsTheTunnel) {
+  EchoSink sink;
+  Proxy proxy(ListenerKind::kConnect, {"--allow-cidr", "127.0.0.0/8", "--port",
+                                       std::to_string(sink.port()), "--allow-non-tls"});
+  const int client = connectTo(proxy.port());
+  sendAll(client, connectHead(sink.port()));
+  ASSERT_EQ(readHead(client), "HTTP/1.1 200 Connection established\r\n\r\n");
+  const linger reset_on_close{1, 0};
+  setsockopt(client, SOL_SOCKET, SO_LINGER, &reset_on_close, sizeof(reset_on_close));
+  sendAll(client, "some bytes");
+  close(client);
+  EXPECT_TRUE(proxy.waitFor(ListenerKind::kConnect, Outcome::kAllow, CloseReason::kAddressAllowed));
+  EXPECT_EQ(proxy.stats().active_tunnels.load(), 0u);
+}
+
 // kTunnelHello, timer: after the 200 a tunnel that sends no ClientHello is reset (hello_timeout).
 TEST(ConnectionTest, TunnelHelloTimeoutResets) {
   EchoSink sink;

@@ -293,6 +293,47 @@ TEST_F(RelayTest, StalledReaderHoldsOneReadInThePipeAndStopDiscardsIt) {
   upstream_writer.join();
 }
 
+// An upstream that writes its last bytes and resets at once: both are in the relay's socket when
+// its edge comes, as one edge that libevent reports as plain read and write readiness. The client
+// gets the bytes and the tunnel ends as a reset then, not at the idle timeout.
+TEST_F(RelayTest, AResetRightBehindTheLastBytesEndsTheTunnelAsAReset) {
+  PipePool pipes;
+  startRelay(pipes);
+  std::vector<uint8_t> answer(1000);
+  for (size_t i = 0; i < answer.size(); ++i) {
+    answer[i] = patternByte(i, 4);
+  }
+  ASSERT_EQ(send(upstream_peer_, answer.data(), answer.size(), 0), 1000);
+  const linger abort{1, 0};
+  ASSERT_EQ(setsockopt(upstream_peer_, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort)), 0);
+  close(upstream_peer_);  // loopback: the reset is in the relay's socket behind the bytes
+  upstream_peer_ = -1;
+  ASSERT_TRUE(runUntil([&] { return ended_.ended; })) << "the reset was never read";
+  EXPECT_TRUE(ended_.reset);
+  EXPECT_EQ(ended_.closed_by, "upstream");
+  EXPECT_EQ(relay_->bytesDown(), 1000u);
+  std::vector<uint8_t> got(2000);
+  const ssize_t n = recv(client_peer_, got.data(), got.size(), MSG_DONTWAIT);
+  ASSERT_EQ(n, 1000) << "the bytes before the reset";
+  got.resize(1000);
+  EXPECT_EQ(got, answer);
+}
+
+// The client's side the same way, while the upstream is silent.
+TEST_F(RelayTest, AClientResetRightBehindItsBytesEndsTheTunnel) {
+  PipePool pipes;
+  startRelay(pipes);
+  ASSERT_EQ(send(client_peer_, "request", 7, 0), 7);
+  const linger abort{1, 0};
+  ASSERT_EQ(setsockopt(client_peer_, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort)), 0);
+  close(client_peer_);
+  client_peer_ = -1;
+  ASSERT_TRUE(runUntil([&] { return ended_.ended; })) << "the reset was never read";
+  EXPECT_TRUE(ended_.reset);
+  EXPECT_EQ(ended_.closed_by, "client");
+  EXPECT_EQ(relay_->bytesUp(), 7u);
+}
+
 TEST(PipePoolTest, TakesUpToItsLimitKeepsSparesAndClosesTheRest) {
   PipePool pool(6);
   std::vector<Pipe> taken;

@@ -69,7 +69,8 @@ class StreamTest : public ::testing::Test {
 };
 
 // Reads stop at the limit with the readiness kept (no new edge would come for those bytes); a
-// read shorter than asked ends it; the FIN is reported once its edge came, then eof() holds.
+// read shorter than asked ends it (the read after it, when the edge may have been an error's);
+// the FIN is reported once its edge came, then eof() holds.
 TEST_F(StreamTest, ReadsToTheLimitKeepsReadinessAndReportsTheFin) {
   Recorder recorder;
   Stream stream(base_, ours_);
@@ -157,6 +158,69 @@ TEST_F(StreamTest, EdgesGoToTheCurrentHandler) {
   stream.activate(EV_READ);  // an edge seen before, handed on again on the loop's next pass
   const size_t before = second.edges.size();
   ASSERT_TRUE(runUntil([&] { return second.edges.size() > before; }));
+}
+
+// A reset that arrives right behind the peer's last bytes comes on the same edge, which libevent
+// reports as plain read and write readiness (EPOLLERR drops EV_CLOSED) and no later edge repeats:
+// the read after the bytes must find the reset, not take the short read as "drained".
+TEST_F(StreamTest, AResetBehindTheLastBytesIsReadOnTheSameEdge) {
+  Recorder recorder;
+  Stream stream(base_, ours_);
+  ASSERT_TRUE(stream.open(&recorder));
+  sendAll("hello");
+  const linger reset_on_close{1, 0};
+  ASSERT_EQ(setsockopt(peer_, SOL_SOCKET, SO_LINGER, &reset_on_close, sizeof(reset_on_close)), 0);
+  close(peer_);  // loopback: bytes and reset are both in our socket before the loop runs
+  peer_ = -1;
+  ASSERT_TRUE(runUntil([&] { return !recorder.edges.empty(); }));
+  EXPECT_EQ(recorder.edges.front() & (EV_READ | EV_WRITE | EV_CLOSED), EV_READ | EV_WRITE)
+      << "one edge, an error's";
+  EXPECT_EQ(stream.readToInput(4096), Stream::ReadEnd::kError);
+  EXPECT_EQ(stream.error(), ECONNRESET);
+  EXPECT_EQ(stream.inputLength(), 5u);  // the bytes before the reset are kept
+}
+
+// Which short reads end the readiness: after an edge of read and write readiness alone (an
+// error's shape) the first one does not, the next does; an activate() handing the edge on again
+// keeps that; a read that returned EAGAIN has told; after the FIN's edge none does (the next
+// read returns the FIN). The bytes are read here with recv(2), as the relay does.
+TEST_F(StreamTest, AShortReadEndsReadinessOnlyWhenNoErrorOrFinMayWait) {
+  Recorder recorder;
+  Stream stream(base_, ours_);
+  ASSERT_TRUE(stream.open(&recorder));
+  char buffer[16];
+  sendAll("hello");
+  ASSERT_TRUE(runUntil([&] { return stream.readable(); }));
+  ASSERT_EQ(recorder.edges.back() & (EV_READ | EV_WRITE | EV_CLOSED), EV_READ | EV_WRITE);
+  EXPECT_EQ(recv(ours_, buffer, sizeof(buffer), 0), 5);
+  EXPECT_FALSE(stream.shortReadDrained()) << "the edge may have been an error's";
+  EXPECT_TRUE(stream.readable());
+  EXPECT_TRUE(stream.shortReadDrained());
+  EXPECT_FALSE(stream.readable());
+
+  sendAll("more");
+  ASSERT_TRUE(runUntil([&] { return stream.readable(); }));
+  EXPECT_EQ(recv(ours_, buffer, sizeof(buffer), 0), 4);
+  const size_t edges = recorder.edges.size();
+  stream.activate(EV_READ);
+  ASSERT_TRUE(runUntil([&] { return recorder.edges.size() > edges; }));
+  EXPECT_FALSE(stream.shortReadDrained()) << "activate() cleared what the edge said";
+  EXPECT_TRUE(stream.shortReadDrained());
+
+  sendAll("again");
+  ASSERT_TRUE(runUntil([&] { return stream.readable(); }));
+  EXPECT_EQ(recv(ours_, buffer, sizeof(buffer), 0), 5);
+  EXPECT_EQ(recv(ours_, buffer, sizeof(buffer), 0), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  stream.setReadable(false);
+  EXPECT_TRUE(stream.shortReadDrained()) << "the EAGAIN has told already";
+
+  ASSERT_EQ(shutdown(peer_, SHUT_WR), 0);
+  ASSERT_TRUE(runUntil([&] { return stream.finSeen(); }));
+  EXPECT_FALSE(stream.shortReadDrained());
+  EXPECT_FALSE(stream.shortReadDrained()) << "a FIN waits: the next read returns it";
+  EXPECT_EQ(stream.readToInput(4096), Stream::ReadEnd::kEof);
+  EXPECT_EQ(stream.inputLength(), 0u);
 }
 
 // close(true) resets the connection; close(false) sends a FIN after the bytes before it.
