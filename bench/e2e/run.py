@@ -62,6 +62,13 @@ PEERS = {
     "squid": ("connect", "squid"),
     "tinyproxy": ("connect", "tinyproxy"),
 }
+# With --baseline, each acr-egress peer named runs twice per round: once from --build-dir and once
+# from the baseline build, under this suffix, in the same namespaces' setup and the same rotation
+# as the peers. A/B ratios (new / baseline) are then same-round ratios like the peers'.
+BASELINE = " (baseline)"
+for _name, (_role, _kind) in list(PEERS.items()):
+    if _kind == "acr":
+        PEERS[_name + BASELINE] = (_role, "acr")
 BINARIES = {"haproxy": "haproxy", "nginx": "nginx", "sniproxy": "sniproxy", "squid": "squid",
             "tinyproxy": "tinyproxy", "acr": None}
 PORTS = {"sni": 443, "connect": 3128, "transparent": 8443}
@@ -274,6 +281,8 @@ class Peer:
         self.dir = os.path.join(bench.tmp, f"peer{index}")
         self.proc = None
         self.dnsmasq = None
+        # The acr-egress binary this peer runs: the baseline build's for a baseline twin.
+        self.acr = bench.baseline_acr if name.endswith(BASELINE) else bench.acr
 
     def setup(self):
         os.makedirs(self.dir, exist_ok=True)
@@ -336,7 +345,7 @@ table ip acr_bench {{
         data_re = "^" + re.escape(label) + r"\.[a-z0-9-]+\.data\.azurecr\.io$"
         if self.kind == "acr":
             return self.bench.wrap + [
-                self.bench.acr, f"--{self.role}", f"{self.proxy_ip}:{port}", "--registry", label,
+                self.acr, f"--{self.role}", f"{self.proxy_ip}:{port}", "--registry", label,
                 "--allow-cidr", f"{SINK_IP}/32", "--dns-server", "127.0.0.1:53",
                 "--client-cidr", f"{self.client_ip}/32",
                 "--max-connections", "8000", "--workers", str(self.bench.workers)]
@@ -496,7 +505,7 @@ FilterURLs Off
                 cmdline = f.read()
         except OSError:
             return False
-        return comm not in ("heaptrack", "bash", "sh") and self.bench.acr.encode() in cmdline
+        return comm not in ("heaptrack", "bash", "sh") and self.acr.encode() in cmdline
 
     def stop(self):
         # SIGTERM to every process of the peer (a wrapper such as heaptrack's script may not
@@ -523,8 +532,11 @@ class Bench:
         self.acr = os.path.join(build, "proxy", "acr-egress")
         self.load_gen = os.path.join(build, "bench", "e2e", "acr_load_gen")
         self.sink_bin = os.path.join(build, "bench", "e2e", "acr_sink")
-        for path in (self.acr, self.load_gen, self.sink_bin):
-            if not os.access(path, os.X_OK):
+        self.baseline_acr = None
+        if args.baseline:
+            self.baseline_acr = os.path.join(os.path.abspath(args.baseline), "proxy", "acr-egress")
+        for path in (self.acr, self.load_gen, self.sink_bin, self.baseline_acr):
+            if path is not None and not os.access(path, os.X_OK):
                 raise SystemExit(f"run.py: {path} missing: build with -DACR_BUILD_BENCH=ON")
         self.hello_path = os.path.abspath(args.hello)
         with open(self.hello_path, "rb") as f:
@@ -754,6 +766,44 @@ def summarize(names, rounds):
     return summary, ratios
 
 
+def ab_ratios(names, rounds):
+    """Per acr-egress peer with a baseline twin in `names`: per column the median, lowest and
+    highest over rounds of (new / baseline) in the same round."""
+    ab = {}
+    for name in names:
+        twin = name + BASELINE
+        if twin not in names:
+            continue
+        ab[name] = {}
+        for key, _, _ in COLUMNS:
+            per_round = []
+            for r in rounds:
+                mine, theirs = r.get(name, {}).get(key), r.get(twin, {}).get(key)
+                if mine is not None and theirs:
+                    per_round.append(mine / theirs)
+            if per_round:
+                ab[name][key] = (median(per_round), min(per_round), max(per_round))
+    return ab
+
+
+def ab_markdown(ab, rounds_n):
+    head = "| A/B: new / baseline | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, columns in ab.items():
+        cells = []
+        for key, _, _ in COLUMNS:
+            value = columns.get(key)
+            if value is None:
+                cells.append("–")
+            else:
+                cells.append(f"{value[0]:.3f} ({value[1]:.2f}-{value[2]:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Median of the {rounds_n} same-round ratios (lowest-highest); the baseline ran "
+                 "after the new binary in rounds 1, 3, ... and before it in rounds 2, 4, ....")
+    return "\n".join(lines)
+
+
 def fmt(value):
     if value is None:
         return "–"
@@ -849,6 +899,9 @@ def main():
     parser.add_argument("--json", help="write every round's raw numbers here")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--png", help="draw the ratios here (python3-matplotlib)")
+    parser.add_argument("--baseline", metavar="BUILD_DIR",
+                        help="also run each acr-egress peer from this build (its proxy/acr-egress) "
+                             "in the same rounds, and print new / baseline ratios")
     parser.add_argument("--from-json", metavar="FILE",
                         help="no run: redo the table (and --png) from a --json file")
     args = parser.parse_args()
@@ -857,7 +910,11 @@ def main():
             saved = json.load(f)
         names = [n for n in PEERS if any(n in r for r in saved["rounds"])]
         summary, ratios = summarize(names, saved["rounds"])
-        print(markdown(names, summary, ratios, saved["meta"]))
+        table = markdown(names, summary, ratios, saved["meta"])
+        ab = ab_ratios(names, saved["rounds"])
+        if ab:
+            table += "\n\n" + ab_markdown(ab, len(saved["rounds"]))
+        print(table)
         if args.png:
             chart(names, ratios, args.png)
         return 0
@@ -875,6 +932,14 @@ def main():
     for n in names:
         if n not in PEERS:
             raise SystemExit(f"run.py: unknown peer {n!r} (known: {', '.join(PEERS)})")
+    if any(n.endswith(BASELINE) for n in names) and not args.baseline:
+        raise SystemExit("run.py: a baseline peer needs --baseline BUILD_DIR")
+    if args.baseline:
+        # Each twin right behind its acr-egress peer; the rounds below swap the two every other
+        # round (a pair's first run measures worse here: e2e/PROFILE.md section 14).
+        names = [m for n in names for m in (
+            [n, n + BASELINE] if PEERS[n][1] == "acr" and not n.endswith(BASELINE) else [n])]
+        names = list(dict.fromkeys(names))
     missing = [n for n in names if not installed(PEERS[n][1])]
     if missing:
         log("not installed, left out (scripts/install-deps --bench):", ", ".join(missing))
@@ -895,6 +960,14 @@ def main():
             results = {}
             # Rotate the order each round so no peer always runs first or last.
             order = peers[r % len(peers):] + peers[:r % len(peers)]
+            # A baseline twin runs after its peer in rounds 1, 3, ... and before it in 2, 4, ...
+            for twin in [q for q in order if q.name.endswith(BASELINE)]:
+                mine = next((q for q in order if q.name == twin.name[:-len(BASELINE)]), None)
+                if mine is None:
+                    continue
+                i, j = order.index(mine), order.index(twin)
+                if (i > j) != (r % 2 == 1):
+                    order[i], order[j] = order[j], order[i]
             for peer in order:
                 log(f"round {r + 1}/{rounds_n}: {peer.name}")
                 try:
@@ -914,11 +987,14 @@ def main():
             f"{p['answer']} B answer, {p['idle']} idle tunnels, bulk {p['bulk_bytes'] >> 20} MiB, "
             f"16 x {p['bulk16_bytes'] >> 20} MiB, {args.workers} workers/threads per proxy")
     table = markdown(names, summary, ratios, meta)
+    ab = ab_ratios(names, rounds)
+    if ab:
+        table += "\n\n" + ab_markdown(ab, rounds_n)
     print(table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "params": p, "rounds": rounds, "summary": summary,
-                       "ratios": ratios}, f, indent=1)
+                       "ratios": ratios, "ab": ab}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
