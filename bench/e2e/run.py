@@ -873,7 +873,8 @@ def main():
     parser.add_argument("--hello", default=os.path.join(
         SOURCE_DIR, "..", "shared", "data", "clienthello", "skopeo-go-default-acr.bin"))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--peers", default=",".join(n for n in PEERS if not n.endswith(" splice")))
+    parser.add_argument("--peers", default=",".join(
+        n for n in PEERS if not n.endswith(" splice") and not n.endswith(BASELINE)))
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--answer", type=int, default=1024)
