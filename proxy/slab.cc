@@ -26,21 +26,103 @@ namespace {
 constexpr size_t kHeaderBytes = 64;
 static_assert(kHeaderBytes % Slab::kGranule == 0 && kHeaderBytes >= sizeof(void*) * 6);
 
+// A free slot's link to the next one: its first bytes, read and written with the rest of the
+// slot poisoned.
+void* readLink(void* slot) noexcept {
+  ASAN_UNPOISON_MEMORY_REGION(slot, sizeof(void*));
+  void* next;
+  std::memcpy(&next, slot, sizeof(void*));
+  return next;
+}
+
 }  // namespace
 
+thread_local Slab::ThreadCache Slab::thread_cache_;
+thread_local Slab::ThreadCacheFlusher Slab::thread_cache_flusher_;
+
 Slab& Slab::tunnels() noexcept {
-  static Slab* const slab = new Slab;
+  static Slab* const slab = new Slab(0);
   return *slab;
 }
 
 Slab& Slab::handshakes() noexcept {
-  static Slab* const slab = new Slab;
+  static Slab* const slab = new Slab(1);
   return *slab;
 }
 
 Slab& Slab::libevent() noexcept {
-  static Slab* const slab = new Slab;
+  static Slab* const slab = new Slab(2);
   return *slab;
+}
+
+Slab& Slab::processSlab(int cache_index) noexcept {
+  switch (cache_index) {
+    case 0:
+      return tunnels();
+    case 1:
+      return handshakes();
+    default:
+      return libevent();
+  }
+}
+
+Slab::ThreadCacheFlusher::~ThreadCacheFlusher() {
+  ThreadCache& cache = thread_cache_;
+  cache.dead = true;
+  for (int index = 0; index < kProcessSlabs; ++index) {
+    Slab& slab = processSlab(index);
+    for (size_t size_class = 0; size_class < kClasses; ++size_class) {
+      CacheBin& bin = cache.bins[index][size_class];
+      if (bin.count > 0) {
+        slab.flushBin(bin, size_class, 0);
+      }
+    }
+  }
+}
+
+Slab::CacheBin* Slab::cacheBin(size_t size_class) noexcept {
+  if (cache_index_ == kUncached) {
+    return nullptr;
+  }
+  ThreadCache& cache = thread_cache_;
+  if (cache.dead) {
+    return nullptr;
+  }
+  if (!cache.armed) {
+    cache.armed = true;
+    thread_cache_flusher_.constructed = true;  // constructs it: its destructor runs at the end
+  }
+  return &cache.bins[cache_index_][size_class];
+}
+
+void Slab::flushBin(CacheBin& bin, size_t size_class, uint32_t keep) noexcept {
+  std::lock_guard lock(mutex_);
+  while (bin.count > keep) {
+    void* slot = bin.head;
+    bin.head = readLink(slot);
+    --bin.count;
+    deallocateLocked(slot, size_class);
+  }
+}
+
+void Slab::refillBin(CacheBin& bin, size_t size_class) {
+  const size_t bytes = slotBytes(size_class);
+  std::lock_guard lock(mutex_);
+  for (size_t taken = 0; taken < kCachedSlots / 2; ++taken) {
+    void* slot;
+    try {
+      slot = allocateLocked(size_class);
+    } catch (const std::bad_alloc&) {
+      if (taken == 0) {
+        throw;
+      }
+      return;
+    }
+    std::memcpy(slot, &bin.head, sizeof(void*));
+    ASAN_POISON_MEMORY_REGION(slot, bytes);
+    bin.head = slot;
+    ++bin.count;
+  }
 }
 
 Slab::~Slab() {
@@ -61,8 +143,22 @@ void* Slab::allocate(size_t size) {
     throw std::bad_alloc();
   }
   const size_t index = classOf(size);
-  const size_t bytes = slotBytes(index);
+  if (CacheBin* bin = cacheBin(index)) {
+    if (bin->count == 0) {
+      refillBin(*bin, index);
+    }
+    void* slot = bin->head;
+    bin->head = readLink(slot);
+    --bin->count;
+    ASAN_UNPOISON_MEMORY_REGION(slot, slotBytes(index));
+    return slot;
+  }
   std::lock_guard lock(mutex_);
+  return allocateLocked(index);
+}
+
+void* Slab::allocateLocked(size_t index) {
+  const size_t bytes = slotBytes(index);
   SizeClass& size_class = classes_[index];
   Span* span = size_class.partial;
   if (span == nullptr) {
@@ -77,8 +173,7 @@ void* Slab::allocate(size_t size) {
   char* slot;
   if (span->free != nullptr) {
     slot = static_cast<char*>(span->free);
-    ASAN_UNPOISON_MEMORY_REGION(slot, sizeof(void*));
-    std::memcpy(&span->free, slot, sizeof(void*));
+    span->free = readLink(slot);
   } else {
     slot = reinterpret_cast<char*>(span) + span->carved;
     span->carved += static_cast<uint32_t>(bytes);
@@ -97,9 +192,27 @@ void Slab::deallocate(void* slot, size_t size) noexcept {
     return;
   }
   const size_t index = classOf(size);
+  assert(
+      reinterpret_cast<Span*>(reinterpret_cast<uintptr_t>(slot) & ~(kSpanBytes - 1))->size_class ==
+      index);
+  if (CacheBin* bin = cacheBin(index)) {
+    if (bin->count == kCachedSlots) {
+      flushBin(*bin, index, kCachedSlots / 2);
+    }
+    std::memcpy(slot, &bin->head, sizeof(void*));
+    ASAN_POISON_MEMORY_REGION(slot, slotBytes(index));
+    bin->head = slot;
+    ++bin->count;
+    return;
+  }
   std::lock_guard lock(mutex_);
+  deallocateLocked(slot, index);
+}
+
+void Slab::deallocateLocked(void* slot, size_t index) noexcept {
   auto* span = reinterpret_cast<Span*>(reinterpret_cast<uintptr_t>(slot) & ~(kSpanBytes - 1));
   assert(span->size_class == index);
+  ASAN_UNPOISON_MEMORY_REGION(slot, sizeof(void*));
   std::memcpy(slot, &span->free, sizeof(void*));
   span->free = slot;
   ASAN_POISON_MEMORY_REGION(slot, slotBytes(index));
@@ -124,6 +237,14 @@ void Slab::deallocate(void* slot, size_t size) noexcept {
 
 size_t Slab::trimSpares() noexcept {
   constexpr size_t kPage = 4096;
+  if (cache_index_ != kUncached && !thread_cache_.dead) {
+    for (size_t size_class = 0; size_class < kClasses; ++size_class) {
+      CacheBin& bin = thread_cache_.bins[cache_index_][size_class];
+      if (bin.count > 0) {
+        flushBin(bin, size_class, 0);
+      }
+    }
+  }
   std::lock_guard lock(mutex_);
   size_t trimmed = 0;
   for (SizeClass& size_class : classes_) {
@@ -149,8 +270,14 @@ void Slab::trimAllSpares() noexcept {
 }
 
 Slab::Usage Slab::usage() const {
+  size_t cached = 0;  // this thread's: not in use by anything
+  if (cache_index_ != kUncached && !thread_cache_.dead) {
+    for (const CacheBin& bin : thread_cache_.bins[cache_index_]) {
+      cached += bin.count;
+    }
+  }
   std::lock_guard lock(mutex_);
-  return Usage{spans_, slots_};
+  return Usage{spans_, slots_ - cached};
 }
 
 Slab::Span* Slab::mapSpan(size_t size_class) {

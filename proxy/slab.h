@@ -31,13 +31,21 @@ namespace acr {
 // above kMaxSlot are not for a slab: allocate() refuses them (SlabAllocator falls back to operator
 // new).
 //
-// Thread-safe (one mutex; a slot may be freed on another thread than the one that took it). In
-// AddressSanitizer builds a free slot is poisoned, so that a use after free still reports.
+// Thread-safe: one mutex per slab, and a slot may be freed on another thread than the one that
+// took it. The three process slabs put a small per-thread cache in front of it (up to
+// kCachedSlots free slots per size class and thread, filled and emptied kCachedSlots / 2 at a time
+// under one lock): a tunnel takes and gives back about 24 slots, and with two workers the mutex's
+// cache line went from core to core for each (bench/e2e/PROFILE.md section 15). A cached slot
+// stays counted in its span, so a thread's cache can keep at most kCachedSlots slots per class
+// from being unmapped; a thread's cache goes back to the slab when the thread ends, and the
+// calling thread's in trimSpares(). A test's own Slab has no cache. In AddressSanitizer builds a
+// free slot, cached or not, is poisoned, so that a use after free still reports.
 class Slab {
  public:
   static constexpr size_t kSpanBytes = 64 * 1024;
-  static constexpr size_t kGranule = 32;    // slot sizes are multiples of this (and so aligned)
-  static constexpr size_t kMaxSlot = 2048;  // a libevent buffer chain's 1,024 bytes fit
+  static constexpr size_t kGranule = 32;      // slot sizes are multiples of this (and so aligned)
+  static constexpr size_t kMaxSlot = 2048;    // a libevent buffer chain's 1,024 bytes fit
+  static constexpr size_t kCachedSlots = 16;  // per thread and size class (process slabs)
 
   // The process's two slabs: made on first use, never destroyed (an object may be freed during
   // static destruction).
@@ -57,23 +65,56 @@ class Slab {
   // Gives back a slot allocate(size) returned, with the same `size`.
   void deallocate(void* slot, size_t size) noexcept;
 
-  // Returns the pages of every spare span but its first to the kernel (MADV_DONTNEED): after a
-  // burst (Worker, at most once a second), so that the spares of the handshakes' size classes do
-  // not keep the burst's peak resident. The spans stay mapped; their next use faults in fresh
-  // pages. Returns the number of spares trimmed.
+  // Returns the pages of every spare span but its first to the kernel (MADV_DONTNEED), after
+  // giving the calling thread's cached slots back: after a burst (Worker, at most once a second),
+  // so that the spares of the handshakes' size classes do not keep the burst's peak resident. The
+  // spans stay mapped; their next use faults in fresh pages. Returns the number of spares trimmed.
   size_t trimSpares() noexcept;
   // trimSpares() of the three process slabs.
   static void trimAllSpares() noexcept;
 
   struct Usage {
     size_t spans = 0;  // mapped, spares included
-    size_t slots = 0;  // allocated and not freed
+    size_t slots =
+        0;  // allocated and not freed (slots in other threads' caches count as allocated)
   };
   Usage usage() const;
 
  private:
   struct Span;
   static constexpr size_t kClasses = kMaxSlot / kGranule;
+  static constexpr int kUncached = -1;
+  static constexpr int kProcessSlabs = 3;
+  explicit Slab(int cache_index) : cache_index_(cache_index) {}
+
+  // A thread's free slots of one process slab and size class, linked through their first bytes
+  // (as a span's free list).
+  struct CacheBin {
+    void* head = nullptr;
+    uint32_t count = 0;
+  };
+  // Plain data, so that it can still be read (`dead`) by code that frees a slot from a
+  // thread_local destructor running after ~ThreadCacheFlusher.
+  struct ThreadCache {
+    std::array<std::array<CacheBin, kClasses>, kProcessSlabs> bins{};
+    bool armed = false;  // thread_cache_flusher_ exists for this thread
+    bool dead = false;   // the thread is ending: its frees go to the slab
+  };
+  // Gives the thread's cached slots back to their slabs when the thread ends.
+  struct ThreadCacheFlusher {
+    ~ThreadCacheFlusher();
+    bool constructed = true;
+  };
+  static thread_local ThreadCache thread_cache_;
+  static thread_local ThreadCacheFlusher thread_cache_flusher_;
+  static Slab& processSlab(int cache_index) noexcept;
+  // This thread's bin of `size_class`, or null when this slab (or thread) caches nothing.
+  CacheBin* cacheBin(size_t size_class) noexcept;
+  // Moves slots from `bin` to the slab until `keep` are left (one lock).
+  void flushBin(CacheBin& bin, size_t size_class, uint32_t keep) noexcept;
+  // Moves up to kCachedSlots / 2 slots from the slab to the empty `bin` (one lock). Throws
+  // std::bad_alloc when not even one can be had.
+  void refillBin(CacheBin& bin, size_t size_class);
 
   struct SizeClass {
     Span* partial = nullptr;  // spans with a slot in use and a free one (linked by prev/next)
@@ -82,11 +123,16 @@ class Slab {
 
   static size_t classOf(size_t size) noexcept { return (size - 1) / kGranule; }
   static size_t slotBytes(size_t size_class) noexcept { return (size_class + 1) * kGranule; }
+  // The slab's own work, with mutex_ held.
+  void* allocateLocked(size_t size_class);
+  void deallocateLocked(void* slot, size_t size_class) noexcept;
   Span* mapSpan(size_t size_class);
   void unmapSpan(Span* span) noexcept;
   static void link(Span*& head, Span* span) noexcept;
   static void unlink(Span*& head, Span* span) noexcept;
 
+  // Which of the process slabs (an index into ThreadCache), or kUncached.
+  const int cache_index_ = kUncached;
   mutable std::mutex mutex_;
   std::array<SizeClass, kClasses> classes_{};
   size_t spans_ = 0;

@@ -33,6 +33,12 @@ def main(path):
             if radix and binary:
                 print(f"  CIDR {family} over {size} addresses: CidrSet {radix:.1f} ns, "
                       f"binary search {binary:.1f} ns = {binary / radix:.1f}x")
+    for threads in (1, 2):
+        cached = ns(f"BM_SlabTunnelCached/real_time/threads:{threads}")
+        locked = ns(f"BM_SlabTunnelLocked/real_time/threads:{threads}")
+        if cached and locked:
+            print(f"  a tunnel's 12 slab slots, {threads} thread(s): cached {cached:.0f} ns, "
+                  f"locked {locked:.0f} ns = {locked / cached:.1f}x")
     small, large = ns("BM_HostMatch/25"), ns("BM_HostMatch/10000")
     if small and large:
         print(f"  host match 40,002 patterns / 102 patterns = {large / small:.2f}x")

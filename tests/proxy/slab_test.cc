@@ -199,6 +199,54 @@ TEST(SlabTest, SlotsMayBeFreedOnAnotherThread) {
   EXPECT_EQ(slab.usage().spans, 1u);
 }
 
+// The process slabs keep a few freed slots per thread and size class for that thread's next
+// allocations, without the slab's lock; a thread's cache goes back to the slab when the thread
+// ends, so that no slot is lost with it (usage() counts the slots of other threads' caches as in
+// use: a lost cache would show as slots never freed).
+TEST(SlabTest, AThreadsCachedSlotsGoBackWhenItEnds) {
+  Slab& slab = Slab::handshakes();
+  constexpr size_t kSize = 1800;  // a size class no object of the tests uses
+  const size_t before = slab.usage().slots;
+  std::thread worker([&] {
+    std::vector<void*> slots;
+    for (size_t i = 0; i < 3 * Slab::kCachedSlots; ++i) {
+      slots.push_back(slab.allocate(kSize));
+    }
+    for (void* slot : slots) {
+      slab.deallocate(slot, kSize);
+    }
+    // The last one freed is the next one handed out: from the cache.
+    void* again = slab.allocate(kSize);
+    EXPECT_EQ(again, slots.back());
+    slab.deallocate(again, kSize);
+    EXPECT_EQ(slab.usage().slots, before) << "this thread's cached slots are not in use";
+  });
+  worker.join();
+  EXPECT_EQ(slab.usage().slots, before) << "the ended thread's cache went back to the slab";
+}
+
+// A slot a process slab hands out on one thread may be freed on another; every one comes back.
+TEST(SlabTest, ProcessSlabSlotsMayBeFreedOnAnotherThread) {
+  Slab& slab = Slab::tunnels();
+  constexpr size_t kSize = 1900;
+  const size_t before = slab.usage().slots;
+  std::vector<void*> handed(5000);
+  std::thread producer([&] {
+    for (void*& slot : handed) {
+      slot = slab.allocate(kSize);
+      std::memset(slot, 7, kSize);
+    }
+  });
+  producer.join();
+  std::thread consumer([&] {
+    for (void* slot : handed) {
+      slab.deallocate(slot, kSize);
+    }
+  });
+  consumer.join();
+  EXPECT_EQ(slab.usage().slots, before);
+}
+
 // SlabAllocator serves a node-based table from Slab::tunnels() and its growing bucket array,
 // once larger than a slot, from operator new; the table works as any other.
 TEST(SlabTest, AllocatorServesAGrowingHashTable) {
@@ -230,6 +278,14 @@ TEST(SlabDeathTest, UseAfterFreeIsReported) {
   auto* slot = static_cast<volatile char*>(slab.allocate(100));
   slot[0] = 1;
   slab.deallocate(const_cast<char*>(slot), 100);
+  EXPECT_DEATH(slot[50] = 2, "use-after-poison");
+}
+
+// The same for a slot that went into a process slab's per-thread cache.
+TEST(SlabDeathTest, UseAfterFreeOfACachedSlotIsReported) {
+  auto* slot = static_cast<volatile char*>(Slab::tunnels().allocate(100));
+  slot[0] = 1;
+  Slab::tunnels().deallocate(const_cast<char*>(slot), 100);
   EXPECT_DEATH(slot[50] = 2, "use-after-poison");
 }
 #endif
