@@ -24,7 +24,7 @@ void DnsCache::insert(std::string_view name, const DnsAnswer& answer, Clock::tim
     return;
   }
   lru_.push_front(Entry{std::string(name), answer, now + answer.ttl});
-  lru_.front().answer.from_cache = false;
+  lru_.front().answer.from_cache = true;
   index_.emplace(lru_.front().name, lru_.begin());
   while (index_.size() > max_entries_) {
     erase(std::prev(lru_.end()));

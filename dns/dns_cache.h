@@ -29,7 +29,8 @@ class DnsCache {
   // else null. The pointer is valid until the next call of a non-const method.
   const DnsAnswer* find(std::string_view name, Clock::time_point now);
 
-  // Stores `answer` (from_cache cleared) for answer.ttl from `now`, replacing an entry of the same
+  // Stores `answer`, marked from_cache (what find() hands out is a cache hit, passed on as it is,
+  // without a copy), for answer.ttl from `now`, replacing an entry of the same
   // name. An answer with a TTL of 0 is not stored, and removes the older entry.
   void insert(std::string_view name, const DnsAnswer& answer, Clock::time_point now);
 

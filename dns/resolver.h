@@ -81,6 +81,8 @@ class Resolver {
   // runs later from the event loop, exactly once unless cancelled, and the result is a ticket
   // for cancel(). Concurrent requests for one name share one c-ares lookup. Only the exact name
   // is looked up: no search domains, no HOSTALIASES. Callbacks may call resolve() and cancel().
+  // The answer a callback is given lives until the callback returns or calls resolve(): a cache
+  // hit is the cache's own entry, not a copy, so a callback keeps what it needs by copying it.
   //
   // The A and AAAA lookups run side by side. When `first_family` is given and one of them ends
   // with addresses while the other is still running (RFC 8305 §3), `first_family` runs once from

@@ -113,8 +113,13 @@ Decision Policy::decide(std::string_view host, uint16_t port) const noexcept {
 
 Decision Policy::decideName(std::string_view host, uint16_t port) const noexcept {
   HostName name;
+  return decideName(host, port, name);
+}
+
+Decision Policy::decideName(std::string_view host, uint16_t port, HostName& name) const noexcept {
   const HostName::Status status = HostName::normalize(host, name);
   if (status != HostName::Status::kOk) {
+    name = HostName();
     return deny(Reason::kInvalidHost, nullptr, static_cast<uint8_t>(status));
   }
   if (!portAllowed(port)) {
@@ -206,7 +211,8 @@ Decision Policy::decideOriginalDestination(const IpAddress& destination,
   return deny(Reason::kSniAddressMismatch, nullptr);
 }
 
-Decision Policy::decideSni(const ClientHello& hello, uint16_t port) const noexcept {
+Decision Policy::decideSni(const ClientHello& hello, uint16_t port,
+                           HostName* normalized) const noexcept {
   if (hello.esni_offered) {
     return deny(Reason::kEsni, nullptr);
   }
@@ -215,6 +221,9 @@ Decision Policy::decideSni(const ClientHello& hello, uint16_t port) const noexce
   }
   if (!hello.has_sni) {
     return deny(Reason::kNoSni, nullptr, Decision::kDetailNoAddress);
+  }
+  if (normalized != nullptr) {
+    return decideName(hello.sni, port, *normalized);
   }
   return decideName(hello.sni, port);
 }

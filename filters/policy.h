@@ -70,8 +70,11 @@ class Policy {
   // obsolete ESNI extension is denied kEsni whatever its SNI (ESNI hides the real name and no
   // current client sends it); one without SNI is denied kNoSni (kDetailNoAddress); otherwise its
   // SNI goes to decideName. ECH (0xfe0d) is not judged: it may be GREASE, and with real ECH the
-  // outer SNI, which is judged here, is all any proxy can see.
-  Decision decideSni(const ClientHello& hello, uint16_t port) const noexcept;
+  // outer SNI, which is judged here, is all any proxy can see. `normalized`, when given, receives
+  // the SNI as decideName normalized it (empty when it was not judged or is not a valid name), so
+  // that the caller does not normalize it again.
+  Decision decideSni(const ClientHello& hello, uint16_t port,
+                     HostName* normalized = nullptr) const noexcept;
   // Transparent listener with --allow-no-sni, a hello without SNI: the port rule first
   // (kPortNotAllowed), then only an address inside the allowed set passes (kAddressAllowed);
   // anything else is kNoSni with `detail` the Reason decideAddress gave and its rule.
@@ -135,6 +138,8 @@ class Policy {
 
   Decision allow(Reason reason, uint32_t rule) const noexcept;
   Decision deny(Reason reason, const Rule* rule, uint8_t detail = 0) const noexcept;
+  // decideName, normalizing `host` into `name` (left empty when it is not a valid name).
+  Decision decideName(std::string_view host, uint16_t port, HostName& name) const noexcept;
 
   std::vector<Rule> rules_;
   HostMatcher hosts_;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -120,22 +121,28 @@ bool SocketAddress::isLoopback() const noexcept {
   return IN6_IS_ADDR_LOOPBACK(&addr);
 }
 
-std::string SocketAddress::toString() const {
+size_t SocketAddress::format(std::array<char, kMaxTextLength>& out) const noexcept {
   std::array<char, IpAddress::kMaxTextLength + 1> address;
   const size_t text_length = ip().format(address);
-  // "192.0.2.1:443" or "[2001:db8::1]:443", in one allocation.
-  char digits[8];
-  const char* digits_end = std::to_chars(digits, digits + sizeof(digits), port()).ptr;
   const bool v6 = family() != AF_INET;
-  std::string out;
-  out.reserve(text_length + 3 + static_cast<size_t>(digits_end - digits));
+  char* end = out.data();
   if (v6) {
-    out += '[';
+    *end++ = '[';
   }
-  out.append(address.data(), text_length);
-  out += v6 ? "]:" : ":";
-  out.append(digits, static_cast<size_t>(digits_end - digits));
-  return out;
+  end = std::copy_n(address.data(), text_length, end);
+  if (v6) {
+    *end++ = ']';
+  }
+  *end++ = ':';
+  end = std::to_chars(end, out.data() + out.size(), port()).ptr;
+  return static_cast<size_t>(end - out.data());
+}
+
+std::string SocketAddress::toString() const {
+  // Formatted on the stack, so that the string is made once at its exact length: one that fits
+  // std::string's inline buffer (15 bytes: "10.1.2.3:54321") allocates nothing.
+  std::array<char, kMaxTextLength> text;
+  return std::string(text.data(), format(text));
 }
 
 }  // namespace acr

@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -55,6 +56,10 @@ struct SocketAddress {
   IpAddress ip() const noexcept;
   bool isLoopback() const noexcept;
   std::string toString() const;  // "1.2.3.4:443" or "[::1]:443"
+  // The longest toString(): "[" address "]:" port.
+  static constexpr size_t kMaxTextLength = IpAddress::kMaxTextLength + 3 + 5;
+  // toString() into `out`, without allocating; returns its length.
+  size_t format(std::array<char, kMaxTextLength>& out) const noexcept;
 };
 
 }  // namespace acr

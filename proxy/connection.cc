@@ -79,7 +79,7 @@ Connection::~Connection() {
   relay_.reset();
   client_.close(false);
   closeUpstream(false);
-  evtimer_del(&timer_);
+  disarmTimer();
 }
 
 AccessRecord& Connection::record() {
@@ -191,7 +191,9 @@ void Connection::readClient() {
 }
 
 void Connection::onTimer(evutil_socket_t, short, void* self) {
-  static_cast<Connection*>(self)->post(Event::kTimer);
+  auto* connection = static_cast<Connection*>(self);
+  connection->timer_armed_ = false;
+  connection->post(Event::kTimer);
 }
 
 void Connection::onRelayEnded(std::string_view closed_by, bool reset) {
@@ -252,7 +254,7 @@ void Connection::doLoop(Event event) {
       return;
     }
     // A state's timer and parser do not outlive it.
-    evtimer_del(&timer_);
+    disarmTimer();
     if (handshake_ != nullptr) {
       if (next_state_ != State::kReadHead) {
         handshake_->connect_parser.reset();
@@ -512,7 +514,8 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
     handshake_->more_coming = false;
     return next(State::kConnect);
   }
-  const Decision name = policy_->decideSni(hello, port_);
+  HostName sni;  // normalized once, by the policy's match, and kept as host_
+  const Decision name = policy_->decideSni(hello, port_, &sni);
   setReason(closeReasonOf(name.reason));
   record().rule = name.rule != nullptr ? name.rule->text : std::string();
   record().sentence = policy_->describe(name, {hello.sni, std::nullopt, port_});
@@ -520,7 +523,8 @@ Connection::Step Connection::decideHello(const ClientHello& hello) {
     return end(closeReasonOf(name.reason), record().sentence, record().rule);
   }
   noteWouldDeny(name, {hello.sni, std::nullopt, port_});
-  host_ = normalizedName(hello.sni);
+  // (Only a hello the policy did not judge by its name, passed by report-only, is normalized here.)
+  host_ = !sni.view().empty() ? std::string(sni.view()) : normalizedName(hello.sni);
   if (kind_ == ListenerKind::kTransparent) {
     const IpAddress destination = toIpAddress(*original_dst_);
     const Decision address = policy_->decideDialled(host_, destination);
@@ -606,7 +610,7 @@ Connection::Step Connection::dialFirstFamily() {
 
 Connection::Step Connection::onResolved() {
   handshake_->dns_ticket = 0;
-  evtimer_del(&timer_);  // the resolution delay, if it ran
+  disarmTimer();  // the resolution delay, if it ran
   record().dns_ms = msSince(handshake_->dns_started);
   const DnsAnswer answer = std::move(handshake_->answer);
   handshake_->answer = {};
@@ -1174,6 +1178,14 @@ void Connection::armTimer(std::chrono::milliseconds timeout) {
   const timeval tv{static_cast<time_t>(timeout.count() / 1000),
                    static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
   evtimer_add(&timer_, &tv);
+  timer_armed_ = true;
+}
+
+void Connection::disarmTimer() noexcept {
+  if (timer_armed_) {
+    evtimer_del(&timer_);
+    timer_armed_ = false;
+  }
 }
 
 double Connection::msSince(Clock::time_point start) const noexcept {
@@ -1235,7 +1247,7 @@ void Connection::finish(std::string_view closed_by, bool reset) {
   reading_ = false;
   client_.close(reset);
   closeUpstream(reset);
-  evtimer_del(&timer_);
+  disarmTimer();
   if (handshake_ != nullptr) {
     handshake_->connect_parser.reset();
     handshake_->hello_parser.reset();
@@ -1318,7 +1330,7 @@ void Connection::rejudge(const std::shared_ptr<const ActivePolicy>& active) {
       finish("proxy", true);
     } else if (end(CloseReason::kRevoked, sentence, std::move(rule)) == Step::kNext) {
       // Outside the loop (a worker's reload hook): enter kRefuse as doLoop would.
-      evtimer_del(&timer_);
+      disarmTimer();
       handshake_->connect_parser.reset();  // a refused client may still be reading its head
       handshake_->hello_parser.reset();    // (not in kRelay: handshake_ lives)
       state_ = next_state_;

@@ -49,6 +49,20 @@ std::vector<IpAddress> happyEyeballsOrder(const std::vector<IpAddress>& addresse
   return ordered;
 }
 
+namespace {
+
+bool hasDuplicates(const std::vector<IpAddress>& addresses) noexcept {
+  for (size_t i = 1; i < addresses.size(); ++i) {
+    if (std::find(addresses.begin(), addresses.begin() + static_cast<ptrdiff_t>(i), addresses[i]) !=
+        addresses.begin() + static_cast<ptrdiff_t>(i)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 std::string_view attemptOutcomeName(AttemptOutcome outcome) noexcept {
   switch (outcome) {
     case AttemptOutcome::kPending:
@@ -70,7 +84,14 @@ std::string_view attemptOutcomeName(AttemptOutcome outcome) noexcept {
 }
 
 std::string DialAttempt::toString() const {
-  return endpoint.toString() + " " + std::string(attemptOutcomeName(outcome));
+  // One allocation at the exact length, not one per piece.
+  std::array<char, SocketAddress::kMaxTextLength> address;
+  const size_t length = endpoint.format(address);
+  const std::string_view name = attemptOutcomeName(outcome);
+  std::string out;
+  out.reserve(length + 1 + name.size());
+  out.append(address.data(), length).append(1, ' ').append(name);
+  return out;
 }
 
 // One attempt in flight: its socket and where its record is.
@@ -101,17 +122,23 @@ void HappyEyeballsDialer::add(const std::vector<IpAddress>& addresses, bool more
     return;
   }
   more_coming_ = more_coming;
-  std::vector<IpAddress> merged = queue_;
-  for (const IpAddress& address : addresses) {
-    const bool attempted = std::any_of(
-        attempts_.begin(), attempts_.end(),
-        [&](const DialAttempt& attempt) { return toIpAddress(attempt.endpoint) == address; });
-    if (!attempted && std::find(merged.begin(), merged.end(), address) == merged.end()) {
-      merged.push_back(address);
+  if (queue_.empty() && attempts_.empty() && !hasDuplicates(addresses)) {
+    // The first addresses (nearly every dial's only ones): nothing to merge them with, so they
+    // are ordered straight into the queue (one allocation, not two).
+    queue_ = happyEyeballsOrder(addresses, true);
+  } else {
+    std::vector<IpAddress> merged = queue_;
+    for (const IpAddress& address : addresses) {
+      const bool attempted = std::any_of(
+          attempts_.begin(), attempts_.end(),
+          [&](const DialAttempt& attempt) { return toIpAddress(attempt.endpoint) == address; });
+      if (!attempted && std::find(merged.begin(), merged.end(), address) == merged.end()) {
+        merged.push_back(address);
+      }
     }
+    // Alternate starting with the family not dialled last (IPv6 before anything was dialled).
+    queue_ = happyEyeballsOrder(merged, attempts_.empty() || !last_v6_);
   }
-  // Alternate starting with the family not dialled last (IPv6 before anything was dialled).
-  queue_ = happyEyeballsOrder(merged, attempts_.empty() || !last_v6_);
   if (!started_) {
     started_ = true;
     const timeval budget = toTimeval(
@@ -136,6 +163,9 @@ void HappyEyeballsDialer::add(const std::vector<IpAddress>& addresses, bool more
 }
 
 void HappyEyeballsDialer::cancel() noexcept {
+  if (finished_) {
+    return;  // won, failed or cancelled: nothing in flight, both timers stopped already
+  }
   finished_ = true;
   while (!live_.empty()) {
     closeLive(*live_.back(), AttemptOutcome::kCancelled, 0);

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <string>
+
 namespace acr {
 namespace {
 
@@ -48,6 +51,23 @@ TEST(SocketAddressTest, SplitHostPortForms) {
   }
   for (const char* bad : {"[::1", "[::1]53", "[::1]x:53", "["}) {
     EXPECT_FALSE(splitHostPort(bad).has_value()) << bad;
+  }
+}
+
+// format() writes what toString() returns, without allocating, into a buffer sized for the
+// longest text there is (a bracketed IPv6 address of INET6_ADDRSTRLEN - 1 characters, a
+// five-digit port).
+TEST(SocketAddressTest, FormatWritesWhatToStringReturns) {
+  std::array<char, SocketAddress::kMaxTextLength> text;
+  for (const char* spelled :
+       {"[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", "[::ffff:255.255.255.255]:65535",
+        "198.51.100.10:443", "[::1]:1", "255.255.255.255:65535"}) {
+    const auto address = SocketAddress::parse(spelled);
+    ASSERT_TRUE(address.has_value()) << spelled;
+    const size_t length = address->format(text);
+    EXPECT_LE(length, SocketAddress::kMaxTextLength);
+    EXPECT_EQ(std::string(text.data(), length), spelled);
+    EXPECT_EQ(address->toString(), spelled);
   }
 }
 
