@@ -66,42 +66,52 @@ Slab& Slab::processSlab(int cache_index) noexcept {
   }
 }
 
+void Slab::CacheBin::push(void* slot, size_t bytes) noexcept {
+  std::memcpy(slot, &head, sizeof(void*));
+  ASAN_POISON_MEMORY_REGION(slot, bytes);
+  head = slot;
+  ++count;
+}
+
+void* Slab::CacheBin::pop() noexcept {
+  void* slot = head;
+  head = readLink(slot);
+  --count;
+  return slot;
+}
+
 Slab::ThreadCacheFlusher::~ThreadCacheFlusher() {
   ThreadCache& cache = thread_cache_;
   cache.dead = true;
   for (int index = 0; index < kProcessSlabs; ++index) {
-    Slab& slab = processSlab(index);
-    for (size_t size_class = 0; size_class < kClasses; ++size_class) {
-      CacheBin& bin = cache.bins[index][size_class];
-      if (bin.count > 0) {
-        slab.flushBin(bin, size_class, 0);
-      }
-    }
+    processSlab(index).flushBins(cache.bins[index]);
   }
 }
 
-Slab::CacheBin* Slab::cacheBin(size_t size_class) noexcept {
-  if (cache_index_ == kUncached) {
-    return nullptr;
-  }
+Slab::CacheBins* Slab::threadBins() noexcept {
   ThreadCache& cache = thread_cache_;
-  if (cache.dead) {
+  if (cache_index_ == kUncached || cache.dead) {
     return nullptr;
   }
   if (!cache.armed) {
     cache.armed = true;
     thread_cache_flusher_.constructed = true;  // constructs it: its destructor runs at the end
   }
-  return &cache.bins[cache_index_][size_class];
+  return &cache.bins[cache_index_];
 }
 
 void Slab::flushBin(CacheBin& bin, size_t size_class, uint32_t keep) noexcept {
   std::lock_guard lock(mutex_);
   while (bin.count > keep) {
-    void* slot = bin.head;
-    bin.head = readLink(slot);
-    --bin.count;
-    deallocateLocked(slot, size_class);
+    deallocateLocked(bin.pop(), size_class);
+  }
+}
+
+void Slab::flushBins(CacheBins& bins) noexcept {
+  for (size_t size_class = 0; size_class < kClasses; ++size_class) {
+    if (bins[size_class].count > 0) {
+      flushBin(bins[size_class], size_class, 0);
+    }
   }
 }
 
@@ -118,10 +128,7 @@ void Slab::refillBin(CacheBin& bin, size_t size_class) {
       }
       return;
     }
-    std::memcpy(slot, &bin.head, sizeof(void*));
-    ASAN_POISON_MEMORY_REGION(slot, bytes);
-    bin.head = slot;
-    ++bin.count;
+    bin.push(slot, bytes);
   }
 }
 
@@ -143,13 +150,12 @@ void* Slab::allocate(size_t size) {
     throw std::bad_alloc();
   }
   const size_t index = classOf(size);
-  if (CacheBin* bin = cacheBin(index)) {
-    if (bin->count == 0) {
-      refillBin(*bin, index);
+  if (CacheBins* bins = threadBins()) {
+    CacheBin& bin = (*bins)[index];
+    if (bin.count == 0) {
+      refillBin(bin, index);
     }
-    void* slot = bin->head;
-    bin->head = readLink(slot);
-    --bin->count;
+    void* slot = bin.pop();
     ASAN_UNPOISON_MEMORY_REGION(slot, slotBytes(index));
     return slot;
   }
@@ -195,14 +201,12 @@ void Slab::deallocate(void* slot, size_t size) noexcept {
   assert(
       reinterpret_cast<Span*>(reinterpret_cast<uintptr_t>(slot) & ~(kSpanBytes - 1))->size_class ==
       index);
-  if (CacheBin* bin = cacheBin(index)) {
-    if (bin->count == kCachedSlots) {
-      flushBin(*bin, index, kCachedSlots / 2);
+  if (CacheBins* bins = threadBins()) {
+    CacheBin& bin = (*bins)[index];
+    if (bin.count == kCachedSlots) {
+      flushBin(bin, index, kCachedSlots / 2);
     }
-    std::memcpy(slot, &bin->head, sizeof(void*));
-    ASAN_POISON_MEMORY_REGION(slot, slotBytes(index));
-    bin->head = slot;
-    ++bin->count;
+    bin.push(slot, slotBytes(index));
     return;
   }
   std::lock_guard lock(mutex_);
@@ -237,13 +241,8 @@ void Slab::deallocateLocked(void* slot, size_t index) noexcept {
 
 size_t Slab::trimSpares() noexcept {
   constexpr size_t kPage = 4096;
-  if (cache_index_ != kUncached && !thread_cache_.dead) {
-    for (size_t size_class = 0; size_class < kClasses; ++size_class) {
-      CacheBin& bin = thread_cache_.bins[cache_index_][size_class];
-      if (bin.count > 0) {
-        flushBin(bin, size_class, 0);
-      }
-    }
+  if (CacheBins* bins = threadBins()) {
+    flushBins(*bins);
   }
   std::lock_guard lock(mutex_);
   size_t trimmed = 0;

@@ -92,11 +92,16 @@ class Slab {
   struct CacheBin {
     void* head = nullptr;
     uint32_t count = 0;
+    // `slot` (of `bytes`) onto the list, poisoned.
+    void push(void* slot, size_t bytes) noexcept;
+    // The last slot pushed, still poisoned but for its link bytes.
+    void* pop() noexcept;
   };
+  using CacheBins = std::array<CacheBin, kClasses>;
   // Plain data, so that it can still be read (`dead`) by code that frees a slot from a
   // thread_local destructor running after ~ThreadCacheFlusher.
   struct ThreadCache {
-    std::array<std::array<CacheBin, kClasses>, kProcessSlabs> bins{};
+    std::array<CacheBins, kProcessSlabs> bins{};
     bool armed = false;  // thread_cache_flusher_ exists for this thread
     bool dead = false;   // the thread is ending: its frees go to the slab
   };
@@ -108,10 +113,12 @@ class Slab {
   static thread_local ThreadCache thread_cache_;
   static thread_local ThreadCacheFlusher thread_cache_flusher_;
   static Slab& processSlab(int cache_index) noexcept;
-  // This thread's bin of `size_class`, or null when this slab (or thread) caches nothing.
-  CacheBin* cacheBin(size_t size_class) noexcept;
+  // This thread's bins of this slab, or null when the slab (or the ending thread) caches nothing.
+  CacheBins* threadBins() noexcept;
   // Moves slots from `bin` to the slab until `keep` are left (one lock).
   void flushBin(CacheBin& bin, size_t size_class, uint32_t keep) noexcept;
+  // Empties every bin of `bins` into the slab.
+  void flushBins(CacheBins& bins) noexcept;
   // Moves up to kCachedSlots / 2 slots from the slab to the empty `bin` (one lock). Throws
   // std::bad_alloc when not even one can be had.
   void refillBin(CacheBin& bin, size_t size_class);
